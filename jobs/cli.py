@@ -1,0 +1,40 @@
+"""`lma3d <verb> [args]`: one CLI; each verb is also `python -m jobs.<verb>`."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+VERBS: dict[str, str] = {
+    "synth": "generate a synthetic AGPIL-format dataset",
+    "inspect": "print a raw dataset's or a shard folder's statistics",
+    "shard": "Ray Data job: raw dataset -> WebDataset shards + point bank",
+    "metrics": "AUC / aIOU / SIM / MAE of prediction and GT arrays",
+    "train": "Ray Train + DeepSpeed ZeRO training with MLflow tracking",
+    "eval": "Ray Data distributed evaluation of a checkpoint or model",
+    "export": "consolidate a checkpoint into model.safetensors (+ MLflow registry)",
+    "predict": "heat map for an image + point cloud + instruction",
+    "demo": "the whole pipeline on a synthetic dataset, on this machine",
+    "submit": "submit any verb to a Ray cluster as a Ray job",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    available = {v: h for v, h in VERBS.items() if importlib.util.find_spec(f"jobs.{v}") is not None}
+    if not argv or argv[0] in ("-h", "--help"):
+        lines = ["usage: lma3d <verb> [options]   (lma3d <verb> --help for a verb's options)", "", "verbs:"]
+        lines += [f"  {v:<9} {h}" for v, h in available.items()]
+        print("\n".join(lines))
+        return 0 if argv else 2
+    verb, rest = argv[0], argv[1:]
+    if verb not in available:
+        print(f"lma3d: unknown verb {verb!r}; choose from: {', '.join(available)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"jobs.{verb}")
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

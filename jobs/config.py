@@ -1,0 +1,64 @@
+"""ExperimentConfig: one YAML per experiment, composed of the components' own configs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobs.evaluation.config import EvalConfig
+from jobs.training.config import TrackingConfig, TrainConfig
+from jobs.typed_yaml import ConfigError, dump, load
+from model.config import ModelConfig
+from pipeline.loaders.config import DataConfig
+
+
+@dataclass
+class ExperimentConfig:
+    workdir: str = "work"
+    """Everything a run writes lives under here unless a path says otherwise."""
+    dataset: str = "synthetic"
+    """Dataset name, used in the MLflow experiment name."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    mlflow: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def storage_path(self) -> str:
+        return self.train.storage_path or str(Path(self.workdir, "runs").resolve())
+
+    @property
+    def tracking_uri(self) -> str:
+        return (
+            self.mlflow.tracking_uri
+            or os.environ.get("MLFLOW_TRACKING_URI", "")
+            or f"sqlite:///{Path(self.workdir, 'mlflow.db').resolve()}"
+        )
+
+    @property
+    def experiment_name(self) -> str:
+        return self.mlflow.experiment or f"lma3d/{self.dataset}-{self.data.view}-{self.data.setting}"
+
+
+def add_config_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """--config FILE, --set key=value (repeatable), bare key=value overrides, --print-config."""
+    parser.add_argument("--config", default=default, help=f"experiment YAML (default: {default or 'built-in defaults'})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")
+    parser.add_argument("override_args", nargs="*", metavar="KEY=VALUE", help="more overrides, e.g. model.fidelity=corrected")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
+    """Build the config from parsed args; prints it and exits on --print-config."""
+    for item in args.override_args:
+        if "=" not in item:
+            raise ConfigError(f"unexpected argument {item!r}: overrides are key.sub=value")
+    cfg = load(ExperimentConfig, args.config, [*args.overrides, *args.override_args])
+    if args.print_config:
+        print(dump(cfg), end="")
+        raise SystemExit(0)
+    return cfg

@@ -1,0 +1,64 @@
+"""TrainConfig and TrackingConfig: the recipe (spec §3.1), DeepSpeed, Ray Train and MLflow knobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: run all epochs)."""
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    warmup_steps: int = 2000
+    """Linear warm-up from warmup_lr to lr, per iteration, in epoch 0 only (capped)."""
+    weight_decay: float = 0.06
+    """Applied only to parameters with ndim > 1."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 0.0
+    """Gradient-norm clipping (0 = off, as the original)."""
+    grad_accum: int = 1
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    """ZeRO-3 only: keep parameters in CPU memory."""
+    num_workers: int = 1
+    """Ray Train workers (one GPU each when use_gpu)."""
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    max_failures: int = 0
+    keep_checkpoints: int = 2
+    checkpoint_every: int = 0
+    """Checkpoint every N optimizer steps (0: at each epoch end)."""
+    val_every: int = 1
+    """Validate on the test shards every N epochs (0: never)."""
+    log_every: int = 20
+    storage_path: str = ""
+    """Ray Train storage (default <workdir>/runs); a shared path or URI on a cluster."""
+    run_name: str = ""
+    seed: int = 42
+    threads_per_worker: int = 0
+    """torch intra-op threads per worker (0: cpus_per_worker)."""
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"train.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("train.offload_params needs train.zero_stage: 3")
+        if self.num_workers < 1 or self.grad_accum < 1:
+            raise ValueError("train.num_workers and train.grad_accum must be >= 1")
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: str = ""
+    """MLflow tracking URI; empty: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db."""
+    experiment: str = ""
+    """Empty: lma3d/<dataset>-<view>-<setting>."""
+    system_metrics: bool = True
+    tags: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""LMAffordance3D as pure torch.nn modules (no Ray, DeepSpeed or MLflow here)."""

@@ -1,0 +1,80 @@
+"""ModelConfig: every size of LMAffordance3D is a field here (model args, as in torchtitan).
+
+Defaults are the paper's model (spec §1.2–1.4). `configs/demo.yaml` scales them down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class ModelConfig:
+    fidelity: Literal["released", "corrected"] = "released"
+    """`released` reproduces the original code's quirks (spec §1.5); `corrected` fixes them."""
+    num_points: int = 2048
+    """N_raw: points per cloud. `released` ties the head's BatchNorm1d to it."""
+    image_size: int = 224
+    """Square input image side; image tokens = (image_size / 32)²."""
+    resnet_width: int = 64
+    """ResNet18 stem width (64 = torchvision's); layer4 has 8× this many channels."""
+    resnet_weights: str = ""
+    """Optional path to torchvision-format resnet18 ImageNet weights (.pth / .safetensors)."""
+    emb_dim: int = 512
+    """C_S: width of the fused spatial tokens, the decoder and the head."""
+    num_heads: int = 4
+    fusion_hidden: int = 1024
+    """Hidden width of the shared fusion MLP."""
+    # PointNet++ MSG set-abstraction levels (spec §1.2 b). sa3_npoint is N_p (point tokens).
+    sa1_npoint: int = 512
+    sa1_radii: tuple[float, ...] = (0.1, 0.2, 0.4)
+    sa1_nsample: tuple[int, ...] = (32, 64, 128)
+    sa1_mlps: tuple[tuple[int, ...], ...] = ((32, 32, 64), (64, 64, 128), (64, 96, 128))
+    sa2_npoint: int = 128
+    sa2_radii: tuple[float, ...] = (0.4, 0.8)
+    sa2_nsample: tuple[int, ...] = (64, 128)
+    sa2_mlps: tuple[tuple[int, ...], ...] = ((128, 128, 256), (128, 196, 256))
+    sa3_npoint: int = 64
+    sa3_radii: tuple[float, ...] = (0.2, 0.4)
+    sa3_nsample: tuple[int, ...] = (16, 32)
+    sa3_mlps: tuple[tuple[int, ...], ...] = ((128, 128, 256), (128, 196, 256))
+    fp3_mlp: tuple[int, ...] = (768, 512)
+    fp2_mlp: tuple[int, ...] = (768, 512)
+    fp1_mlp: tuple[int, ...] = (512, 512)
+    head_hidden: int = 64
+    fps_start: Literal["random", "first"] = "random"
+    """Farthest-point sampling start index: `random` as the original, `first` for determinism."""
+    # Language backbone (DESIGN.md presets).
+    backbone: str = "llava-1.6-vicuna-7b"
+    """Preset (`tiny`, `minilm`, `llava-1.6-vicuna-7b`) or a local Hugging Face model path."""
+    backbone_path: str = ""
+    """Local weights for a preset that has none on disk (the 7B backbone)."""
+    backbone_mode: Literal["frozen", "lora", "full"] = "frozen"
+    backbone_dtype: Literal["fp32", "bf16", "fp16"] = "fp16"
+    max_txt_len: int = 32
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = field(default=("q_proj", "v_proj"))
+
+    def __post_init__(self) -> None:
+        if self.image_size % 32:
+            raise ValueError(f"model.image_size must be a multiple of 32, got {self.image_size}")
+        if self.emb_dim % self.num_heads:
+            raise ValueError(f"model.emb_dim {self.emb_dim} must be divisible by model.num_heads {self.num_heads}")
+        for level in ("sa1", "sa2", "sa3"):
+            radii, nsample, mlps = (getattr(self, f"{level}_{k}") for k in ("radii", "nsample", "mlps"))
+            if not len(radii) == len(nsample) == len(mlps):
+                raise ValueError(f"model.{level}_radii/_nsample/_mlps must have the same length")
+        if not self.sa3_npoint <= self.sa2_npoint <= self.sa1_npoint <= self.num_points:
+            raise ValueError("model: need sa3_npoint <= sa2_npoint <= sa1_npoint <= num_points")
+
+    @property
+    def image_tokens(self) -> int:
+        return (self.image_size // 32) ** 2
+
+    @property
+    def spatial_tokens(self) -> int:
+        """N_S = point tokens + image tokens (113 at paper size)."""
+        return self.sa3_npoint + self.image_tokens

@@ -1,0 +1,1 @@
+"""Data: raw-format readers, the synthetic generator, the shard job and the loaders (never imports model/)."""

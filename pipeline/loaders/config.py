@@ -1,0 +1,32 @@
+"""DataConfig: how the loaders read shards for training and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class DataConfig:
+    shards: str = "work/shards"
+    """Output folder of `lma3d shard` (train/, test/, points.arrow, manifest.json)."""
+    view: Literal["full", "partial", "rotation"] = "full"
+    """`rotation` gives each train point cloud a fresh random SO(3) rotation per draw."""
+    setting: Literal["seen", "unseen"] = "seen"
+    batch_size: int = 6
+    """Images per batch per rank (each with `pairs` point clouds)."""
+    eval_batch_size: int = 6
+    pairs: int = 3
+    """Point clouds of the image's object drawn per image, without replacement."""
+    num_workers: int = 2
+    """Loader processes per rank."""
+    shuffle_buffer: int = 500
+    seed: int = 42
+    max_bad_fraction: float = 0.01
+    """Stop with an error when more than this fraction of samples read is corrupt."""
+
+    def __post_init__(self) -> None:
+        if self.pairs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("data.pairs, data.batch_size and data.eval_batch_size must be >= 1")
+        if self.num_workers < 0:
+            raise ValueError("data.num_workers must be >= 0")
