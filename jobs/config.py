@@ -45,10 +45,20 @@ class ExperimentConfig:
 
 def add_config_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     """--config FILE, --set key=value (repeatable), bare key=value overrides, --print-config."""
-    parser.add_argument("--config", default=default, help=f"experiment YAML (default: {default or 'built-in defaults'})")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")
-    parser.add_argument("override_args", nargs="*", metavar="KEY=VALUE", help="more overrides, e.g. model.fidelity=corrected")
+    parser.add_argument(
+        "--config", default=default, help=f"experiment YAML (default: {default or 'built-in defaults'})"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.lr=3e-4 (repeatable)",
+    )
+    parser.add_argument(
+        "override_args", nargs="*", metavar="KEY=VALUE", help="more overrides, e.g. model.fidelity=corrected"
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 

@@ -9,21 +9,71 @@ from __future__ import annotations
 import re
 
 AFFORDANCES: tuple[str, ...] = (
-    "grasp", "contain", "lift", "open", "lay", "sit", "support", "wrapgrasp", "pour",
-    "move", "display", "push", "listen", "wear", "press", "cut", "stab",
+    "grasp",
+    "contain",
+    "lift",
+    "open",
+    "lay",
+    "sit",
+    "support",
+    "wrapgrasp",
+    "pour",
+    "move",
+    "display",
+    "push",
+    "listen",
+    "wear",
+    "press",
+    "cut",
+    "stab",
 )
 AFFORDANCE_INDEX: dict[str, int] = {a: i for i, a in enumerate(AFFORDANCES)}
 
 # number_dict order of the original (Seen setting).
 OBJECTS: tuple[str, ...] = (
-    "Earphone", "Bag", "Chair", "Refrigerator", "Knife", "Dishwasher", "Keyboard", "Scissors",
-    "Table", "StorageFurniture", "Bottle", "Bowl", "Microwave", "Display", "TrashCan", "Hat",
-    "Clock", "Door", "Mug", "Faucet", "Vase", "Laptop", "Bed",
+    "Earphone",
+    "Bag",
+    "Chair",
+    "Refrigerator",
+    "Knife",
+    "Dishwasher",
+    "Keyboard",
+    "Scissors",
+    "Table",
+    "StorageFurniture",
+    "Bottle",
+    "Bowl",
+    "Microwave",
+    "Display",
+    "TrashCan",
+    "Hat",
+    "Clock",
+    "Door",
+    "Mug",
+    "Faucet",
+    "Vase",
+    "Laptop",
+    "Bed",
 )
 # Unseen setting: training objects in their number_dict order, and the held-out test objects.
 UNSEEN_TRAIN_OBJECTS: tuple[str, ...] = (
-    "Knife", "Refrigerator", "Earphone", "Bag", "Keyboard", "Chair", "Hat", "Door", "TrashCan",
-    "Table", "Faucet", "StorageFurniture", "Bottle", "Bowl", "Display", "Mug", "Clock",
+    "Knife",
+    "Refrigerator",
+    "Earphone",
+    "Bag",
+    "Keyboard",
+    "Chair",
+    "Hat",
+    "Door",
+    "TrashCan",
+    "Table",
+    "Faucet",
+    "StorageFurniture",
+    "Bottle",
+    "Bowl",
+    "Display",
+    "Mug",
+    "Clock",
 )
 UNSEEN_TEST_OBJECTS: tuple[str, ...] = ("Bed", "Dishwasher", "Microwave", "Scissors", "Vase", "Laptop")
 

@@ -11,7 +11,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], total: int | None, desc: str, every: int = 0, logger: logging.Logger | None = None) -> Iterator[T]:
+def progress(
+    items: Iterable[T], total: int | None, desc: str, every: int = 0, logger: logging.Logger | None = None
+) -> Iterator[T]:
     if sys.stderr.isatty():
         from tqdm import tqdm
 
