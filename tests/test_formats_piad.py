@@ -15,7 +15,7 @@ from pipeline.formats import detect_format, iter_records
 from pipeline.formats.piad import instruction
 from pipeline.record import Record, Rejection
 
-FIXTURE = Path("/work/shared/fixtures/piad")
+FIXTURE = Path(__file__).parent / "fixtures" / "piad"
 N = 16
 
 

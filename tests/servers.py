@@ -1,0 +1,163 @@
+"""Real servers for the tests that are about them: PostgreSQL and an MLflow tracking server, on 127.0.0.1.
+
+Both are started on free ports in the test's temp dir and stopped (process group killed) at the end.
+PostgreSQL comes from Debian's `postgresql` package; where it is missing and apt-get can install it
+(root), it is installed once; otherwise the caller skips with the reason `find_postgres` gives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_postgres(install: bool = True) -> tuple[Path | None, str]:
+    """(bin dir holding initdb/pg_ctl/postgres, "") or (None, why not)."""
+
+    def located() -> Path | None:
+        for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+            if Path(candidate, "initdb").exists():
+                return Path(candidate)
+        found = shutil.which("initdb")
+        return Path(found).resolve().parent if found else None
+
+    if (bindir := located()) is not None:
+        return bindir, ""
+    if not install:
+        return None, "PostgreSQL is not installed"
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return None, "PostgreSQL is not installed and apt-get is not usable here (needs root on Debian)"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "postgresql"]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if done.returncode:
+            return None, f"`{' '.join(cmd)}` failed: {done.stderr.strip()[-300:]}"
+    bindir = located()
+    return (bindir, "") if bindir else (None, "apt-get installed postgresql but initdb was not found")
+
+
+def _as_postgres_user(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: drop to the `postgres` user the Debian package creates."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def _wait(check, what: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        if check():
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} did not come up in {timeout:.0f} s:\n{log.read_text()[-2000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextlib.contextmanager
+def postgres_server(bindir: Path, root: Path, database: str = "mlflow") -> Iterator[str]:
+    """Yields a SQLAlchemy URI `postgresql+psycopg2://postgres@127.0.0.1:<port>/<database>` (trust auth, loopback only)."""
+    data = root / "pgdata"
+    data.mkdir(parents=True)
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(data, "postgres")
+    subprocess.run(
+        _as_postgres_user([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8"]),
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    log = root / "postgres.log"
+    with open(log, "w") as out:
+        if os.geteuid() == 0:
+            shutil.chown(log, "postgres")
+        proc = subprocess.Popen(
+            _as_postgres_user(
+                [str(bindir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(data)]
+            ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        ready = bindir / "pg_isready"
+        _wait(
+            lambda: subprocess.run([str(ready), "-h", "127.0.0.1", "-p", str(port)], capture_output=True).returncode
+            == 0,
+            "postgres",
+            proc,
+            log,
+        )
+        subprocess.run(
+            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database],
+            check=True,
+            capture_output=True,
+        )
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/{database}"
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, root: Path) -> Iterator[str]:
+    """`mlflow server` on a free loopback port with local artifacts under `root`; yields its http URI."""
+    port = free_port()
+    log = root / "mlflow-server.log"
+    artifacts = root / "mlflow-artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    try:
+        _wait(healthy, "mlflow server", proc, log, timeout=120)
+        yield uri
+    finally:
+        _stop(proc)
