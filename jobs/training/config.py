@@ -44,6 +44,9 @@ class TrainConfig:
     seed: int = 42
     threads_per_worker: int = 0
     """torch intra-op threads per worker (0: cpus_per_worker)."""
+    norm_eval: bool = False
+    """Keep BatchNorm layers in eval mode while training (running statistics instead of per-batch ones;
+    their affine weights still train): results then do not depend on how a batch is split over workers."""
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):

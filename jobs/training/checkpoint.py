@@ -1,0 +1,160 @@
+"""Checkpoints: DeepSpeed's layout (global_step{N}/, latest, zero_to_fp32.py) plus lma3d_meta.json and per-rank
+RNG files, saved by every rank into one folder that Ray Train merges and persists on `ray.train.report`.
+
+A checkpoint is complete only once `report` has returned on every rank: Ray registers it in its run
+snapshot then, and `ray.train.get_checkpoint()` (our resume path) only ever hands out registered ones.
+Frozen parameters (the language backbone) are never written: the meta records the backbone id instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger("lma3d.train.checkpoint")
+
+META_FILE = "lma3d_meta.json"
+META_FORMAT = "lma3d-deepspeed-v1"
+CHECKPOINT_TAG_PREFIX = "checkpoint/"
+UNVALIDATED_SCORE = -1.0
+"""`val/auc` reported with a checkpoint that had no validation: below every AUC, so Ray's best-k drops it
+first. Not NaN: Ray 2.60 writes NaN to its run snapshot as null and its controller then crashes on resume
+(`float * None` in _get_checkpoint_score)."""
+
+
+def tag_for(step: int) -> str:
+    return f"global_step{step}"
+
+
+def dir_name_for(step: int) -> str:
+    """Ray checkpoint folder name: sortable and the same on every rank."""
+    return f"checkpoint_step{step:09d}"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(engine: Any, folder: Path, *, step: int, rank: int, meta: dict[str, Any]) -> None:
+    """Every rank: its ZeRO shard, its RNG state; rank 0: the meta. Ends with a barrier."""
+    folder.mkdir(parents=True, exist_ok=True)
+    engine.save_checkpoint(str(folder), tag=tag_for(step), client_state={"step": step}, exclude_frozen_parameters=True)
+    torch.save(rng_state(), folder / f"rng_rank{rank}.pt")
+    if rank == 0:
+        tmp = folder / (META_FILE + ".tmp")
+        tmp.write_text(json.dumps({"format": META_FORMAT, "tag": tag_for(step), "step": step, **meta}, indent=2))
+        tmp.rename(folder / META_FILE)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder, META_FILE)
+    if not path.exists():
+        raise FileNotFoundError(f"{folder}: not an lma3d checkpoint (no {META_FILE})")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != META_FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {META_FORMAT!r}")
+    return meta
+
+
+def load(engine: Any, folder: str | Path, *, rank: int, world_size: int, zero_stage: int) -> dict[str, Any]:
+    """Restore model, optimizer and scheduler (and this rank's RNG) from `folder`; returns its meta.
+
+    DeepSpeed's ZeRO optimizer shards are per rank: with another world size or stage only the module
+    weights can be restored (stages 0–2 keep them whole), and the scheduler is restored from the meta.
+    """
+    meta = read_meta(folder)
+    same_layout = meta.get("world_size") == world_size and meta.get("zero_stage") == zero_stage
+    if not same_layout and (zero_stage == 3 or meta.get("zero_stage") == 3):
+        raise ValueError(
+            f"{folder}: saved with {meta.get('world_size')} workers at ZeRO-{meta.get('zero_stage')}, now "
+            f"{world_size} at ZeRO-{zero_stage}; ZeRO-3 shards only load into the same layout"
+        )
+    load_path, _ = engine.load_checkpoint(
+        str(folder),
+        tag=meta["tag"],
+        load_module_strict=False,  # frozen parameters were excluded on save
+        load_optimizer_states=same_layout,
+        load_lr_scheduler_states=same_layout,
+        load_module_only=not same_layout,
+    )
+    if load_path is None:
+        raise RuntimeError(f"{folder}: DeepSpeed found no checkpoint for tag {meta['tag']}")
+    if not same_layout:
+        log.warning(
+            "%s: saved with %s workers at ZeRO-%s: restored weights only (optimizer state starts fresh)",
+            folder, meta.get("world_size"), meta.get("zero_stage"),
+        )  # fmt: skip
+        if engine.lr_scheduler is not None:
+            engine.lr_scheduler.load_state_dict(meta["scheduler"])
+    rng_file = Path(folder, f"rng_rank{rank}.pt")
+    if rng_file.exists():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    else:
+        log.warning("%s: no RNG state for rank %d; random streams restart from the seed", folder, rank)
+    return meta
+
+
+def trainable_weights(engine: Any, zero_stage: int, rank: int) -> dict[str, torch.Tensor] | None:
+    """The trainable state dict on CPU, on rank 0 (None elsewhere). Collective under ZeRO-3: every rank must
+    call it, because the partitioned parameters are all-gathered first (a full copy of the trainable
+    weights lands on every rank for the duration, ~164 MB fp32 at paper size)."""
+    module = engine.module
+    if zero_stage == 3:
+        import deepspeed
+
+        params = [p for p in module.parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return _cpu_copy(module) if rank == 0 else None
+    return _cpu_copy(module) if rank == 0 else None
+
+
+def _cpu_copy(module: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.trainable_state_dict().items()}
+
+
+def checkpoint_tag_value(step: int, metrics: dict[str, Any], path: str) -> str:
+    score = metrics.get("val/auc")
+    return json.dumps({"step": step, "val/auc": None if score is None or score < 0 else score, "path": path})
+
+
+def reconcile_checkpoint_tags(tracking_uri: str, run_id: str, kept: list[tuple[Any, dict[str, Any]]]) -> None:
+    """Driver, after fit(): the run's `checkpoint/<dir>` tags list exactly the checkpoints Ray kept."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.training.tracking import retry
+
+    def update() -> bool:
+        client = MlflowClient(tracking_uri)
+        keep = {}
+        for checkpoint, metrics in kept:
+            name = Path(checkpoint.path).name
+            keep[CHECKPOINT_TAG_PREFIX + name] = checkpoint_tag_value(
+                int(metrics.get("step", -1)), metrics, checkpoint.path
+            )
+        for key in client.get_run(run_id).data.tags:
+            if key.startswith(CHECKPOINT_TAG_PREFIX) and key not in keep:
+                client.delete_tag(run_id, key)
+        for key, value in keep.items():
+            client.set_tag(run_id, key, value)
+        return True
+
+    retry("checkpoint tags", update)

@@ -1,0 +1,97 @@
+"""Inside a Ray Train worker: device, threads and seeds, then `deepspeed.initialize` with our optimizer and schedule.
+
+Ray owns the process group (gloo on CPU, NCCL on GPU) and the device placement; DeepSpeed wraps the
+already-initialised torch.distributed group instead of launching its own (conventions §4 items 4–5).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from jobs.config import ExperimentConfig
+from jobs.training.config import TrainConfig
+from jobs.training.deepspeed_config import deepspeed_config, uses_cpu_adam
+from jobs.training.schedule import OriginalLRSchedule
+
+log = logging.getLogger("lma3d.train")
+
+
+def configure_worker(train: TrainConfig) -> torch.device:
+    """Threads, DS_ACCELERATOR and the device this worker trains on (call before importing deepspeed)."""
+    if not train.use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    torch.set_num_threads(max(1, train.threads_per_worker or train.cpus_per_worker))
+    import ray.train.torch
+
+    device = ray.train.torch.get_device() if train.use_gpu else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before any collective: a barrier on the wrong GPU hangs (Ray PR #42751)
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (weight decay on ndim > 1 only, spec §3.1)."""
+    from model.lmaffordance3d import param_groups
+
+    groups = param_groups(model, train.weight_decay)
+    if uses_cpu_adam(train):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=train.lr, betas=train.betas, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas)
+
+
+def build_engine(model: torch.nn.Module, cfg: ExperimentConfig, world_size: int, steps_per_epoch: int) -> Any:
+    """deepspeed.initialize with our optimizer, our LR schedule and the generated config."""
+    import deepspeed
+
+    train = cfg.train
+    if train.precision != "fp32":
+        # DeepSpeed casts parameters and buffers itself at stages 0–2, but under ZeRO-3 the buffers
+        # (BatchNorm running stats) stay fp32 and the first BatchNorm fails on bf16 activations.
+        model.to(torch.bfloat16 if train.precision == "bf16" else torch.float16)
+    optimizer = build_optimizer(model, train)
+    schedule = OriginalLRSchedule(
+        optimizer,
+        lr=train.lr,
+        min_lr=train.min_lr,
+        warmup_lr=train.warmup_lr,
+        warmup_steps=train.warmup_steps,
+        epochs=train.epochs,
+        steps_per_epoch=steps_per_epoch,
+    )
+    config = deepspeed_config(train, cfg.data.batch_size, world_size)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
+    return engine
+
+
+def compute_dtype(engine: Any) -> torch.dtype:
+    if engine.bfloat16_enabled():
+        return torch.bfloat16
+    if engine.fp16_enabled():
+        return torch.float16
+    return torch.float32
+
+
+def to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Floating tensors to the engine's compute dtype (DeepSpeed casts the module, not the inputs)."""
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if value.is_floating_point() and key != "label":
+                value = value.to(dtype)
+        out[key] = value
+    return out

@@ -1,0 +1,348 @@
+"""The driver side of `lma3d train`: run name, resume/overwrite decision, MLflow run, TorchTrainer.fit().
+
+Ray Train 2.60 ("Train V2") resumes by reusing `RunConfig(storage_path, name)`: the controller reloads
+its checkpoint snapshot and `ray.train.get_checkpoint()` hands the workers the latest *reported*
+checkpoint. So the run directory `<storage_path>/<name>` is the resume key, and this module decides,
+before Ray starts, whether that directory is resumed, overwritten or refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from jobs.config import ExperimentConfig
+from jobs.entry import UserError
+from jobs.training import tracking
+from jobs.typed_yaml import dump, flatten, to_dict
+
+log = logging.getLogger("lma3d.train")
+
+META_FILE = "lma3d_meta.json"
+RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+# Secrets and endpoints the workers need to reach MLflow and its artifact store (passed via runtime_env).
+FORWARDED_ENV = (
+    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_S3_IGNORE_TLS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+)  # fmt: skip
+
+
+def default_run_name(cfg: ExperimentConfig, today: dt.date) -> str:
+    """`<date>-<view>-<setting>-lr<lr>-bs<bs>`, bs = images per optimizer step over all workers."""
+    batch = cfg.data.batch_size * cfg.train.grad_accum * cfg.train.num_workers
+    return f"{today.isoformat()}-{cfg.data.view}-{cfg.data.setting}-lr{cfg.train.lr:g}-bs{batch}"
+
+
+def decide_start(run_dir: str, exists: bool, has_checkpoints: bool, resume: str | None, overwrite: bool) -> str:
+    """One of `fresh`, `resume`, `overwrite`, `from_path`; a UserError for every ambiguous combination."""
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other")
+    if overwrite:
+        return "overwrite" if exists else "fresh"
+    if resume == "latest":
+        if not has_checkpoints:
+            raise UserError(f"--resume latest: no checkpoint under {run_dir} (nothing to resume)")
+        return "resume"
+    if resume:
+        if exists:
+            raise UserError(
+                f"run {run_dir} already exists; --resume PATH starts a new run from PATH: choose another "
+                "--run-name, or continue this run with --resume latest"
+            )
+        return "from_path"
+    if has_checkpoints:
+        return "resume"
+    if exists:
+        raise UserError(
+            f"run {run_dir} exists but has no checkpoint; "
+            "pass --overwrite to start it over or choose another --run-name"
+        )
+    return "fresh"
+
+
+def _fs(storage_path: str) -> tuple[Any, str]:
+    import pyarrow.fs
+
+    if "://" in storage_path:
+        return pyarrow.fs.FileSystem.from_uri(storage_path)
+    return pyarrow.fs.LocalFileSystem(), str(Path(storage_path).resolve())
+
+
+def inspect_run(storage_path: str, name: str) -> tuple[bool, list[dict[str, Any]]]:
+    """(run dir exists, metadata of its checkpoints sorted by step) — checkpoints only count once Ray has
+    registered one (its snapshot file exists)."""
+    import pyarrow.fs
+
+    fs, root = _fs(storage_path)
+    run_path = f"{root.rstrip('/')}/{name}"
+    if fs.get_file_info(run_path).type == pyarrow.fs.FileType.NotFound:
+        return False, []
+    snapshot_path = f"{run_path}/{RAY_SNAPSHOT_FILE}"
+    if fs.get_file_info(snapshot_path).type == pyarrow.fs.FileType.NotFound:
+        return True, []
+    with fs.open_input_stream(snapshot_path) as f:
+        registered = _registered_dirs(f.read().decode())
+    metas = []
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(run_path)):
+        if registered is not None and info.base_name not in registered:
+            continue  # written by an attempt that died before Ray registered it
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            meta_path = f"{info.path}/{META_FILE}"
+            if fs.get_file_info(meta_path).type == pyarrow.fs.FileType.File:
+                with fs.open_input_stream(meta_path) as f:
+                    metas.append({**json.loads(f.read().decode()), "path": info.path})
+    return True, sorted(metas, key=lambda m: m["step"])
+
+
+def _registered_dirs(snapshot: str) -> set[str] | None:
+    """Checkpoint folder names in Ray's run snapshot (None if its format is not the one we know)."""
+    try:
+        state = json.loads(snapshot)
+        names = {r["checkpoint_dir_name"] for r in state.get("checkpoint_results", [])}
+        latest = state.get("latest_checkpoint_result") or {}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if latest.get("checkpoint_dir_name"):
+        names.add(latest["checkpoint_dir_name"])
+    return names
+
+
+def delete_run(storage_path: str, name: str) -> None:
+    fs, root = _fs(storage_path)
+    fs.delete_dir(f"{root.rstrip('/')}/{name}")
+
+
+def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Ray Train workers run in their own working directory: make every local path absolute."""
+
+    def fix(path: str) -> str:
+        return path if not path or "://" in path else str(Path(path).expanduser().resolve())
+
+    return replace(
+        cfg,
+        workdir=fix(cfg.workdir),
+        data=replace(cfg.data, shards=fix(cfg.data.shards)),
+        model=replace(
+            cfg.model, backbone_path=fix(cfg.model.backbone_path), resnet_weights=fix(cfg.model.resnet_weights)
+        ),
+        train=replace(cfg.train, storage_path=cfg.storage_path),
+        mlflow=replace(cfg.mlflow, tracking_uri=cfg.tracking_uri),
+    )
+
+
+@dataclass
+class TrainSummary:
+    run_name: str
+    run_dir: str
+    tracking_uri: str
+    experiment: str
+    run_id: str
+    mode: str
+    last_step: int = 0
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    best_checkpoint: str = ""
+    latest_checkpoint: str = ""
+
+    def report(self) -> str:
+        backend = self.tracking_uri
+        ui = f"mlflow ui --backend-store-uri {backend}" if not backend.startswith("http") else f"open {backend}"
+        best = ", ".join(f"{k}={v:.4f}" for k, v in sorted(self.best_metrics.items()) if k.startswith("val/"))
+        return "\n".join([
+            f"run:        {self.run_name} ({self.mode}, {self.last_step} optimizer steps)",
+            f"storage:    {self.run_dir}",
+            f"latest:     {self.latest_checkpoint or '-'}",
+            f"best:       {self.best_checkpoint or '-'} {best}",
+            f"mlflow:     experiment {self.experiment!r}, run {self.run_id}",
+            f"browse:     {ui}",
+        ])  # fmt: skip
+
+
+def _mlflow_run(
+    cfg: ExperimentConfig, name: str, run_dir: str, mode: str, metas: list[dict], resume: str | None
+) -> str:
+    """Create the job's MLflow run, or find the one a resumed job started (checkpoint meta, then the run-key tag)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = cfg.tracking_uri
+    tracking.check_tracking_uri(uri)
+    client = MlflowClient(uri)
+    try:
+        experiment_id = tracking.ensure_experiment(
+            client, cfg.experiment_name, tracking.local_artifact_location(uri, cfg.workdir)
+        )
+        if mode == "resume":
+            for run_id in [m.get("mlflow_run_id") for m in reversed(metas)]:
+                if run_id and tracking.run_exists(client, run_id):
+                    return run_id
+            found = tracking.find_run(client, experiment_id, run_dir)
+            if found:
+                return found
+            log.warning("no MLflow run found for %s in %s: starting a new one", run_dir, uri)
+        tags = {
+            tracking.RUN_KEY_TAG: run_dir,
+            "mlflow.note.content": "lma3d train " + shlex.join(sys.argv[1:]),
+            "mlflow.source.name": "lma3d train",
+            "view": cfg.data.view,
+            "setting": cfg.data.setting,
+            "dataset": cfg.dataset,
+            "zero_stage": str(cfg.train.zero_stage),
+            "precision": cfg.train.precision,
+            "backbone": cfg.model.backbone_path or cfg.model.backbone,
+            "num_workers": str(cfg.train.num_workers),
+            **{k: str(v) for k, v in cfg.mlflow.tags.items()},
+        }
+        commit = tracking.git_commit(Path(__file__).resolve().parent)
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        if tracking.ray_submission_id():
+            tags["ray.submission_id"] = tracking.ray_submission_id()
+        if mode == "from_path":
+            tags["lma3d.resumed_from"] = resume or ""
+        return tracking.create_run(client, experiment_id, name, tags, flatten(to_dict(cfg)), dump(cfg))
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure to reach the store before training is the user's to fix
+        raise UserError(f"MLflow store {uri}: {type(e).__name__}: {e}") from None
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        from jobs.submission import runtime_env
+
+        ray.init(address=address, runtime_env=runtime_env())
+    else:
+        ray.init()  # RAY_ADDRESS (inside `ray job submit`) or a local cluster
+
+
+def launch(
+    cfg: ExperimentConfig,
+    *,
+    address: str | None = None,
+    resume: str | None = None,
+    overwrite: bool = False,
+    run_name: str | None = None,
+    fault_injection: dict[str, Any] | None = None,
+) -> TrainSummary:
+    """Decide the run, attach MLflow, run TorchTrainer.fit() and summarise the result."""
+    cfg = absolute_paths(cfg)
+    name = run_name or cfg.train.run_name or default_run_name(cfg, dt.date.today())
+    if "/" in name or name in (".", ".."):
+        raise UserError(f"run name {name!r} must not contain '/'")
+    cfg = replace(cfg, train=replace(cfg.train, run_name=name))
+    run_dir = f"{cfg.storage_path.rstrip('/')}/{name}"
+    exists, metas = inspect_run(cfg.storage_path, name)
+    mode = decide_start(run_dir, exists, bool(metas), resume, overwrite)
+    resume_from = None
+    if mode == "from_path":
+        resume_from = str(Path(resume).resolve()) if "://" not in resume else resume
+        if "://" not in resume_from and not Path(resume_from, META_FILE).exists():
+            raise UserError(f"--resume {resume}: not an lma3d checkpoint (no {META_FILE} in it)")
+    if mode == "resume":
+        log.info("resuming run %s from its latest checkpoint (step %d)", name, metas[-1]["step"])
+    run_id = _mlflow_run(cfg, name, run_dir, mode, metas, resume_from)
+    if mode == "overwrite":
+        log.warning("--overwrite: deleting %s", run_dir)
+        delete_run(cfg.storage_path, name)
+    _init_ray(address)
+    _check_gpus(cfg, address)
+    trainer = _trainer(cfg, name, run_id, resume_from, fault_injection)
+    summary = TrainSummary(name, run_dir, cfg.tracking_uri, cfg.experiment_name, run_id, mode)
+    try:
+        result = trainer.fit()
+    except BaseException:
+        _terminate(cfg.tracking_uri, run_id, "FAILED")
+        raise
+    _summarise(summary, result)
+    _terminate(cfg.tracking_uri, run_id, "FINISHED")
+    return summary
+
+
+def _check_gpus(cfg: ExperimentConfig, address: str | None) -> None:
+    import ray
+
+    if not cfg.train.use_gpu:
+        return
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus < cfg.train.num_workers and not (address or os.environ.get("RAY_ADDRESS")):
+        raise UserError(
+            f"train.use_gpu is true but this machine's Ray has {gpus:g} GPU(s) for {cfg.train.num_workers} "
+            "worker(s); set train.use_gpu=false to train on CPU"
+        )
+
+
+def _trainer(cfg: ExperimentConfig, name: str, run_id: str, resume_from: str | None, fault: dict | None) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from jobs.training.loop import train_func
+
+    train = cfg.train
+    resources = {"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})}
+    env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    if not train.use_gpu:
+        env_vars["DS_ACCELERATOR"] = "cpu"  # must be set before deepspeed is imported in the worker
+    loop_config = {
+        "config": to_dict(cfg),
+        "config_yaml": dump(cfg),
+        "run_name": name,
+        "mlflow_run_id": run_id,
+        "resume_from": resume_from,
+        "fault_injection": fault,
+    }
+    return TorchTrainer(
+        train_func,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker=resources
+        ),
+        torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=name,
+            storage_path=cfg.storage_path,
+            failure_config=FailureConfig(max_failures=train.max_failures),
+            # Ray keeps the `keep_checkpoints` best by val/auc AND always the latest reported one (never
+            # deleted), so the resume point is the newest checkpoint whatever its score.
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=train.keep_checkpoints, checkpoint_score_attribute="val/auc", checkpoint_score_order="max"
+            ),
+            worker_runtime_env={"env_vars": env_vars},
+        ),
+    )
+
+
+def _summarise(summary: TrainSummary, result: Any) -> None:
+    from jobs.training.checkpoint import reconcile_checkpoint_tags
+
+    summary.last_metrics = dict(result.metrics or {})
+    summary.last_step = int(summary.last_metrics.get("step", 0))
+    if result.checkpoint is not None:
+        summary.latest_checkpoint = result.checkpoint.path
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if _finite(m.get("val/auc"))]
+    if scored:
+        best, metrics = max(scored, key=lambda cm: cm[1]["val/auc"])
+        summary.best_checkpoint, summary.best_metrics = best.path, dict(metrics)
+    reconcile_checkpoint_tags(summary.tracking_uri, summary.run_id, result.best_checkpoints or [])
+
+
+def _finite(value: Any) -> bool:
+    """A real AUC (unvalidated checkpoints report -1)."""
+    return isinstance(value, (int, float)) and 0.0 <= value <= 1.0
+
+
+def _terminate(tracking_uri: str, run_id: str, status: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    tracking.retry(f"set_terminated {status}", lambda: MlflowClient(tracking_uri).set_terminated(run_id, status))

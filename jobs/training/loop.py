@@ -1,0 +1,307 @@
+"""`train_func`: what every Ray Train worker runs (build → restore → epochs of steps → validate → checkpoint).
+
+Every collective decision (log, validate, checkpoint, stop) depends only on the step and epoch counters,
+which are identical on all ranks, so every rank calls `ray.train.report` the same number of times.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from jobs.config import ExperimentConfig
+from jobs.log import setup_logging
+from jobs.training import checkpoint as ckpt
+from jobs.training.engine import build_engine, compute_dtype, configure_worker, seed_everything, to_device
+from jobs.training.tracking import RunLogger
+from jobs.training.validate import validate
+from jobs.typed_yaml import build
+
+log = logging.getLogger("lma3d.train")
+
+
+class Window:
+    """Sums over one logging window, reduced across ranks when logged."""
+
+    def __init__(self) -> None:
+        self.loss = self.micro = self.wait = self.images = 0.0
+        self.start = time.perf_counter()
+
+    def reduced(self, world: int) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.start
+        totals = torch.tensor([self.loss, self.micro, self.wait, self.images, elapsed], dtype=torch.float64)
+        if world > 1:
+            torch.distributed.all_reduce(totals)
+        loss, micro, wait, images, elapsed_sum = totals.tolist()
+        return {
+            "train/loss": loss / max(micro, 1.0),
+            "perf/samples_per_s": images / max(elapsed_sum / world, 1e-9),
+            "perf/data_wait_frac": wait / max(elapsed_sum, 1e-9),
+        }
+
+
+class TrainJob:
+    def __init__(self, config: dict[str, Any], rank: int, world: int) -> None:
+        self.config, self.rank, self.world = config, rank, world
+        self.cfg: ExperimentConfig = build(ExperimentConfig, config["config"], "train_loop_config")
+        train = self.cfg.train
+        self.device = configure_worker(train)
+        seed_everything(train.seed + rank)  # the original seeds 42 + rank
+        from model.lmaffordance3d import build_model
+
+        from pipeline.loaders import train_loader
+
+        self.model = build_model(self.cfg.model, device=self.device, pretrained=True)
+        self.backbone_id = str(self.model.backbone_id)
+        batches = len(train_loader(self.cfg.data, self.cfg.model.image_size, rank, world, 0))
+        self.steps_per_epoch = batches // train.grad_accum
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"{batches} batches per rank per epoch < train.grad_accum {train.grad_accum}: "
+                "fewer workers, a smaller data.batch_size or more data"
+            )
+        self.total_steps = self.steps_per_epoch * train.epochs
+        if train.max_steps:
+            self.total_steps = min(self.total_steps, train.max_steps)
+        self.engine = build_engine(self.model, self.cfg, world, self.steps_per_epoch)
+        self.dtype = compute_dtype(self.engine)
+        self.step = 0
+        self.best = {"val/auc": float("nan"), "step": -1}
+        self.last_train: dict[str, float] = {}
+        self.last_checkpoint = ""
+        self.run = RunLogger(rank == 0, self.cfg.tracking_uri, config["mlflow_run_id"], self.cfg.mlflow.system_metrics)
+
+    # ---- restore -------------------------------------------------------------------------------------
+    def restore(self) -> None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                meta = self._load(folder)
+        elif self.config.get("resume_from"):
+            meta = self._load(self.config["resume_from"])
+        else:
+            return
+        self.step = int(meta["step"])
+        self.best = meta.get("best", self.best)
+        log.info("resumed at step %d (lr %.3e)", self.step, self.engine.lr_scheduler.get_last_lr()[0])
+
+    def _load(self, folder: str | Path) -> dict[str, Any]:
+        return ckpt.load(
+            self.engine, folder, rank=self.rank, world_size=self.world, zero_stage=self.cfg.train.zero_stage
+        )
+
+    # ---- training ------------------------------------------------------------------------------------
+    def fit(self) -> None:
+        self.run.start(node_id=socket.gethostname())
+        self.run.tags({"backbone": self.backbone_id, "manifest_fingerprint": _manifest_fingerprint(self.cfg)})
+        if self.step >= self.total_steps:
+            log.info("run already complete at step %d", self.step)
+        bar = _progress_bar(self.rank, self.total_steps, self.step)
+        start_epoch, done_in_epoch = divmod(self.step, self.steps_per_epoch)
+        for epoch in range(start_epoch, self.cfg.train.epochs):
+            if self.step >= self.total_steps:
+                break
+            self._epoch(epoch, skip=done_in_epoch * self.cfg.train.grad_accum if epoch == start_epoch else 0, bar=bar)
+            finished = self.step >= self.total_steps
+            every = self.cfg.train.val_every
+            due = every > 0 and ((epoch + 1) % every == 0 or finished)
+            self._checkpoint(epoch, self._validate(epoch) if due else {})
+        if bar is not None:
+            bar.close()
+        self.run.end()
+
+    def _epoch(self, epoch: int, skip: int, bar: Any) -> None:
+        from model.loss import heatmap_loss
+
+        from pipeline.loaders import train_loader
+
+        train, engine = self.cfg.train, self.engine
+        micro_per_epoch = self.steps_per_epoch * train.grad_accum
+        loader = iter(train_loader(self.cfg.data, self.cfg.model.image_size, self.rank, self.world, epoch))
+        for _ in range(skip):  # data position of a mid-epoch checkpoint: same order, consumed batches dropped
+            next(loader)
+        set_train_mode(engine.module, train.norm_eval)
+        window = Window()
+        for _ in range(skip, micro_per_epoch):
+            waited = time.perf_counter()
+            batch = next(loader)
+            window.wait += time.perf_counter() - waited
+            moved = to_device(batch, self.device, self.dtype)
+            probs = engine(moved["image"], moved["points"], list(batch["instruction"]))
+            loss = heatmap_loss(probs.float(), moved["label"].float())
+            engine.backward(loss)
+            lr = engine.lr_scheduler.get_last_lr()[0]
+            boundary = engine.is_gradient_accumulation_boundary()
+            engine.step()
+            window.loss += float(loss.detach())
+            window.micro += 1
+            window.images += moved["image"].shape[0]
+            if not boundary:
+                continue
+            self.step += 1
+            if bar is not None:
+                bar.update(1)
+            self._maybe_inject_fault()
+            if self.step % train.log_every == 0 or self.step == self.total_steps:
+                self._log(window, lr, epoch)
+                window = Window()
+            last_of_epoch = self.step % self.steps_per_epoch == 0
+            if self.step >= self.total_steps:
+                return
+            if train.checkpoint_every and self.step % train.checkpoint_every == 0 and not last_of_epoch:
+                self._checkpoint(epoch, {})
+
+    def _log(self, window: Window, lr: float, epoch: int) -> None:
+        metrics = window.reduced(self.world) | {"train/lr": lr}
+        grad_norm = _grad_norm(self.engine)
+        if grad_norm is not None:
+            metrics["train/grad_norm"] = grad_norm
+        self.last_train = metrics
+        self.run.metrics(metrics, step=self.step)
+        memory = f"rss {psutil.Process().memory_info().rss / 2**30:.2f} GiB"
+        if torch.cuda.is_available():
+            memory += f", gpu {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+        log.info(
+            "step %d/%d epoch %d | loss %.4f | lr %.3e | grad_norm %s | %.1f samples/s | data-wait %.0f%% | %s",
+            self.step, self.total_steps, epoch, metrics["train/loss"], lr,
+            f"{grad_norm:.3f}" if grad_norm is not None else "-", metrics["perf/samples_per_s"],
+            100 * metrics["perf/data_wait_frac"], memory,
+        )  # fmt: skip
+
+    def _validate(self, epoch: int) -> dict[str, float]:
+        metrics, tables = validate(self.engine, self.cfg, self.rank, self.world)
+        set_train_mode(self.engine.module, self.cfg.train.norm_eval)
+        self.run.metrics(metrics, step=self.step)
+        if tables is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp, f"step_{self.step:09d}.json")
+                path.write_text(_json(tables))
+                self.run.artifact(path, "val")
+        return metrics
+
+    # ---- checkpoints ---------------------------------------------------------------------------------
+    def _checkpoint(self, epoch: int, val: dict[str, float]) -> None:
+        import ray.train
+
+        score = val.get("val/auc", float("nan"))
+        improved = not math.isnan(score) and (math.isnan(self.best["val/auc"]) or score > self.best["val/auc"])
+        if improved:
+            self.best = {"val/auc": score, "step": self.step}
+        name = ckpt.dir_name_for(self.step)
+        metrics = {"step": self.step, "epoch": epoch, **self.last_train, "val/auc": ckpt.UNVALIDATED_SCORE, **val}
+        meta = {
+            "epoch": epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "world_size": self.world,
+            "zero_stage": self.cfg.train.zero_stage,
+            "backbone_id": self.backbone_id,
+            "manifest_fingerprint": _manifest_fingerprint(self.cfg),
+            "config": self.config["config"],
+            "config_yaml": self.config["config_yaml"],
+            "scheduler": self.engine.lr_scheduler.state_dict(),
+            "mlflow_run_id": self.config["mlflow_run_id"],
+            "tracking_uri": self.cfg.tracking_uri,
+            "best": self.best,
+            "metrics": metrics,
+        }
+        with tempfile.TemporaryDirectory(prefix="lma3d-ckpt-") as tmp:
+            folder = Path(tmp, name)
+            ckpt.save(self.engine, folder, step=self.step, rank=self.rank, meta=meta)
+            weights = ckpt.trainable_weights(self.engine, self.cfg.train.zero_stage, self.rank)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_dir_name=name)
+        self.last_checkpoint = name
+        if self.rank == 0:
+            path = f"{self.cfg.storage_path.rstrip('/')}/{self.config['run_name']}/{name}"
+            self.run.tags({ckpt.CHECKPOINT_TAG_PREFIX + name: ckpt.checkpoint_tag_value(self.step, metrics, path)})
+            self.run.tags({"checkpoint.latest": path} | ({"checkpoint.best": path} if improved else {}))
+            self._log_weights(weights, improved)
+
+    def _log_weights(self, weights: dict[str, torch.Tensor], improved: bool) -> None:
+        from safetensors.torch import save_file
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, "model.safetensors")
+            save_file(weights, str(path), metadata={"step": str(self.step), "backbone_id": self.backbone_id})
+            self.run.artifact(path, "weights/last")
+            if improved:
+                self.run.artifact(path, "weights/best")
+
+    def _maybe_inject_fault(self) -> None:
+        """Test hook: SIGKILL this worker once (a marker file remembers) at a given step on a given rank, after
+        Ray has registered the last checkpoint (its controller collects reports every ~2 s; a crash inside
+        that window falls back to the checkpoint before, which would make the test's expectations racy)."""
+        fault = self.config.get("fault_injection")
+        if fault and self.rank == fault["rank"] and self.step == fault["step"] and not Path(fault["marker"]).exists():
+            snapshot = Path(self.cfg.storage_path, self.config["run_name"], "checkpoint_manager_snapshot.json")
+            deadline = time.monotonic() + 60
+            while self.last_checkpoint and time.monotonic() < deadline:
+                if snapshot.exists() and self.last_checkpoint in snapshot.read_text():
+                    break
+                time.sleep(0.2)
+            Path(fault["marker"]).write_text(str(self.step))
+            log.warning("fault injection: SIGKILL rank %d at step %d", self.rank, self.step)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def set_train_mode(module: torch.nn.Module, norm_eval: bool) -> None:
+    module.train()
+    if norm_eval:
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+                layer.eval()
+
+
+def _grad_norm(engine: Any) -> float | None:
+    norm = engine.get_global_grad_norm()
+    if norm is not None:
+        return float(norm)
+    return None
+
+
+def _manifest_fingerprint(cfg: ExperimentConfig) -> str:
+    import json
+
+    path = Path(cfg.data.shards, "manifest.json")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(manifest.get("fingerprint") or manifest.get("source_fingerprint") or "")
+
+
+def _json(tables: dict) -> str:
+    import json
+
+    return json.dumps(tables, indent=1, default=float)
+
+
+def _progress_bar(rank: int, total: int, initial: int) -> Any:
+    if rank != 0 or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step")
+
+
+def train_func(config: dict[str, Any]) -> None:
+    import ray.train
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    setup_logging(rank)
+    job = TrainJob(config, rank, world)
+    job.restore()
+    job.fit()

@@ -1,0 +1,205 @@
+"""MLflow for `lma3d train`: one run per training job.
+
+The driver checks the tracking server before Ray starts (an unreachable server is a clear error, not a
+failure ten minutes into the job), creates the experiment and the run (or finds the run of a resumed
+job) and logs params + the resolved YAML. Rank 0 of the workers then attaches to that run id
+(`mlflow.start_run(run_id=...)`, system metrics on) and logs metrics, tags and weights; every call there
+is retried with backoff and only warned about, so a flaky server never kills training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from jobs.entry import UserError
+
+log = logging.getLogger("lma3d.train.mlflow")
+T = TypeVar("T")
+
+RUN_KEY_TAG = "lma3d.run_key"
+"""`<storage_path>/<run name>`: how a resumed job finds its MLflow run."""
+PARAM_BATCH = 100  # MLflow's log_batch limit on params per call
+PARAM_VALUE_MAX = 6000
+
+
+def local_artifact_location(tracking_uri: str, workdir: str) -> str | None:
+    """For a local sqlite store, artifacts live beside it in <workdir>/mlartifacts (else the server decides)."""
+    if tracking_uri.startswith("sqlite:"):
+        return Path(workdir, "mlartifacts").resolve().as_uri()
+    return None
+
+
+def check_tracking_uri(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Raise UserError when the tracking store cannot be reached or created."""
+    hint = "start the server or set MLFLOW_TRACKING_URI / mlflow.tracking_uri"
+    if tracking_uri.startswith(("http://", "https://")):
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                if response.status != 200:
+                    raise UserError(f"MLflow tracking server {tracking_uri}: /health answered {response.status}")
+        except urllib.error.HTTPError as e:
+            raise UserError(f"MLflow tracking server {tracking_uri}: /health answered {e.code}; {hint}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise UserError(f"MLflow tracking server {tracking_uri} is unreachable ({reason}); {hint}") from None
+    elif tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"MLflow store {tracking_uri}: cannot create {folder} ({e.strerror})") from None
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"MLflow store {tracking_uri}: {folder} is not writable")
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def ray_submission_id() -> str | None:
+    """The Ray job submission id when running as `ray job submit` / `lma3d submit` (else None)."""
+    if os.environ.get("RAY_JOB_SUBMISSION_ID"):
+        return os.environ["RAY_JOB_SUBMISSION_ID"]
+    try:
+        job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+    except json.JSONDecodeError:
+        return None
+    return (job_config.get("metadata") or {}).get("job_submission_id")
+
+
+def ensure_experiment(client: Any, name: str, artifact_location: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise UserError(f"MLflow experiment {name!r} is deleted; restore it or choose mlflow.experiment")
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def find_run(client: Any, experiment_id: str, run_key: str) -> str | None:
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", order_by=["attributes.start_time DESC"]
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def run_exists(client: Any, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
+
+
+def create_run(
+    client: Any, experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, Any], config_yaml: str
+) -> str:
+    """A new run holding the flattened params and the resolved config as config/config.yaml."""
+    from mlflow.entities import Param
+
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    run_id = run.info.run_id
+    items = [Param(k[:250], str(v)[:PARAM_VALUE_MAX]) for k, v in params.items()]
+    for start in range(0, len(items), PARAM_BATCH):
+        client.log_batch(run_id, params=items[start : start + PARAM_BATCH])
+    client.log_text(run_id, config_yaml, "config/config.yaml")
+    return run_id
+
+
+def retry(what: str, fn: Callable[[], T], attempts: int = 3, backoff_s: float = 1.0) -> T | None:
+    """fn() with `attempts` tries and doubling backoff; on final failure a warning and None."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - any tracking failure must not stop training
+            if attempt == attempts:
+                log.warning("MLflow %s failed %d times, skipped: %s", what, attempts, e)
+                return None
+            log.warning("MLflow %s failed (%s); retry %d/%d in %.0f s", what, e, attempt, attempts - 1, backoff_s)
+            time.sleep(backoff_s)
+            backoff_s *= 2
+    return None
+
+
+class RunLogger:
+    """Rank 0's handle on the job's MLflow run; on other ranks every method is a no-op."""
+
+    def __init__(
+        self, enabled: bool, tracking_uri: str, run_id: str, system_metrics: bool = True, backoff_s: float = 1.0
+    ) -> None:
+        self.enabled = enabled and bool(run_id)
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+        self.system_metrics, self.backoff_s = system_metrics, backoff_s
+        self.started = False
+
+    def start(self, node_id: str | None = None) -> None:
+        if not self.enabled:
+            return
+        # MLflow's own HTTP retries back off for minutes; ours are shorter and never raise.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        import mlflow
+
+        def start() -> bool:
+            mlflow.set_tracking_uri(self.tracking_uri)
+            if self.system_metrics and node_id:
+                mlflow.system_metrics.set_system_metrics_node_id(node_id)
+            if not _active(self.run_id):
+                mlflow.start_run(run_id=self.run_id, log_system_metrics=self.system_metrics)
+            return True
+
+        self.started = bool(retry("start_run", start, backoff_s=self.backoff_s))
+        if not self.started:
+            log.warning("MLflow run %s could not be attached: this attempt trains without tracking", self.run_id)
+
+    def metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.started and metrics:
+            import mlflow
+
+            retry("log_metrics", lambda: mlflow.log_metrics(metrics, step=step), backoff_s=self.backoff_s)
+
+    def tags(self, tags: dict[str, Any]) -> None:
+        if self.started and tags:
+            import mlflow
+
+            values = {k: str(v) for k, v in tags.items()}
+            retry("set_tags", lambda: mlflow.set_tags(values), backoff_s=self.backoff_s)
+
+    def artifact(self, local_path: str | Path, artifact_path: str) -> None:
+        if self.started:
+            import mlflow
+
+            retry(
+                f"log_artifact {artifact_path}",
+                lambda: mlflow.log_artifact(str(local_path), artifact_path),
+                backoff_s=self.backoff_s,
+            )
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.started:
+            import mlflow
+
+            retry("end_run", lambda: mlflow.end_run(status=status), backoff_s=self.backoff_s)
+            self.started = False
+
+
+def _active(run_id: str) -> bool:
+    import mlflow
+
+    run = mlflow.active_run()
+    return run is not None and run.info.run_id == run_id
