@@ -1,0 +1,74 @@
+"""PointNet++ point operations, vectorised over the batch and the points.
+
+Only farthest-point sampling keeps a loop, over the `npoint` picks (each pick depends on the previous);
+ball query and 3-NN interpolation are single tensor expressions.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+
+def index_points(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """points [B,N,C], idx [B,...] -> [B,...,C]."""
+    batch, channels = points.shape[0], points.shape[-1]
+    flat = idx.reshape(batch, -1, 1).expand(-1, -1, channels)
+    return torch.gather(points, 1, flat).reshape(*idx.shape, channels)
+
+
+def square_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a [B,N,3], b [B,M,3] -> squared distances [B,N,M]."""
+    return (a.unsqueeze(2) - b.unsqueeze(1)).pow(2).sum(-1)
+
+
+@torch.no_grad()
+def farthest_point_sample(xyz: torch.Tensor, npoint: int, start: Literal["random", "first"] = "random") -> torch.Tensor:
+    """xyz [B,N,3] -> indices [B,npoint]; `random` starts at a random point as the original, `first` at 0."""
+    batch, n, _ = xyz.shape
+    xyz = xyz.float()
+    picked = torch.empty(batch, npoint, dtype=torch.long, device=xyz.device)
+    nearest = torch.full((batch, n), float("inf"), device=xyz.device)
+    if start == "random":
+        farthest = torch.randint(0, n, (batch,), device=xyz.device)
+    else:
+        farthest = torch.zeros(batch, dtype=torch.long, device=xyz.device)
+    rows = torch.arange(batch, device=xyz.device)
+    for i in range(npoint):
+        picked[:, i] = farthest
+        centroid = xyz[rows, farthest].unsqueeze(1)
+        nearest = torch.minimum(nearest, (xyz - centroid).pow(2).sum(-1))
+        farthest = nearest.argmax(-1)
+    return picked
+
+
+@torch.no_grad()
+def ball_query(radius: float, nsample: int, xyz: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """The original's semantics without its sort: for each centre, the first `nsample` point indices (in index
+    order) within `radius`, padded with the first one found. xyz [B,N,3], centres [B,S,3] -> [B,S,nsample]."""
+    inside = square_distance(centres.float(), xyz.float()) <= radius * radius  # [B,S,N]
+    rank = inside.cumsum(-1) - 1  # position of each in-radius point among the in-radius points
+    slot = torch.where(inside & (rank < nsample), rank, torch.full_like(rank, nsample))
+    n = xyz.shape[1]
+    out = torch.full((*inside.shape[:2], nsample + 1), -1, dtype=torch.long, device=xyz.device)
+    order = torch.arange(n, device=xyz.device).expand_as(slot)
+    out.scatter_(-1, slot, order)  # duplicates only land in the spare last slot, which is dropped
+    out = out[..., :nsample]
+    first = out[..., :1]
+    first = torch.where(first < 0, torch.zeros_like(first), first)  # a centre with no neighbour (not from xyz)
+    return torch.where(out < 0, first, out)
+
+
+def three_nn_interpolate(
+    xyz_to: torch.Tensor, xyz_from: torch.Tensor, feats_from: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """Inverse squared-distance weights over the 3 nearest points: xyz_to [B,N,3], xyz_from [B,S,3],
+    feats_from [B,S,C] -> [B,N,C]. `eps` is 0.01 in the released model, 1e-8 in IAGNet/LASO."""
+    if xyz_from.shape[1] == 1:
+        return feats_from.expand(-1, xyz_to.shape[1], -1)
+    dist = square_distance(xyz_to.float(), xyz_from.float())
+    dist, idx = dist.topk(3, dim=-1, largest=False)
+    weight = 1.0 / (dist + eps)
+    weight = (weight / weight.sum(-1, keepdim=True)).to(feats_from.dtype)
+    return (index_points(feats_from, idx) * weight.unsqueeze(-1)).sum(2)

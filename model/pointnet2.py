@@ -1,0 +1,91 @@
+"""PointNet++ MSG point encoder (three set-abstraction levels) and the feature-propagation layer.
+
+Channels follow the original (spec §1.2 b): SA1 reuses xyz as its input features (3 + 3 relative xyz),
+each branch is Conv2d 1x1 + BN2d + ReLU layers then a max over the neighbourhood.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from model.config import ModelConfig
+from model.point_ops import ball_query, farthest_point_sample, index_points, three_nn_interpolate
+
+
+def _conv_stack(conv: type[nn.Module], norm: type[nn.Module], in_channel: int, widths: Sequence[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [conv(in_channel, width, 1), norm(width), nn.ReLU(inplace=True)]
+        in_channel = width
+    return nn.Sequential(*layers)
+
+
+class SetAbstractionMSG(nn.Module):
+    def __init__(
+        self,
+        npoint: int,
+        radii: Sequence[float],
+        nsamples: Sequence[int],
+        in_channel: int,
+        mlps: Sequence[Sequence[int]],
+        fps_start: str,
+    ) -> None:
+        super().__init__()
+        self.npoint, self.radii, self.nsamples, self.fps_start = npoint, tuple(radii), tuple(nsamples), fps_start
+        self.branches = nn.ModuleList(_conv_stack(nn.Conv2d, nn.BatchNorm2d, in_channel + 3, m) for m in mlps)
+        self.out_channels = sum(m[-1] for m in mlps)
+
+    def forward(self, xyz: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """xyz [B,3,N], feats [B,C,N] -> centres [B,3,S], features [B,C_out,S]."""
+        xyz_t, feats_t = xyz.transpose(1, 2), feats.transpose(1, 2)
+        centres = index_points(xyz_t, farthest_point_sample(xyz_t, self.npoint, self.fps_start))  # [B,S,3]
+        outputs = []
+        for radius, nsample, branch in zip(self.radii, self.nsamples, self.branches):
+            idx = ball_query(radius, nsample, xyz_t, centres)  # [B,S,K]
+            relative = index_points(xyz_t, idx) - centres.unsqueeze(2)
+            grouped = torch.cat([index_points(feats_t, idx), relative], dim=-1)  # [B,S,K,C+3]
+            outputs.append(branch(grouped.permute(0, 3, 2, 1)).amax(dim=2))  # [B,C',S]
+        return centres.transpose(1, 2), torch.cat(outputs, dim=1)
+
+
+class PointNet2Encoder(nn.Module):
+    """xyz [B,3,N] -> [(xyz_l, feats_l)] for l = 0..3; level 0 is the input with xyz as its features."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.sa1 = SetAbstractionMSG(cfg.sa1_npoint, cfg.sa1_radii, cfg.sa1_nsample, 3, cfg.sa1_mlps, cfg.fps_start)
+        self.sa2 = SetAbstractionMSG(
+            cfg.sa2_npoint, cfg.sa2_radii, cfg.sa2_nsample, self.sa1.out_channels, cfg.sa2_mlps, cfg.fps_start
+        )
+        self.sa3 = SetAbstractionMSG(
+            cfg.sa3_npoint, cfg.sa3_radii, cfg.sa3_nsample, self.sa2.out_channels, cfg.sa3_mlps, cfg.fps_start
+        )
+        self.channels = (3, self.sa1.out_channels, self.sa2.out_channels, self.sa3.out_channels)
+
+    def forward(self, xyz: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        levels = [(xyz, xyz)]
+        for sa in (self.sa1, self.sa2, self.sa3):
+            levels.append(sa(*levels[-1]))
+        return levels
+
+
+class FeaturePropagation(nn.Module):
+    """Upsample features from `xyz_from` to `xyz_to` (3-NN inverse distance) and fuse with the skip features."""
+
+    def __init__(self, in_channel: int, mlp: Sequence[int], eps: float = 0.01) -> None:
+        super().__init__()
+        self.mlp = _conv_stack(nn.Conv1d, nn.BatchNorm1d, in_channel, mlp)
+        self.eps = eps
+
+    def forward(
+        self, xyz_to: torch.Tensor, xyz_from: torch.Tensor, skip: torch.Tensor | None, feats_from: torch.Tensor
+    ) -> torch.Tensor:
+        """xyz_to [B,3,N], xyz_from [B,3,S], skip [B,C1,N] | None, feats_from [B,C2,S] -> [B,mlp[-1],N]."""
+        up = three_nn_interpolate(
+            xyz_to.transpose(1, 2), xyz_from.transpose(1, 2), feats_from.transpose(1, 2), self.eps
+        )
+        up = up.transpose(1, 2)
+        return self.mlp(up if skip is None else torch.cat([skip, up], dim=1))
