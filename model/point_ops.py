@@ -19,11 +19,17 @@ def index_points(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def square_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a [B,N,3], b [B,M,3] -> squared distances [B,N,M]."""
-    return (a.unsqueeze(2) - b.unsqueeze(1)).pow(2).sum(-1)
+    """a [B,N,3], b [B,M,3] -> squared distances [B,N,M] as |a|^2 + |b|^2 - 2ab (one batched matmul instead of
+    a [B,N,M,3] difference tensor), clamped at 0 against rounding."""
+    a, b = a.float(), b.float()
+    with torch.autocast(a.device.type, enabled=False):  # coordinates stay fp32 under bf16 autocast
+        ab = torch.baddbmm(b.pow(2).sum(-1).unsqueeze(1), a, b.transpose(1, 2), alpha=-2.0)
+    return (ab + a.pow(2).sum(-1).unsqueeze(2)).clamp_min_(0.0)
 
 
 @torch.no_grad()
+@torch.autocast("cpu", enabled=False)
+@torch.autocast("cuda", enabled=False)
 def farthest_point_sample(xyz: torch.Tensor, npoint: int, start: Literal["random", "first"] = "random") -> torch.Tensor:
     """xyz [B,N,3] -> indices [B,npoint]; `random` starts at a random point as the original, `first` at 0."""
     batch, n, _ = xyz.shape
@@ -35,10 +41,13 @@ def farthest_point_sample(xyz: torch.Tensor, npoint: int, start: Literal["random
     else:
         farthest = torch.zeros(batch, dtype=torch.long, device=xyz.device)
     rows = torch.arange(batch, device=xyz.device)
+    norms = xyz.pow(2).sum(-1)  # |x|^2 once; each step is then one batched mat-vec
     for i in range(npoint):
         picked[:, i] = farthest
-        centroid = xyz[rows, farthest].unsqueeze(1)
-        nearest = torch.minimum(nearest, (xyz - centroid).pow(2).sum(-1))
+        centroid = xyz[rows, farthest]  # [B,3]
+        distance = torch.baddbmm(norms.unsqueeze(2), xyz, centroid.unsqueeze(2), alpha=-2.0).squeeze(2)
+        distance += norms[rows, farthest].unsqueeze(1)
+        torch.minimum(nearest, distance, out=nearest)
         farthest = nearest.argmax(-1)
     return picked
 
@@ -48,7 +57,7 @@ def ball_query(radius: float, nsample: int, xyz: torch.Tensor, centres: torch.Te
     """The original's semantics without its sort: for each centre, the first `nsample` point indices (in index
     order) within `radius`, padded with the first one found. xyz [B,N,3], centres [B,S,3] -> [B,S,nsample]."""
     inside = square_distance(centres.float(), xyz.float()) <= radius * radius  # [B,S,N]
-    rank = inside.cumsum(-1) - 1  # position of each in-radius point among the in-radius points
+    rank = inside.cumsum(-1, dtype=torch.int32).long() - 1  # position of each in-radius point among the in-radius points
     slot = torch.where(inside & (rank < nsample), rank, torch.full_like(rank, nsample))
     n = xyz.shape[1]
     out = torch.full((*inside.shape[:2], nsample + 1), -1, dtype=torch.long, device=xyz.device)

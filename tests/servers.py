@@ -81,7 +81,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def postgres_server(bindir: Path, root: Path, database: str = "mlflow") -> Iterator[str]:
-    """Yields a SQLAlchemy URI `postgresql+psycopg2://postgres@127.0.0.1:<port>/<database>` (trust auth, loopback only)."""
+    """Yields `postgresql+psycopg2://postgres@127.0.0.1:<port>/<database>` (trust auth, loopback only)."""
     data = root / "pgdata"
     data.mkdir(parents=True)
     if os.geteuid() == 0:

@@ -1,0 +1,65 @@
+"""Point ops against brute-force references written here (numpy, float64, loops)."""
+
+import numpy as np
+import pytest
+import torch
+
+from model.point_ops import ball_query, farthest_point_sample, index_points, square_distance, three_nn_interpolate
+
+
+def _fps_reference(points: np.ndarray, npoint: int) -> list[int]:
+    chosen, nearest = [0], ((points - points[0]) ** 2).sum(1)
+    for _ in range(npoint - 1):
+        chosen.append(int(nearest.argmax()))
+        nearest = np.minimum(nearest, ((points - points[chosen[-1]]) ** 2).sum(1))
+    return chosen
+
+
+def test_farthest_point_sample_matches_brute_force_from_the_first_point():
+    xyz = torch.randn(3, 300, 3, generator=torch.Generator().manual_seed(0))
+    picked = farthest_point_sample(xyz, 25, "first")
+    for b in range(3):
+        assert picked[b].tolist() == _fps_reference(xyz[b].double().numpy(), 25)
+
+
+def test_farthest_point_sample_random_start_varies_and_first_is_deterministic():
+    xyz = torch.randn(2, 200, 3)
+    torch.manual_seed(1)
+    a = farthest_point_sample(xyz, 10, "random")
+    torch.manual_seed(2)
+    b = farthest_point_sample(xyz, 10, "random")
+    assert not torch.equal(a, b)
+    assert torch.equal(farthest_point_sample(xyz, 10, "first"), farthest_point_sample(xyz, 10, "first"))
+
+
+def test_ball_query_takes_first_indices_in_radius_padded_with_the_first():
+    xyz = torch.randn(2, 150, 3, generator=torch.Generator().manual_seed(3))
+    centres = xyz[:, :12]
+    got = ball_query(0.7, 6, xyz, centres)
+    for b in range(2):
+        for s in range(12):
+            d = ((xyz[b].double() - centres[b, s].double()) ** 2).sum(1)
+            inside = torch.nonzero(d <= 0.49).flatten()[:6].tolist()
+            assert got[b, s].tolist() == inside + [inside[0]] * (6 - len(inside))
+
+
+def test_square_distance_equals_pairwise_differences():
+    a, b = torch.randn(2, 40, 3), torch.randn(2, 30, 3)
+    expected = ((a[:, :, None] - b[:, None]) ** 2).sum(-1)
+    assert torch.allclose(square_distance(a, b), expected, atol=1e-5)
+
+
+def test_three_nn_interpolation_of_a_hand_computed_case():
+    to = torch.tensor([[[0.0, 0.0, 0.0]]])
+    src = torch.tensor([[[1.0, 0, 0], [0, 2.0, 0], [0, 0, 3.0], [9.0, 9, 9]]])
+    feats = torch.tensor([[[1.0], [2.0], [3.0], [100.0]]])
+    # squared distances 1, 4, 9 -> weights 1/(d+eps), normalised; the far point is not among the 3 nearest
+    w = np.array([1 / 1.01, 1 / 4.01, 1 / 9.01])
+    expected = float((w / w.sum()) @ np.array([1.0, 2.0, 3.0]))
+    assert three_nn_interpolate(to, src, feats, eps=0.01).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_index_points_gathers_per_batch():
+    points = torch.arange(24.0).view(2, 4, 3)
+    idx = torch.tensor([[3, 0], [1, 1]])
+    assert index_points(points, idx).tolist() == [[[9, 10, 11], [0, 1, 2]], [[15, 16, 17], [15, 16, 17]]]
