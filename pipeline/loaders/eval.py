@@ -55,8 +55,8 @@ class EvalLoader:
         bad = BadData(self.cfg.max_bad_fraction)
         mine: list[dict] = []
         index = 0
-        for path, _ in self.shards:
-            for raw in iter_samples(path, bad):
+        for path, expected in self.shards:
+            for raw in iter_samples(path, bad, expected):
                 if index % self.world == self.rank:
                     try:
                         mine.append(decode_test_sample(raw, self.image_size) | {"valid": True})

@@ -51,10 +51,12 @@ class BadData:
             )
 
 
-def iter_samples(path: Path, bad: BadData) -> Iterator[dict]:
+def iter_samples(path: Path, bad: BadData, expected: int | None = None) -> Iterator[dict]:
     """The samples of one tar as dicts of member bytes (`__key__`, `jpg`, `json`, ...). A truncated or
-    unreadable tar yields what it could and counts one bad read."""
+    unreadable tar (or one with fewer samples than the manifest's `expected`) yields what it could and counts
+    one bad read."""
     errors: list[BaseException] = []
+    count = 0
 
     def handler(error: BaseException) -> bool:
         errors.append(error)
@@ -63,8 +65,13 @@ def iter_samples(path: Path, bad: BadData) -> Iterator[dict]:
     try:
         with open(path, "rb") as stream:
             files = ({**f, "__url__": str(path)} for f in tar_file_iterator(stream, handler=handler))
-            yield from group_by_keys(files, handler=handler)
+            count = 0
+            for sample in group_by_keys(files, handler=handler):
+                count += 1
+                yield sample
     except (OSError, ValueError) as error:
         errors.append(error)
+    if not errors and expected is not None and count < expected:
+        errors.append(ValueError(f"truncated: {count} of {expected} samples"))
     if errors:
         bad.failed(str(path), errors[0])

@@ -50,7 +50,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         return self.batches
 
     def _raw(self, stream: int, streams: int, bad: BadData) -> Iterator[dict]:
-        names = [p for p, n in self.shards if n > 0]
+        names = [(p, n) for p, n in self.shards if n > 0]
         if not names:
             raise ValueError(f"{self.cfg.shards}: no train samples")
         cycle = 0
@@ -62,8 +62,8 @@ class TrainStream(torch.utils.data.IterableDataset):
             else:
                 mine, keep = ordered, stream
             counter = 0
-            for path in mine:
-                for sample in iter_samples(path, bad):
+            for path, expected in mine:
+                for sample in iter_samples(path, bad, expected):
                     counter += 1
                     if keep is None or (counter - 1) % streams == keep:
                         yield sample
