@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -82,18 +83,22 @@ def _stop(proc: subprocess.Popen) -> None:
 @contextlib.contextmanager
 def postgres_server(bindir: Path, root: Path, database: str = "mlflow") -> Iterator[str]:
     """Yields `postgresql+psycopg2://postgres@127.0.0.1:<port>/<database>` (trust auth, loopback only)."""
-    data = root / "pgdata"
-    data.mkdir(parents=True)
+    # Its own folder under /tmp: the `postgres` user cannot traverse pytest's root-only (0700) temp folders.
+    home = Path(tempfile.mkdtemp(prefix="lma3d-pg-"))
+    data = home / "pgdata"
+    data.mkdir()
     if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
+        shutil.chown(home, "postgres")
         shutil.chown(data, "postgres")
-    subprocess.run(
+    initdb = subprocess.run(
         _as_postgres_user([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8"]),
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if initdb.returncode:
+        raise RuntimeError(f"initdb failed: {initdb.stderr.strip()[-1000:]}")
     port = free_port()
-    log = root / "postgres.log"
+    log = home / "postgres.log"
     with open(log, "w") as out:
         if os.geteuid() == 0:
             shutil.chown(log, "postgres")
@@ -122,6 +127,7 @@ def postgres_server(bindir: Path, root: Path, database: str = "mlflow") -> Itera
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/{database}"
     finally:
         _stop(proc)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @contextlib.contextmanager
