@@ -54,19 +54,14 @@ def farthest_point_sample(xyz: torch.Tensor, npoint: int, start: Literal["random
 
 @torch.no_grad()
 def ball_query(radius: float, nsample: int, xyz: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """The original's semantics without its sort: for each centre, the first `nsample` point indices (in index
-    order) within `radius`, padded with the first one found. xyz [B,N,3], centres [B,S,3] -> [B,S,nsample]."""
-    inside = square_distance(centres.float(), xyz.float()) <= radius * radius  # [B,S,N]
-    rank = inside.cumsum(-1, dtype=torch.int32).long() - 1  # position of each in-radius point among the in-radius points
-    slot = torch.where(inside & (rank < nsample), rank, torch.full_like(rank, nsample))
+    """The original's semantics without its full sort: for each centre, the first `nsample` point indices (in
+    index order) within `radius`, padded with the first one found. xyz [B,N,3], centres [B,S,3] -> [B,S,nsample].
+    Points outside the radius get key index + N, so a partial top-k of the keys finds the first in-radius ones."""
+    inside = square_distance(centres, xyz) <= radius * radius  # [B,S,N]
     n = xyz.shape[1]
-    out = torch.full((*inside.shape[:2], nsample + 1), -1, dtype=torch.long, device=xyz.device)
-    order = torch.arange(n, device=xyz.device).expand_as(slot)
-    out.scatter_(-1, slot, order)  # duplicates only land in the spare last slot, which is dropped
-    out = out[..., :nsample]
-    first = out[..., :1]
-    first = torch.where(first < 0, torch.zeros_like(first), first)  # a centre with no neighbour (not from xyz)
-    return torch.where(out < 0, first, out)
+    order = torch.arange(n, dtype=torch.float32, device=xyz.device)  # exact: N < 2^24
+    idx = torch.where(inside, order, order + n).topk(nsample, dim=-1, largest=False, sorted=True).indices
+    return torch.where(torch.gather(inside, -1, idx), idx, idx[..., :1])
 
 
 def three_nn_interpolate(
