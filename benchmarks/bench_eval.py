@@ -97,7 +97,7 @@ def main() -> None:
                 eval_cfg = EvalConfig(
                     batch_size=args.batch_size,
                     num_actors=actors,
-                    cpus_per_actor=min(1.0, (args.cores - 0.5) / actors) if actors > 1 else 1.0,
+                    cpus_per_actor=min(1.0, (args.cores - 1) / actors),  # one CPU stays for the readers
                     threads_per_actor=1,
                     viz_samples=0,
                 )

@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
     from jobs import export, predict, shard, synth
 
     started = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(include_dashboard=False)  # worker logs (training progress) stream to this terminal
     try:
         stages.run("synth", lambda: _verb(synth.main, [
             "--out", str(raw), "--view", "full", "--setting", "seen", "--seed", str(args.seed),
@@ -95,6 +95,7 @@ def main(argv: list[str]) -> int:
         ]))  # fmt: skip
         stages.run("shard", lambda: _verb(shard.main, [
             "--source", str(raw), "--format", "agpil", "--out", str(shards), "--overwrite",
+            "--samples-per-shard", str(max(1, args.train_images // 8)),
         ]))  # fmt: skip
         trained = stages.run("train", lambda: _train(args.config, overrides))
         checkpoint = trained["best_checkpoint"] or trained["latest_checkpoint"]
@@ -104,7 +105,7 @@ def main(argv: list[str]) -> int:
             stages.run(stage, lambda argv=argv: _eval(eval_verb, argv))
         stages.run("export", lambda: _verb(export.main, [
             "--checkpoint", checkpoint, "--out", str(model_dir), "--register", MODEL_NAME, "--alias", "champion",
-            "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}",
+            "--config", args.config, *overrides,
         ]))  # fmt: skip
         stages.run("predict", lambda: _predict(predict, work, raw))
     finally:

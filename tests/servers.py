@@ -113,8 +113,9 @@ def postgres_server(bindir: Path, root: Path, database: str = "mlflow") -> Itera
     try:
         ready = bindir / "pg_isready"
         _wait(
-            lambda: subprocess.run([str(ready), "-h", "127.0.0.1", "-p", str(port)], capture_output=True).returncode
-            == 0,
+            lambda: (
+                subprocess.run([str(ready), "-h", "127.0.0.1", "-p", str(port)], capture_output=True).returncode == 0
+            ),
             "postgres",
             proc,
             log,

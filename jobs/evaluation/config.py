@@ -15,3 +15,18 @@ class EvalConfig:
     viz_samples: int = 4
     """Fixed test keys rendered as GT/prediction PLY + PNG each evaluation."""
     seed: int = 0
+    cpus_per_actor: float = 1.0
+    """Ray CPUs reserved per model actor; below 1 locally leaves room for the shard-reading tasks."""
+    threads_per_actor: int = 0
+    """torch intra-op threads per actor (0: max(1, cpus_per_actor))."""
+    use_gpu: bool = False
+    """One GPU per actor."""
+    shuffle_instructions: bool = False
+    """Ablation: give each sample another sample's instruction (rotated by one within each batch) to measure
+    how much the language branch matters."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.num_actors < 1 or self.votes < 1:
+            raise ValueError("eval.batch_size, eval.num_actors and eval.votes must be >= 1")
+        if self.viz_samples < 0 or self.cpus_per_actor <= 0:
+            raise ValueError("eval.viz_samples must be >= 0 and eval.cpus_per_actor > 0")

@@ -1,0 +1,133 @@
+"""The one prediction path of eval, predict, the registered model and (if it wants) training validation.
+
+`predict_batch` is deterministic: eval mode, no autograd, a fixed seed per call, FPS from point 0. With
+`votes` K > 1 (LASO's test-time averaging) pass v > 0 starts FPS at a point chosen by a hash of (seed, v,
+sample key): the cloud is rolled so that point comes first, predicted, and rolled back. The start therefore
+depends only on the sample, never on the batch it landed in or the actor that ran it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from jobs.evaluation.outputs import Predictions
+from model.config import ModelConfig
+
+
+def deterministic(cfg: ModelConfig) -> ModelConfig:
+    """The model config used for inference: FPS starts at point 0 (the original draws a random start)."""
+    return dataclasses.replace(cfg, fps_start="first")
+
+
+def build_inference_model(cfg: ModelConfig, weights: dict[str, torch.Tensor], device: str = "cpu") -> torch.nn.Module:
+    """The model for inference: backbone rebuilt from its preset/path, trainable weights loaded (strict), eval()."""
+    from model.lmaffordance3d import build_model
+
+    model = build_model(deterministic(cfg), device="cpu", pretrained=True)
+    model.load_trainable_state_dict(weights, strict=True)
+    return model.to(device).eval()
+
+
+def vote_shift(key: str, vote: int, seed: int, num_points: int) -> int:
+    """FPS start of pass `vote` for sample `key` (0 for the first pass)."""
+    if vote == 0:
+        return 0
+    digest = hashlib.blake2b(f"{seed}:{vote}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % num_points
+
+
+def predict_batch(
+    model: torch.nn.Module,
+    image: np.ndarray | torch.Tensor,
+    points: np.ndarray | torch.Tensor,
+    instructions: list[str],
+    keys: list[str] | None = None,
+    votes: int = 1,
+    seed: int = 0,
+) -> np.ndarray:
+    """image [B,3,S,S], points [B,3,N] or [B,1,3,N] (normalised) -> float32 probabilities [B,N]."""
+    parameter = next(model.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    image_t = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image).to(device, dtype)
+    points_t = torch.as_tensor(np.asarray(points) if not torch.is_tensor(points) else points).to(device, dtype)
+    if points_t.dim() == 4:
+        points_t = points_t[:, 0]
+    b, _, n = points_t.shape
+    if votes > 1 and (keys is None or len(keys) != b):
+        raise ValueError("predict_batch: votes > 1 needs one key per sample")
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(b, n, dtype=torch.float64, device=device)
+    positions = torch.arange(n, device=device)
+    try:
+        with torch.inference_mode():
+            for vote in range(votes):
+                shifts = torch.tensor([vote_shift(k, vote, seed, n) for k in keys] if keys else [0] * b, device=device)
+                order = (positions[None, :] + shifts[:, None]) % n  # rolled[i, j] = points[i, order[i, j]]
+                rolled = torch.gather(points_t, 2, order[:, None, :].expand(-1, 3, -1))
+                torch.manual_seed(seed + vote)
+                probs = model(image_t, rolled.unsqueeze(1), list(instructions))[:, 0].double()
+                total.scatter_add_(1, order, probs)  # back to the original point order
+    finally:
+        model.train(was_training)
+    return (total / votes).float().cpu().numpy()
+
+
+def as_list(column: Any) -> list[str]:
+    return [str(v) for v in (column.tolist() if hasattr(column, "tolist") else column)]
+
+
+def merge(columns: list[dict[str, Any]]) -> tuple[Predictions, int]:
+    """Batches of {key, pred, label, object, affordance} (+ optional `valid` mask) -> one row per key, sorted by
+    key, and the number of duplicate rows dropped (padding, or a key present twice in the test set)."""
+    rows: dict[str, tuple[np.ndarray, np.ndarray, str, str]] = {}
+    duplicates = 0
+    for batch in columns:
+        keys = as_list(batch["key"])
+        valid = np.ones(len(keys), bool) if batch.get("valid") is None else np.asarray(batch["valid"], bool)
+        pred = np.asarray(batch["pred"], np.float32).reshape(len(keys), -1)
+        label = np.asarray(batch["label"], np.float32).reshape(len(keys), -1)
+        objects, affordances = as_list(batch["object"]), as_list(batch["affordance"])
+        for i in np.flatnonzero(valid):
+            if keys[i] in rows:
+                duplicates += 1
+                continue
+            rows[keys[i]] = (pred[i], label[i], objects[i], affordances[i])
+    ordered = sorted(rows)
+    if not ordered:
+        raise ValueError("no test samples were predicted")
+    return (
+        Predictions(
+            keys=ordered,
+            pred=np.stack([rows[k][0] for k in ordered]),
+            gt=np.stack([rows[k][1] for k in ordered]),
+            objects=[rows[k][2] for k in ordered],
+            affordances=[rows[k][3] for k in ordered],
+        ),
+        duplicates,
+    )
+
+
+def predict_loader(
+    model: torch.nn.Module, batches: Iterable[dict[str, Any]], votes: int = 1, seed: int = 0
+) -> tuple[Predictions, int]:
+    """In-process evaluation over eval_loader-style batches (the validation path of training, the benchmark's
+    plain loop): the same predict_batch, padding rows (`valid` False) dropped, sorted by key."""
+    parts = []
+    for batch in batches:
+        keys = as_list(batch["key"])
+        pred = predict_batch(model, batch["image"], batch["points"], as_list(batch["instruction"]), keys, votes, seed)
+        parts.append(batch | {"pred": pred, "label": _numpy(batch["label"]), "valid": _numpy(batch.get("valid"))})
+    return merge(parts)
+
+
+def _numpy(value: Any) -> np.ndarray | None:
+    if value is None:
+        return None
+    return value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)

@@ -1,0 +1,165 @@
+"""`lma3d predict` and the registered model's predict: image file + point file + instruction -> heat map files.
+
+Inputs are checked one by one and every problem is a `BadInput` naming the file and what is wrong; batch mode
+reports each bad item on one line and goes on with the others.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jobs.evaluation.inference import predict_batch
+from jobs.evaluation.viz import render_png, write_ply
+from pipeline.pointfiles import PointFileError, read_point_file, resample
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+POINT_SUFFIXES = (".txt", ".npy", ".ply")
+INSTRUCTION_SUFFIX = ".instruction.txt"
+
+
+class BadInput(ValueError):
+    """An input that cannot be predicted; the message names the file or line."""
+
+
+@dataclass
+class Item:
+    name: str
+    image: str | Path | bytes
+    points: str | Path | np.ndarray
+    instruction: str
+
+
+@dataclass
+class HeatMap:
+    name: str
+    xyz: np.ndarray
+    """[M,3] the input points."""
+    values: np.ndarray
+    """[M] float32 affordance per input point."""
+    sampled_xyz: np.ndarray
+    """[N,3] the points the model saw."""
+    sampled_values: np.ndarray
+    image: np.ndarray
+    """uint8 [H,W,3] as given (for the render)."""
+    instruction: str
+
+
+def read_image(image: str | Path | bytes, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(model input [3,S,S], displayable uint8 [H,W,3]) of an image file or bytes; BadInput when PIL cannot."""
+    from PIL import Image
+
+    from pipeline.loaders import decode_image
+
+    where = "image bytes" if isinstance(image, bytes) else str(image)
+    try:
+        data = image if isinstance(image, bytes) else Path(image).read_bytes()
+    except OSError as e:
+        raise BadInput(f"{where}: cannot read the image ({e.strerror or e})") from None
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            shown = np.asarray(opened.convert("RGB"))
+        return decode_image(data, image_size), shown
+    except Exception as e:  # noqa: BLE001 - PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
+        raise BadInput(f"{where}: not an image PIL can decode ({type(e).__name__}: {e})") from None
+
+
+def read_points(points: str | Path | np.ndarray) -> np.ndarray:
+    if isinstance(points, str | Path):
+        try:
+            return read_point_file(points)
+        except PointFileError as e:
+            raise BadInput(str(e)) from None
+    xyz = np.asarray(points, dtype=np.float64)
+    if xyz.ndim != 2 or xyz.shape[1] != 3 or len(xyz) == 0:
+        raise BadInput(f"points: expected an array [N,3], got shape {xyz.shape}")
+    if not np.isfinite(xyz).all():
+        raise BadInput(f"points: row {int(np.argmax(~np.isfinite(xyz).all(1)))} has a NaN or infinite value")
+    return xyz.astype(np.float32)
+
+
+def predict_item(model: torch.nn.Module, item: Item) -> HeatMap:
+    """One prediction, deterministic; values are mapped back to every input point (nearest sampled point)."""
+    from pipeline.loaders import normalize_points
+
+    if not item.instruction.strip():
+        raise BadInput(f"{item.name}: empty instruction")
+    cfg = model.cfg
+    image, shown = read_image(item.image, cfg.image_size)
+    xyz = read_points(item.points)
+    sampled = resample(xyz, cfg.num_points)
+    normalized = normalize_points(sampled.xyz)  # [3,N]
+    pred = predict_batch(model, image[None], normalized[None], [item.instruction], [item.name])[0]
+    return HeatMap(item.name, xyz, pred[sampled.nearest], sampled.xyz, pred, shown, item.instruction)
+
+
+def write_heatmap(out_dir: str | Path, heat: HeatMap) -> list[Path]:
+    """<name>.npy (per input point), <name>_Pred.ply (input points, grey -> red) and <name>.png (render)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    npy = out / f"{heat.name}.npy"
+    np.save(npy, heat.values.astype(np.float32))
+    ply = write_ply(out / f"{heat.name}_Pred.ply", heat.xyz, heat.values)
+    # The render shows the points the model saw: as many as it saw, whatever the size of the input cloud.
+    png = render_png(
+        out / f"{heat.name}.png", heat.sampled_xyz, heat.sampled_values, None, heat.image, heat.instruction, heat.name
+    )
+    return [npy, ply, png]
+
+
+def items_from(path: str | Path, default_instruction: str | None) -> list[Item]:
+    """Batch inputs: a list file (`image<TAB>points<TAB>instruction` or JSON lines with those keys; paths
+    relative to the file) or a folder (every image `X.jpg|png|…` with a point file `X.txt|npy|ply` and an
+    instruction in `X.instruction.txt`, else `default_instruction`)."""
+    path = Path(path)
+    if path.is_dir():
+        return _folder_items(path, default_instruction)
+    if not path.is_file():
+        raise BadInput(f"{path}: no such list file or folder")
+    items = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BadInput(f"{path} line {n}: invalid JSON ({e.msg})") from None
+            fields = [entry.get("image"), entry.get("points"), entry.get("instruction", default_instruction)]
+        else:
+            fields = line.split("\t") + [default_instruction] * (3 - len(line.split("\t")))
+        if len(fields) != 3 or not all(isinstance(f, str) and f for f in fields):
+            raise BadInput(f"{path} line {n}: expected image<TAB>points<TAB>instruction")
+        image, points = (Path(f) if Path(f).is_absolute() else path.parent / f for f in fields[:2])
+        items.append(Item(f"{n:04d}_{image.stem}", image, points, fields[2]))
+    return items
+
+
+def _folder_items(folder: Path, default_instruction: str | None) -> list[Item]:
+    items = []
+    for image in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        points = [image.with_suffix(s) for s in POINT_SUFFIXES if image.with_suffix(s).is_file()]
+        instruction_file = image.with_name(image.stem + INSTRUCTION_SUFFIX)
+        instruction = instruction_file.read_text().strip() if instruction_file.is_file() else default_instruction
+        if not points or not instruction:
+            missing = "a point file (.txt/.npy/.ply)" if not points else f"{instruction_file.name} or --instruction"
+            raise BadInput(f"{image}: no {missing} beside it")
+        items.append(Item(image.stem, image, points[0], instruction))
+    if not items:
+        raise BadInput(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in it")
+    return items
+
+
+def rows_from(model_input: Any) -> list[dict[str, Any]]:
+    """pyfunc input: a pandas DataFrame, a dict or a list of dicts with image, points, instruction."""
+    if hasattr(model_input, "to_dict"):
+        return model_input.to_dict(orient="records")
+    if isinstance(model_input, dict):
+        return [model_input]
+    return list(model_input)

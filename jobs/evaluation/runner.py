@@ -1,0 +1,215 @@
+"""The Ray Data evaluation: test shards -> actor pool (one model per actor) -> predictions by key -> metrics.
+
+    read_test_shards(shards) ─ map_batches(Predictor, ActorPoolStrategy(size=eval.num_actors), eval.batch_size)
+                             ─ iter_batches on the driver ─ merge by key (exactly once, sorted) ─ evaluate
+
+The weights travel once through the object store (safetensors bytes, no pickled tensors); every actor
+rebuilds the model from its config. Order is preserved (`preserve_order`), so batches hold the same samples
+on every run whatever the number of actors: with fidelity `released` a sample's prediction depends on the
+text padding of its batch (spec §1.5), and this keeps re-runs identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from jobs.evaluation.config import EvalConfig
+from jobs.evaluation.inference import as_list, build_inference_model, merge, predict_batch
+from jobs.evaluation.outputs import Predictions
+from model.config import ModelConfig
+
+log = logging.getLogger("lma3d.eval")
+READ_CPUS = 1
+"""What a read task of read_test_shards asks Ray for (Ray Data's default)."""
+
+
+@dataclass
+class PoolOutput:
+    predictions: Predictions
+    duplicates: int
+    busy_s: float
+    """From the first batch an actor started to the last one finished: the pool's steady-state window."""
+
+
+@dataclass
+class EvalResult:
+    predictions: Predictions
+    metrics: dict
+    duplicates: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    """seconds: inference (read + decode + forward, wall), pool_busy (steady state, no start-up), metrics, total."""
+
+
+def model_package(cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Config + weights as plain data for the object store: safetensors bytes, never a pickle of tensors."""
+    from safetensors.torch import save
+
+    from jobs.typed_yaml import to_dict
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+    return {"model": to_dict(cfg), "weights": save(tensors)}
+
+
+def model_from_package(package: dict[str, Any], device: str = "cpu") -> torch.nn.Module:
+    from safetensors.torch import load
+
+    from jobs.typed_yaml import build
+
+    cfg = build(ModelConfig, package["model"], "<model package>", prefix="model.")
+    return build_inference_model(cfg, load(package["weights"]), device)
+
+
+class Predictor:
+    """A Ray Data actor: decodes raw test samples and predicts them with its own copy of the model."""
+
+    def __init__(
+        self, package: list, image_size: int, votes: int, seed: int, threads: int, use_gpu: bool, shuffle: bool = False
+    ) -> None:
+        import ray
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        data = ray.get(package[0]) if isinstance(package[0], ray.ObjectRef) else package[0]
+        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.model = model_from_package(data, device)
+        self.image_size, self.votes, self.seed, self.shuffle = image_size, votes, seed, shuffle
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipeline.loaders.raydata import decode_test_batch
+
+        started = time.time()
+        decoded = decode_test_batch(batch, self.image_size)
+        keys = as_list(decoded["key"])
+        instructions = as_list(decoded["instruction"])
+        if self.shuffle:
+            instructions = instructions[1:] + instructions[:1]
+        pred = predict_batch(
+            self.model,
+            decoded["image"],
+            decoded["points"],
+            instructions,
+            keys,
+            self.votes,
+            self.seed,
+        )
+        return {
+            "key": np.asarray(keys),
+            "pred": pred,
+            "label": np.asarray(decoded["label"], np.float32).reshape(len(keys), -1),
+            "object": np.asarray(as_list(decoded["object"])),
+            "affordance": np.asarray(as_list(decoded["affordance"])),
+            "busy": np.full((len(keys), 2), [started, time.time()]),  # wall-clock span of this batch's work
+        }
+
+
+def predict_shards(
+    shards: str, model_cfg: ModelConfig, weights: dict[str, torch.Tensor], cfg: EvalConfig, image_size: int
+) -> PoolOutput:
+    """Every test sample of `shards` predicted once through the actor pool, merged by key."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from pipeline.loaders.raydata import read_test_shards
+
+    package = ray.put(model_package(model_cfg, weights))
+    cpus = actor_cpus(cfg, ray.cluster_resources().get("CPU", 1.0))
+    context = DataContext.get_current()
+    previous = context.execution_options.preserve_order
+    context.execution_options.preserve_order = True
+    try:
+        dataset = read_test_shards(shards).map_batches(
+            Predictor,
+            fn_constructor_kwargs={
+                "package": [package],
+                "image_size": image_size,
+                "votes": cfg.votes,
+                "seed": cfg.seed,
+                "threads": cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor)),
+                "use_gpu": cfg.use_gpu,
+                "shuffle": cfg.shuffle_instructions,
+            },
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(size=cfg.num_actors),
+            num_cpus=cpus,
+            num_gpus=1 if cfg.use_gpu else 0,
+        )
+        parts = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+    finally:
+        context.execution_options.preserve_order = previous
+    predictions, duplicates = merge(parts)
+    busy = np.concatenate([p["busy"] for p in parts])
+    return PoolOutput(predictions, duplicates, float(busy[:, 1].max() - busy[:, 0].min()))
+
+
+def actor_cpus(cfg: EvalConfig, cluster_cpus: float) -> float:
+    """CPUs reserved per actor: eval.cpus_per_actor, lowered when the pool would leave less than one CPU for
+    the shard-reading tasks (each asks for 1): Ray Data would then wait for it forever. Threads are unchanged."""
+    if cfg.use_gpu or cfg.num_actors * cfg.cpus_per_actor <= cluster_cpus - READ_CPUS:
+        return cfg.cpus_per_actor
+    fitted = max(0.05, round((cluster_cpus - READ_CPUS) / cfg.num_actors, 2))
+    log.warning(
+        "%d actors x %.2g CPUs would leave the shard readers less than %d CPU of %.0f: reserving %.2g CPUs per actor",
+        cfg.num_actors, cfg.cpus_per_actor, READ_CPUS, cluster_cpus, fitted,
+    )  # fmt: skip
+    return fitted
+
+
+def run_eval(
+    shards: str, model_cfg: ModelConfig, weights: dict[str, torch.Tensor], cfg: EvalConfig, image_size: int
+) -> EvalResult:
+    """predict_shards + the exact metrics (model.metrics.evaluate) on the merged predictions."""
+    from model.metrics import evaluate
+
+    start = time.perf_counter()
+    pool = predict_shards(shards, model_cfg, weights, cfg, image_size)
+    inferred = time.perf_counter()
+    if pool.duplicates:
+        log.warning("%d duplicate test rows dropped (a key occurs twice in %s)", pool.duplicates, shards)
+    p = pool.predictions
+    metrics = evaluate(p.pred, p.gt, p.objects, p.affordances)
+    done = time.perf_counter()
+    timings = {
+        "inference_s": inferred - start,
+        "pool_busy_s": pool.busy_s,
+        "metrics_s": done - inferred,
+        "total_s": done - start,
+    }
+    log.info(
+        "evaluated %d test samples in %.1f s (actors busy %.1f s, metrics %.3f s)",
+        len(p), done - start, pool.busy_s, done - inferred,
+    )  # fmt: skip
+    return EvalResult(p, metrics, pool.duplicates, timings)
+
+
+def viz_inputs(shards: str, keys: list[str], image_size: int) -> dict[str, dict[str, Any]]:
+    """Decoded inputs (normalised points [N,3], ImageNet-normalised image, instruction) of a few test keys."""
+    from pipeline.loaders.raydata import decode_test_batch, read_test_shards
+
+    wanted = np.asarray(sorted(keys))
+
+    def keep(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        column = "__key__" if "__key__" in batch else "key"
+        mask = np.isin(np.asarray(batch[column]).astype(str), wanted)
+        return {name: values[mask] for name, values in batch.items()}
+
+    parts = [
+        b
+        for b in read_test_shards(shards).map_batches(keep, batch_format="numpy").iter_batches(batch_format="numpy")
+        if len(next(iter(b.values())))
+    ]
+    if not parts:
+        return {}
+    batch = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    decoded = decode_test_batch(batch, image_size)
+    out = {}
+    for i, key in enumerate(as_list(decoded["key"])):
+        points = np.asarray(decoded["points"][i], np.float32).reshape(3, -1).T
+        out[key] = {"points": points, "image": decoded["image"][i], "instruction": as_list(decoded["instruction"])[i]}
+    return out

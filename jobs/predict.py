@@ -1,0 +1,104 @@
+"""lma3d predict: affordance heat map of a point cloud, from an interaction image and an instruction.
+
+    lma3d predict --model work/models/demo --image Img.jpg --points Point.txt --instruction "Lift the bag" --out pred/
+    lma3d predict --model models:/lma3d@champion --batch inputs.tsv --out pred/
+    lma3d predict --model work/models/demo --batch folder/ --instruction "Grasp the mug" --out pred/
+
+Points: .txt (AGPIL/PIAD 22 columns or plain x y z), .npy [N,3] or .ply (ascii / binary), any number of points
+(resampled to the model's count, predictions mapped back to every input point). Images: anything PIL reads.
+Writes OUT/<name>.npy (one value per input point), OUT/<name>_Pred.ply (grey -> red) and OUT/<name>.png.
+--batch takes a list file (image<TAB>points<TAB>instruction per line, or JSON lines) or a folder (X.jpg + X.txt
+| X.npy | X.ply + X.instruction.txt); a bad item is reported on one line and the others still run.
+--model also takes a training checkpoint or an MLflow run id, as lma3d eval does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from jobs.config import add_config_args, resolve_config
+from jobs.entry import UserError, entry
+
+log = logging.getLogger("lma3d.predict")
+
+
+@entry("predict")
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lma3d predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_config_args(parser)
+    parser.add_argument("--model", required=True, help="exported folder | models:/name@alias | checkpoint | run id")
+    parser.add_argument("--image", help="interaction image")
+    parser.add_argument("--points", help="point cloud (.txt, .npy, .ply)")
+    parser.add_argument("--instruction", help="language instruction (default for --batch items without one)")
+    parser.add_argument("--batch", help="list file or folder of inputs instead of --image/--points")
+    parser.add_argument("--name", help="output file stem for a single input (default: the image's stem)")
+    parser.add_argument("--out", required=True, help="output folder")
+    args = parser.parse_args(argv)
+    if bool(args.batch) == bool(args.image or args.points):
+        raise UserError("give either --image, --points and --instruction, or --batch LIST|FOLDER")
+    if not args.batch and not (args.image and args.points and args.instruction):
+        raise UserError("--image, --points and --instruction are all needed (or --batch)")
+    cfg = resolve_config(args)
+    model_overrides = [o for o in [*args.overrides, *args.override_args] if o.startswith("model.")]
+
+    from jobs.evaluation.predicting import BadInput, Item, items_from, predict_item, write_heatmap
+
+    try:
+        items = (
+            items_from(args.batch, args.instruction)
+            if args.batch
+            else [Item(args.name or Path(args.image).stem, args.image, args.points, args.instruction)]
+        )
+    except BadInput as e:
+        raise UserError(str(e)) from None
+    model = _load(args.model, cfg.tracking_uri, model_overrides)
+    failed = 0
+    for item in items:
+        try:
+            paths = write_heatmap(args.out, predict_item(model, item))
+        except BadInput as e:
+            if not args.batch:
+                raise UserError(str(e)) from None
+            print(f"lma3d predict: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{item.name}: " + "  ".join(str(p) for p in paths))
+    if failed:
+        print(f"lma3d predict: {failed} of {len(items)} inputs failed", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _load(spec: str, tracking_uri: str, model_overrides: list[str]):
+    """Exported folders and registered models load with safetensors only (model.pretrained.from_pretrained);
+    `model.*` overrides (e.g. a local backbone_path) go through the same resolution as lma3d eval."""
+    from model.pretrained import from_pretrained
+
+    if model_overrides:
+        from jobs.evaluation.inference import build_inference_model
+        from jobs.evaluation.sources import resolve
+
+        source = resolve(spec, tracking_uri, model_overrides)
+        return build_inference_model(source.model, source.weights)
+    if spec.startswith("models:/"):
+        from jobs.evaluation.sources import download_registered
+
+        with tempfile.TemporaryDirectory(prefix="lma3d-model-") as tmp:
+            return from_pretrained(download_registered(spec, tracking_uri, Path(tmp)), fps_start="first")
+    if Path(spec, "config.json").is_file() and Path(spec, "model.safetensors").is_file():
+        return from_pretrained(spec, fps_start="first")
+    from jobs.evaluation.inference import build_inference_model
+    from jobs.evaluation.sources import resolve
+
+    source = resolve(spec, tracking_uri)
+    return build_inference_model(source.model, source.weights)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""Evaluation pieces without Ray: result files, merging by key, votes, colours, model sources."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_model_config
+
+from jobs.entry import UserError
+from jobs.evaluation.inference import merge, predict_batch, vote_shift
+from jobs.evaluation.outputs import Predictions, read_predictions, write_outputs
+from jobs.evaluation.sources import model_config, resolve
+from jobs.evaluation.tracking import choose_tracking_uri
+from jobs.evaluation.viz import heat_colors
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The 2 cores are shared: OpenMP threads spinning against other processes make tiny forwards 100x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _predictions() -> Predictions:
+    pred = np.array([[0.9, 0.1, 0.8, 0.2], [0.25, 0.5, 0.75, 1.0]], np.float32)
+    gt = np.array([[1.0, 0.0, 0.6, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
+    return Predictions(["a_Bag_grasp_1", "b_Mug_cut_2"], pred, gt, ["Bag", "Mug"], ["grasp", "cut"])
+
+
+def test_result_files_by_hand(tmp_path: Path) -> None:
+    predictions = _predictions()
+    metrics = {  # what evaluate() returns; Mug has no positive GT point, so its AUC / aIOU are NaN
+        "auc": 1.0, "aiou": 0.5, "sim": 0.6, "mae": 0.3, "n": 2, "kld": 0.0,
+        "per_object": {"Bag": {"auc": 1.0, "aiou": 0.5, "sim": 0.9, "mae": 0.1, "n": 1},
+                       "Mug": {"auc": float("nan"), "aiou": float("nan"), "sim": 0.0, "mae": 0.625, "n": 1}},
+        "per_affordance": {"grasp": {"auc": 1.0, "aiou": 0.5, "sim": 0.9, "mae": 0.1, "n": 1}},
+    }  # fmt: skip
+    paths = write_outputs(tmp_path, predictions, metrics, {"source": "x"})
+    document = json.loads(paths["metrics.json"].read_text())  # strict JSON: no NaN tokens
+    assert document["per_object"]["Mug"]["auc"] is None and document["auc"] == 1.0 and document["info"]["source"] == "x"
+    rows = list(csv.DictReader(paths["per_class.csv"].open()))
+    assert [(r["group"], r["name"], r["auc"], r["n"]) for r in rows] == [
+        ("object", "Bag", "1.000000", "1"), ("object", "Mug", "nan", "1"), ("affordance", "grasp", "1.000000", "1"),
+    ]  # fmt: skip
+    keys, stored = read_predictions(paths["predictions.npz"])
+    assert keys == predictions.keys and stored.dtype == np.float16 and stored.shape == (2, 4)
+    assert paths["prediction.txt"].read_text().splitlines() == [
+        "0.900000 0.100000 0.800000 0.200000",
+        "0.250000 0.500000 0.750000 1.000000",
+    ]
+
+
+def test_merge_drops_padding_and_duplicates_and_sorts_by_key() -> None:
+    batch = {
+        "key": np.array(["k2", "k1", "k1"]),
+        "pred": np.arange(6, dtype=np.float32).reshape(3, 2),
+        "label": np.zeros((3, 2), np.float32),
+        "object": np.array(["Bag", "Mug", "Mug"]),
+        "affordance": np.array(["grasp", "cut", "cut"]),
+        "valid": np.array([True, True, False]),  # the third row is padding
+    }
+    again = {k: v[:1] for k, v in batch.items()}  # k2 once more: a duplicate
+    merged, duplicates = merge([batch, again])
+    assert merged.keys == ["k1", "k2"] and duplicates == 1
+    np.testing.assert_array_equal(merged.pred, [[2, 3], [0, 1]])
+    assert merged.objects == ["Mug", "Bag"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> torch.nn.Module:
+    from model.lmaffordance3d import build_model
+
+    torch.manual_seed(0)
+    return build_model(tiny_model_config(fidelity="corrected"), pretrained=False).eval()
+
+
+def test_votes_average_passes_started_at_a_per_sample_point(tiny_model: torch.nn.Module) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(2, 3, 64, 64)).astype(np.float32)
+    points = rng.normal(size=(2, 3, 256)).astype(np.float32)
+    text, keys = ["grasp the mug", "open the bag"], ["s0", "s1"]
+    averaged = predict_batch(tiny_model, image, points, text, keys, votes=2, seed=5)
+    first = predict_batch(tiny_model, image, points, text)
+    # pass 1 by hand: roll each cloud so its hashed start point comes first, predict, roll the result back
+    shifts = [vote_shift(k, 1, 5, 256) for k in keys]
+    assert vote_shift("s0", 0, 5, 256) == 0 and any(shifts)
+    rolled = np.stack([np.roll(points[i], -shifts[i], axis=1) for i in range(2)])
+    second = predict_batch(tiny_model, image, rolled, text)
+    second = np.stack([np.roll(second[i], shifts[i]) for i in range(2)])
+    np.testing.assert_allclose(averaged, (first + second) / 2, atol=1e-6)
+
+
+def test_a_samples_prediction_does_not_depend_on_its_batch(tiny_model: torch.nn.Module) -> None:
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(3, 3, 64, 64)).astype(np.float32)
+    points = rng.normal(size=(3, 3, 256)).astype(np.float32)
+    text, keys = ["grasp", "open the bag on the table", "cut"], ["a", "b", "c"]
+    together = predict_batch(tiny_model, image, points, text, keys, votes=2)
+    alone = predict_batch(tiny_model, image[1:2], points[1:2], text[1:2], keys[1:2], votes=2)
+    np.testing.assert_allclose(together[1], alone[0], atol=1e-5)
+
+
+def test_heat_colours_run_from_grey_to_red() -> None:
+    assert heat_colors(np.array([0.0, 1.0, 0.2, -1.0, 2.0])).tolist() == [
+        [190, 190, 190], [255, 0, 0], [203, 152, 152], [190, 190, 190], [255, 0, 0],
+    ]  # fmt: skip
+
+
+def test_model_overrides_apply_to_the_stored_config_and_unknown_keys_fail() -> None:
+    stored = {"backbone": "llava-1.6-vicuna-7b", "image_size": 224}
+    cfg = model_config(stored, ["model.backbone_path=/models/vicuna", "model.image_size=96"], "meta.json")
+    assert cfg.backbone_path == "/models/vicuna" and cfg.image_size == 96
+    with pytest.raises(UserError, match="model.no_such_key"):
+        model_config(stored, ["model.no_such_key=1"], "meta.json")
+
+
+def test_explicit_tracking_uri_wins_over_the_checkpoints() -> None:
+    assert choose_tracking_uri("http://mine", True, "http://recorded") == "http://mine"
+    assert choose_tracking_uri("sqlite:///default.db", False, "http://recorded") == "http://recorded"
+    assert choose_tracking_uri("sqlite:///default.db", False, None) == "sqlite:///default.db"
+
+
+def test_unknown_sources_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no such folder"):
+        resolve(str(tmp_path / "absent"), "sqlite:///x.db")
+    (tmp_path / "run" / "checkpoint_step000000004").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoint_step000000004" / "lma3d_meta.json").write_text("{}")
+    with pytest.raises(UserError, match="a run folder; pass one of its checkpoints \\(checkpoint_step000000004\\)"):
+        resolve(str(tmp_path / "run"), "sqlite:///x.db")
