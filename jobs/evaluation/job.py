@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from jobs.evaluation.runner import EvalResult, run_eval, viz_inputs
 from jobs.evaluation.sources import ModelSource, resolve
 from jobs.evaluation.viz import display_image, render_sample
 from jobs.typed_yaml import flatten, to_dict
+from pipeline.ray_session import ensure_ray
 
 log = logging.getLogger("lma3d.eval")
 
@@ -28,21 +28,6 @@ class EvalReport:
     viz_files: list[Path] = field(default_factory=list)
     run_id: str | None = None
     tracking_uri: str = ""
-
-
-def ensure_ray(address: str | None) -> bool:
-    """Connect to `address` / $RAY_ADDRESS, else start a local cluster; True when this call started Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False)
-    return True
 
 
 def read_manifest(shards: str) -> dict:

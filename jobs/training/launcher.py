@@ -214,19 +214,6 @@ def _mlflow_run(
         raise UserError(f"MLflow store {uri}: {type(e).__name__}: {e}") from None
 
 
-def _init_ray(address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address:
-        from jobs.submission import runtime_env
-
-        ray.init(address=address, runtime_env=runtime_env())
-    else:
-        ray.init()  # RAY_ADDRESS (inside `ray job submit`) or a local cluster
-
-
 def launch(
     cfg: ExperimentConfig,
     *,
@@ -256,7 +243,10 @@ def launch(
     if mode == "overwrite":
         log.warning("--overwrite: deleting %s", run_dir)
         delete_run(cfg.storage_path, name)
-    _init_ray(address)
+    from jobs.submission import runtime_env
+    from pipeline.ray_session import ensure_ray
+
+    ensure_ray(address, runtime_env() if address else None)
     _check_gpus(cfg, address)
     trainer = _trainer(cfg, name, run_id, resume_from, fault_injection)
     summary = TrainSummary(name, run_dir, cfg.tracking_uri, cfg.experiment_name, run_id, mode)

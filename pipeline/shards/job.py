@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.formats import RawItem, detect_format, list_items, parse_item
+from pipeline.ray_session import ensure_ray
 from pipeline.record import Rejection
 from pipeline.shards.bank import BANK_FILE, write_bank
 from pipeline.shards.config import ShardConfig
@@ -89,20 +90,6 @@ def fingerprint_source(root: Path, items: list[RawItem]) -> str:
     return digest.hexdigest()
 
 
-def _ensure_ray(address: str | None) -> bool:
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False)
-    return True
-
-
 def run(
     source: str | Path,
     fmt: str,
@@ -123,7 +110,7 @@ def run(
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    started = _ensure_ray(address)
+    started = ensure_ray(address)
     try:
         ray.data.DataContext.get_current().execution_options.preserve_order = True
         shards, quarantine = _write_shards(items, source, tmp, cfg, num_points)
