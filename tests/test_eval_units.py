@@ -19,15 +19,6 @@ from jobs.evaluation.tracking import choose_tracking_uri
 from jobs.evaluation.viz import heat_colors
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The 2 cores are shared: OpenMP threads spinning against other processes make tiny forwards 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _predictions() -> Predictions:
     pred = np.array([[0.9, 0.1, 0.8, 0.2], [0.25, 0.5, 0.75, 1.0]], np.float32)
     gt = np.array([[1.0, 0.0, 0.6, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32)

@@ -18,15 +18,6 @@ IMAGE, POINTS = PIAD / "Img_Test_Bag_lift_1.jpg", PIAD / "Point_Test_Bag_1.txt"
 INSTRUCTION = "Lift the bag by its handles."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The 2 cores are shared: OpenMP threads spinning against other processes make tiny forwards 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from model.lmaffordance3d import build_model

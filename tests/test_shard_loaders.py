@@ -23,15 +23,6 @@ N = 64
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def sharded(tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("raw")
     tree = write_agpil(

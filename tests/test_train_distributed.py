@@ -23,15 +23,6 @@ TRAIN_IMAGES = 24
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def shards(tmp_path_factory, ray_local) -> Path:
     root = tmp_path_factory.mktemp("data")
     synth = SynthConfig(out=str(root / "raw"), train_images=TRAIN_IMAGES, test_samples=6, points_per_object=3,
