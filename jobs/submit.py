@@ -52,12 +52,26 @@ def main(argv: list[str]) -> int:
         kwargs["submission_id"] = own["submission_id"]
     if own.get("entrypoint_num_cpus"):
         kwargs["entrypoint_num_cpus"] = float(own["entrypoint_num_cpus"])
-    job_id = client.submit_job(**kwargs)
+    job_id = _submit(client, kwargs)
     print(f"submitted {job_id}: {kwargs['entrypoint']}")
     if own.get("no_wait"):
         print(f"follow it with: lma3d submit --logs {job_id} --address {client.get_address()}")
         return 0
     return _follow(client, job_id)
+
+
+def _submit(client, kwargs: dict, wait_s: float = 90.0) -> str:
+    """submit_job, waiting for a freshly started head whose job agent is not up yet (HTTP 500 "No available
+    agent to submit job") instead of failing the user's command."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(**kwargs)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            print("the cluster's job agent is not ready yet; retrying in 2 s", file=sys.stderr)
+            time.sleep(2)
 
 
 def _act(client, action: str, job_id: str) -> int:

@@ -128,6 +128,14 @@ def run(
     return manifest
 
 
+def _parallelism(tasks: int) -> int:
+    """Parse tasks to run at once: every CPU of the cluster. Ray Data's default resource budget otherwise runs
+    these one-row-per-task maps nearly one at a time (measured: 8 one-second tasks took 9.4 s on 2 CPUs)."""
+    import ray
+
+    return max(1, min(tasks, int(ray.cluster_resources().get("CPU", 1))))
+
+
 def _write_shards(items: list[RawItem], source: Path, tmp: Path, cfg: ShardConfig, num_points: int):
     import ray
 
@@ -139,7 +147,8 @@ def _write_shards(items: list[RawItem], source: Path, tmp: Path, cfg: ShardConfi
     if not tasks:
         return [], []
     kwargs = {"root": str(source), "out": str(tmp), "num_points": num_points}
-    results = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map(_shard_task, fn_kwargs=kwargs).take_all()
+    dataset = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+    results = dataset.map(_shard_task, fn_kwargs=kwargs, concurrency=_parallelism(len(tasks))).take_all()
     results.sort(key=lambda r: r["name"])
     quarantine = [q for r in results for q in json.loads(r["rejections"])]
     return results, quarantine
@@ -153,7 +162,8 @@ def _write_points(items: list[RawItem], source: Path, tmp: Path, num_points: int
         return None
     tasks = [{"order": i, "rows": rows[s : s + BANK_CHUNK]} for i, s in enumerate(range(0, len(rows), BANK_CHUNK))]
     kwargs = {"root": str(source), "num_points": num_points}
-    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map(_bank_task, fn_kwargs=kwargs)
+    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+    ds = ds.map(_bank_task, fn_kwargs=kwargs, concurrency=_parallelism(len(tasks)))
     stats = {"read": 0, "written": 0}
 
     def batches():
