@@ -29,7 +29,9 @@ class LocalRayCluster:
         self.root = root
         self.num_cpus = num_cpus
         self.dashboard_port = free_port()
-        self.token_path = root / "auth_token"
+        # Ray's default token file, which a local `ray.init()` also uses: a process caches the first token it
+        # loads, so a test process that already ran a local Ray session can only talk to a cluster with this one.
+        self.token_path = Path.home() / ".ray" / "auth_token"
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -42,13 +44,22 @@ class LocalRayCluster:
 
     def start(self, timeout: float = 90.0) -> LocalRayCluster:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.token_path.write_text(secrets.token_hex(32))
+        if not self.token_path.exists():
+            self.token_path.parent.mkdir(parents=True, exist_ok=True)
+            self.token_path.write_text(secrets.token_hex(32))
+            self.token_path.chmod(0o600)
         env = {**os.environ, **self.client_env(), "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
         env.pop("RAY_ADDRESS", None)
         cmd = [
             str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
             f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
             f"--num-cpus={self.num_cpus}", f"--temp-dir={self.root / 'tmp'}", "--include-dashboard=true",
+            # Free ports for every agent: the defaults (e.g. 52365) belong to any other local Ray on the machine,
+            # such as the test session's own `ray.init()`, and a head whose job agent cannot bind takes no jobs.
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+            f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
+            f"--object-manager-port={free_port()}",
         ]  # fmt: skip
         log = open(self.root / "head.log", "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

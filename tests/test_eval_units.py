@@ -125,3 +125,13 @@ def test_unknown_sources_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "run" / "checkpoint_step000000004" / "lma3d_meta.json").write_text("{}")
     with pytest.raises(UserError, match="a run folder; pass one of its checkpoints \\(checkpoint_step000000004\\)"):
         resolve(str(tmp_path / "run"), "sqlite:///x.db")
+
+
+def test_shards_with_another_point_count_than_the_model_are_refused() -> None:
+    from jobs.evaluation.job import check_fit
+    from jobs.evaluation.sources import ModelSource
+
+    source = ModelSource("ckpt", "checkpoint", tiny_model_config(), {})
+    check_fit({"config": {"num_points": 256}}, source, "shards")
+    with pytest.raises(UserError, match="shards holds 2048-point clouds but ckpt expects model.num_points=256"):
+        check_fit({"config": {"num_points": 2048}}, source, "shards")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from jobs.entry import UserError
-from jobs.typed_yaml import ConfigError, apply_override, build, to_dict
+from jobs.typed_yaml import ConfigError, apply_override, build
 from model.config import ModelConfig
 
 log = logging.getLogger("lma3d.eval.source")
@@ -234,7 +234,3 @@ def _registry(spec: str, tracking_uri: str, overrides: list[str]) -> ModelSource
         source = _exported(spec, download_registered(spec, tracking_uri, Path(tmp)), overrides)
     source.kind, source.name = "registry", re.sub(r"[^A-Za-z0-9._-]+", "-", spec.removeprefix("models:/"))
     return source
-
-
-def config_dict(source: ModelSource) -> dict[str, Any]:
-    return to_dict(source.model)
