@@ -16,42 +16,35 @@ import numpy as np
 import torch
 
 from jobs.config import ExperimentConfig
-from jobs.training.engine import compute_dtype, to_device
 
 log = logging.getLogger("lma3d.train.validate")
 VAL_KEYS = ("auc", "aiou", "sim", "mae")
 
 
-def _rows(batch: dict[str, Any], probs: torch.Tensor) -> list[tuple[str, np.ndarray, np.ndarray, str, str]]:
-    """(key, pred, gt, object, affordance) per valid (image, point cloud) pair; pairs keyed `<key>#<k>`."""
-    pred = probs.float().cpu().numpy()
-    gt = batch["label"].float().cpu().numpy()
+def _rows(batch: dict[str, Any], pred: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray, str, str]]:
+    """(key, pred, gt, object, affordance) of each valid (not padding) sample."""
+    gt = batch["label"].float().cpu().numpy()[:, 0]
     valid = batch["valid"].cpu().numpy().astype(bool) if "valid" in batch else np.ones(len(pred), dtype=bool)
-    rows = []
-    for i in np.flatnonzero(valid):
-        for k in range(pred.shape[1]):
-            rows.append((f"{batch['key'][i]}#{k}", pred[i, k], gt[i, k], batch["object"][i], batch["affordance"][i]))
-    return rows
+    return [
+        (batch["key"][i], pred[i], gt[i], batch["object"][i], batch["affordance"][i]) for i in np.flatnonzero(valid)
+    ]
 
 
 def validate(engine: Any, cfg: ExperimentConfig, rank: int, world: int) -> tuple[dict[str, float], dict | None]:
     """(`val/auc`, `val/aiou`, `val/sim`, `val/mae`, `val/n` — identical on every rank;
     the per-object / per-affordance tables on rank 0, None elsewhere)."""
+    from jobs.evaluation.inference import predict_batch
     from model.metrics import evaluate
-
     from pipeline.loaders import eval_loader
 
-    module = engine.module
-    was_training = module.training
-    module.eval()
-    device, dtype = next(module.parameters()).device, compute_dtype(engine)
     rows: list[tuple] = []
-    with torch.no_grad():
-        for batch in eval_loader(cfg.data, cfg.model.image_size, rank, world):
-            moved = to_device(batch, device, dtype)
-            probs = engine(moved["image"], moved["points"], list(batch["instruction"]))
-            rows.extend(_rows(batch, probs))
-    module.train(was_training)
+    training_rng = torch.get_rng_state()  # predict_batch seeds torch; training continues with its own stream
+    for batch in eval_loader(cfg.data, cfg.model.image_size, rank, world):
+        # The evaluation job's prediction path (eval mode, no autograd, seeded) on this rank's engine module;
+        # it restores the module's train mode.
+        instructions = list(batch["instruction"])
+        rows.extend(_rows(batch, predict_batch(engine.module, batch["image"], batch["points"], instructions)))
+    torch.set_rng_state(training_rng)
 
     gathered: list[list[tuple]] | None = [None] * world if rank == 0 else None
     if world > 1:
