@@ -31,6 +31,18 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _threshold_counts(pred: np.ndarray, binary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row and threshold t: |{p >= t} & positives| and |{p >= t}|, from one histogram per row (each point
+    falls in the bin of the number of thresholds <= p) instead of a [M, thresholds, N] comparison."""
+    m, t = pred.shape[0], len(THRESHOLDS)
+    level = np.searchsorted(THRESHOLDS, pred, side="right")  # p >= THRESHOLDS[j] exactly when j < level
+    flat = (level + (np.arange(m) * (t + 1))[:, None]).ravel()
+    every = np.bincount(flat, minlength=m * (t + 1)).reshape(m, t + 1)
+    hits = np.bincount(flat, weights=binary.ravel().astype(np.float64), minlength=m * (t + 1)).reshape(m, t + 1)
+    at_least = lambda counts: np.cumsum(counts[:, ::-1], axis=1)[:, ::-1][:, 1:]  # sum over levels > j
+    return at_least(hits), at_least(every)
+
+
 def per_sample(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
     """pred, gt [M,N] in [0,1] -> {auc, aiou, sim, mae, kld}: arrays [M] (NaN where undefined)."""
     pred, gt = np.asarray(pred, dtype=np.float64), np.asarray(gt, dtype=np.float64)
@@ -44,10 +56,8 @@ def per_sample(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
         rank_sum = np.where(binary, _average_ranks(pred), 0.0).sum(1)
         auc = (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
         auc = np.where(negatives == 0, np.nan, auc)  # all-positive GT: roc_auc_score is undefined too
-        predicted = pred[:, None, :] >= THRESHOLDS[None, :, None]  # [M,T,N]
-        intersection = (predicted & binary[:, None, :]).sum(-1)
-        union = (predicted | binary[:, None, :]).sum(-1)
-        aiou = (intersection / union).mean(1)
+        intersection, predicted = _threshold_counts(pred, binary)
+        aiou = (intersection / (predicted + positives[:, None] - intersection)).mean(1)
     empty = positives == 0
     auc[empty] = np.nan
     aiou = np.where(empty, np.nan, aiou)
