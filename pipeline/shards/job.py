@@ -148,7 +148,8 @@ def _write_shards(items: list[RawItem], source: Path, tmp: Path, cfg: ShardConfi
         return [], []
     kwargs = {"root": str(source), "out": str(tmp), "num_points": num_points}
     dataset = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-    results = dataset.map(_shard_task, fn_kwargs=kwargs, concurrency=_parallelism(len(tasks))).take_all()
+    pool = ray.data.TaskPoolStrategy(size=_parallelism(len(tasks)))
+    results = dataset.map(_shard_task, fn_kwargs=kwargs, compute=pool).take_all()
     results.sort(key=lambda r: r["name"])
     quarantine = [q for r in results for q in json.loads(r["rejections"])]
     return results, quarantine
@@ -163,7 +164,7 @@ def _write_points(items: list[RawItem], source: Path, tmp: Path, num_points: int
     tasks = [{"order": i, "rows": rows[s : s + BANK_CHUNK]} for i, s in enumerate(range(0, len(rows), BANK_CHUNK))]
     kwargs = {"root": str(source), "num_points": num_points}
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-    ds = ds.map(_bank_task, fn_kwargs=kwargs, concurrency=_parallelism(len(tasks)))
+    ds = ds.map(_bank_task, fn_kwargs=kwargs, compute=ray.data.TaskPoolStrategy(size=_parallelism(len(tasks))))
     stats = {"read": 0, "written": 0}
 
     def batches():
