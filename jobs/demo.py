@@ -50,12 +50,13 @@ def _synthetic_sample(raw: Path) -> dict[str, str]:
 
 
 def _piad_sample() -> dict[str, str]:
-    meta = json.loads(next(PIAD_SAMPLE.glob("*.json")).read_text())
-    instruction = meta.get("instruction") or meta.get("question") or "Where would you lift this bag?"
+    """The real PIAD sample shipped in tests/fixtures: PIAD has no text, so its reader's template instruction."""
+    from pipeline.formats.piad import instruction
+
     return {
-        "image": str(next(PIAD_SAMPLE.glob("*.jpg"))),
-        "points": str(next(PIAD_SAMPLE.glob("Point_*.txt"))),
-        "instruction": instruction if isinstance(instruction, str) else "Where would you lift this bag?",
+        "image": str(PIAD_SAMPLE / "Img_Test_Bag_lift_1.jpg"),
+        "points": str(PIAD_SAMPLE / "Point_Test_Bag_1.txt"),
+        "instruction": instruction("Bag", "lift"),
     }
 
 
