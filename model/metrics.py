@@ -12,51 +12,68 @@ THRESHOLDS = np.linspace(0, 1, 20)
 KEYS = ("auc", "aiou", "sim", "mae")
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """Row-wise ranks 1..N with ties given their average rank (what roc_auc_score's Mann-Whitney form needs)."""
-    m, n = values.shape
-    order = np.argsort(values, axis=1, kind="mergesort")
-    sorted_values = np.take_along_axis(values, order, axis=1)
-    new_group = np.ones((m, n), dtype=bool)
-    new_group[:, 1:] = sorted_values[:, 1:] != sorted_values[:, :-1]
-    group = np.cumsum(new_group, axis=1) - 1  # group id per sorted position
-    position = np.broadcast_to(np.arange(1, n + 1, dtype=np.float64), (m, n))
-    offsets = (np.arange(m) * n)[:, None]
-    flat_group = (group + offsets).ravel()
-    sums = np.bincount(flat_group, weights=position.ravel(), minlength=m * n)
-    counts = np.bincount(flat_group, minlength=m * n)
-    mean_rank = (sums / np.maximum(counts, 1))[flat_group].reshape(m, n)
-    ranks = np.empty((m, n))
-    np.put_along_axis(ranks, order, mean_rank, axis=1)
-    return ranks
+def _auc(pred: np.ndarray, binary: np.ndarray) -> np.ndarray:
+    """Row-wise ROC AUC in its Mann-Whitney form, ties counted half, from one integer sort per row.
+
+    For values in [0, 1] the float64 bit pattern orders like the value and stays below 2**62, so
+    (bits << 1) | label sorts by value and, among equal values, puts negatives before positives. A positive
+    then beats the negatives counted before its tie group and ties with the ones counted inside it."""
+    m, n = pred.shape
+    keys = (pred.view(np.int64) << 1) | binary
+    keys.sort(axis=1)
+    positive = (keys & 1).astype(bool)
+    negative = ~positive
+    negatives_through = np.cumsum(negative, axis=1)  # negatives at or before each sorted position
+    value = keys >> 1
+    tie = value[:, 1:] == value[:, :-1]
+    if tie.any():
+        new_group = np.ones((m, n), dtype=bool)
+        new_group[:, 1:] = ~tie
+        negatives_below = np.maximum.accumulate(np.where(new_group, negatives_through - negative, 0), axis=1)
+        wins = (negatives_through + negatives_below) / 2  # below: 1 each; tied (all before a positive): 1/2 each
+    else:
+        wins = negatives_through
+    positives = binary.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(positive, wins, 0).sum(1) / (positives * (n - positives))
 
 
 def _threshold_counts(pred: np.ndarray, binary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row and threshold t: |{p >= t} & positives| and |{p >= t}|, from one histogram per row (each point
     falls in the bin of the number of thresholds <= p) instead of a [M, thresholds, N] comparison."""
     m, t = pred.shape[0], len(THRESHOLDS)
-    level = np.searchsorted(THRESHOLDS, pred, side="right")  # p >= THRESHOLDS[j] exactly when j < level
-    flat = (level + (np.arange(m) * (t + 1))[:, None]).ravel()
-    every = np.bincount(flat, minlength=m * (t + 1)).reshape(m, t + 1)
-    hits = np.bincount(flat, weights=binary.ravel().astype(np.float64), minlength=m * (t + 1)).reshape(m, t + 1)
-    at_least = lambda counts: np.cumsum(counts[:, ::-1], axis=1)[:, ::-1][:, 1:]  # sum over levels > j
-    return at_least(hits), at_least(every)
+    # THRESHOLDS[j] is j/(t-1) up to rounding, so floor(p*(t-1))+1 thresholds are <= p give or take one at a
+    # boundary; comparing against the two neighbouring thresholds makes the count exact.
+    level = np.minimum(np.floor(pred * (t - 1)), t - 1).astype(np.intp) + 1
+    level += pred >= np.append(THRESHOLDS, np.inf)[level]
+    level -= pred < THRESHOLDS[level - 1]
+    flat = ((level + (np.arange(m) * (t + 1))[:, None]) * 2 + binary).ravel()
+    counts = np.bincount(flat, minlength=m * (t + 1) * 2).reshape(m, t + 1, 2)
+    at_least = lambda c: np.cumsum(c[:, ::-1], axis=1)[:, ::-1][:, 1:]  # sum over levels > j
+    return at_least(counts[..., 1]), at_least(counts.sum(2))
 
 
-def per_sample(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
+def per_sample(pred: np.ndarray, gt: np.ndarray, block_rows: int = 64) -> dict[str, np.ndarray]:
     """pred, gt [M,N] in [0,1] -> {auc, aiou, sim, mae, kld}: arrays [M] (NaN where undefined)."""
-    pred, gt = np.asarray(pred, dtype=np.float64), np.asarray(gt, dtype=np.float64)
+    pred = np.ascontiguousarray(pred, dtype=np.float64)  # _auc reads its bits
+    gt = np.asarray(gt, dtype=np.float64)
     if pred.shape != gt.shape or pred.ndim != 2:
         raise ValueError(f"pred {pred.shape} and gt {gt.shape} must be the same [M,N]")
+    if not ((pred >= 0) & (pred <= 1)).all():
+        raise ValueError("pred must hold probabilities in [0, 1] (no NaN)")
+    # Blocks of rows keep every temporary in cache: 1.6x faster than whole arrays at 1000 x 2048.
+    blocks = [_block(pred[i : i + block_rows], gt[i : i + block_rows]) for i in range(0, max(len(pred), 1), block_rows)]
+    return {key: np.concatenate([b[key] for b in blocks]) for key in ("auc", "aiou", "sim", "mae", "kld")}
+
+
+def _block(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
     n = pred.shape[1]
     binary = gt >= 0.5
     positives = binary.sum(1)
-    negatives = n - positives
+    auc = _auc(pred, binary)
+    auc = np.where(positives == n, np.nan, auc)  # all-positive GT: roc_auc_score is undefined too
+    intersection, predicted = _threshold_counts(pred, binary)
     with np.errstate(invalid="ignore", divide="ignore"):
-        rank_sum = np.where(binary, _average_ranks(pred), 0.0).sum(1)
-        auc = (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
-        auc = np.where(negatives == 0, np.nan, auc)  # all-positive GT: roc_auc_score is undefined too
-        intersection, predicted = _threshold_counts(pred, binary)
         aiou = (intersection / (predicted + positives[:, None] - intersection)).mean(1)
     empty = positives == 0
     auc[empty] = np.nan

@@ -53,10 +53,31 @@ def test_per_sample_metrics_equal_scikit_learn_with_ties_and_degenerate_gt():
     gt = rng.random((40, 200)) ** 3
     gt[0], gt[1], gt[2] = 0.0, 1.0, 0.49  # empty, all-positive, just under the threshold
     pred[3] = 0.5  # a constant prediction: AUC 0.5
-    got, ref = per_sample(pred, gt), _reference(pred, gt)
+    got, ref = per_sample(pred, gt, block_rows=16), _reference(pred, gt)  # 40 rows: three blocks
     for key in ("auc", "aiou", "sim", "mae"):
         np.testing.assert_allclose(got[key], ref[key], atol=1e-6, equal_nan=True)
     assert np.isnan(got["auc"][0]) and np.isnan(got["aiou"][0]) and got["auc"][3] == pytest.approx(0.5)
+
+
+def test_per_sample_metrics_are_exact_at_the_aiou_thresholds_and_for_float32():
+    rng = np.random.default_rng(2)
+    at = np.linspace(0, 1, 20)
+    # each threshold itself and its float64 neighbours: where a floor(p * 19) shortcut would be off by one
+    edges = np.concatenate([at, np.nextafter(at, 2.0), np.nextafter(at, -1.0)]).clip(0, 1)
+    pred = rng.choice(edges, size=(30, 120))
+    gt = rng.random((30, 120)) ** 2
+    got, ref = per_sample(pred, gt), _reference(pred, gt)
+    np.testing.assert_array_equal(got["aiou"], ref["aiou"])  # from integer counts: equal, not close
+    np.testing.assert_allclose(got["auc"], ref["auc"], rtol=1e-12)  # scikit-learn sums trapezoids
+    pred32 = rng.random((10, 64)).astype(np.float32)
+    np.testing.assert_allclose(per_sample(pred32, gt[:10, :64])["auc"], _reference(pred32, gt[:10, :64])["auc"])
+
+
+def test_per_sample_rejects_predictions_outside_zero_one():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        per_sample(np.array([[0.2, 1.5]]), np.array([[1.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        per_sample(np.array([[0.2, np.nan]]), np.array([[1.0, 0.0]]))
 
 
 def test_evaluate_uses_nanmean_and_breaks_down_per_class():
