@@ -1,7 +1,8 @@
 """Reference implementations in the style of the original code, for side-by-side benchmarks only.
 
-- PointNet++ point ops as in the original `PointNet2_utils.py`: ball query by sorting the whole index row,
-  FPS with the per-step broadcast difference, grouping by index tensors.
+- PointNet++ as in the original `PointNet2_utils.py`: ball query by sorting the whole index row, FPS with the
+  per-step broadcast difference, grouping by advanced indexing with a repeated batch index, the set-abstraction
+  branch on a [B,C,K,S] permuted copy, and 3-NN by sorting each distance row.
 - The original's training step: one full forward per point cloud (three per image) and a per-sample Python
   loop to build the LLM input.
 Written for this benchmark from the spec's description (not copied code).
@@ -15,6 +16,7 @@ import torch
 
 import model.language
 import model.pointnet2
+from model.pointnet2 import SetAbstractionMSG
 
 
 def square_distance(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
@@ -51,6 +53,37 @@ def ball_query(radius: float, nsample: int, xyz: torch.Tensor, new_xyz: torch.Te
     return group_idx
 
 
+def index_points(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    view_shape = [idx.shape[0]] + [1] * (idx.dim() - 1)
+    repeat_shape = [1] + list(idx.shape[1:])
+    batch_indices = torch.arange(points.shape[0], dtype=torch.long).view(view_shape).repeat(repeat_shape)
+    return points[batch_indices, idx, :]
+
+
+def set_abstraction_forward(self: SetAbstractionMSG, xyz: torch.Tensor, feats: torch.Tensor):
+    xyz, feats = xyz.permute(0, 2, 1), feats.permute(0, 2, 1)
+    b, _, c = xyz.shape
+    new_xyz = index_points(xyz, farthest_point_sample(xyz, self.npoint, self.fps_start))
+    outputs = []
+    for radius, nsample, branch in zip(self.radii, self.nsamples, self.branches):
+        group_idx = ball_query(radius, nsample, xyz, new_xyz)
+        grouped_xyz = index_points(xyz, group_idx)
+        grouped_xyz -= new_xyz.view(b, self.npoint, 1, c)
+        grouped = torch.cat([index_points(feats, group_idx), grouped_xyz], dim=-1).permute(0, 3, 2, 1)
+        outputs.append(torch.max(branch(grouped), 2)[0])
+    return new_xyz.permute(0, 2, 1), torch.cat(outputs, dim=1)
+
+
+def three_nn_interpolate(xyz_to, xyz_from, feats_from, eps):
+    if xyz_from.shape[1] == 1:
+        return feats_from.repeat(1, xyz_to.shape[1], 1)
+    dists, idx = square_distance(xyz_to, xyz_from).sort(dim=-1)
+    dists, idx = dists[:, :, :3], idx[:, :, :3]
+    recip = 1.0 / (dists + eps)
+    weight = recip / torch.sum(recip, dim=2, keepdim=True)
+    return torch.sum(index_points(feats_from, idx) * weight.view(*idx.shape, 1), dim=2)
+
+
 def insert_spatial_loop(text: torch.Tensor, lengths: torch.Tensor, spatial: torch.Tensor):
     rows, masks = [], []
     for i in range(text.shape[0]):
@@ -62,15 +95,15 @@ def insert_spatial_loop(text: torch.Tensor, lengths: torch.Tensor, spatial: torc
 
 @contextlib.contextmanager
 def original_ops():
-    """Swap the original-style point ops and the per-sample LLM input loop into the model."""
-    saved = (model.pointnet2.farthest_point_sample, model.pointnet2.ball_query, model.language.insert_spatial)
-    model.pointnet2.farthest_point_sample = farthest_point_sample
-    model.pointnet2.ball_query = ball_query
+    """Swap the original-style PointNet++ and the per-sample LLM input loop into the model."""
+    saved = (SetAbstractionMSG.forward, model.pointnet2.three_nn_interpolate, model.language.insert_spatial)
+    SetAbstractionMSG.forward = set_abstraction_forward
+    model.pointnet2.three_nn_interpolate = three_nn_interpolate
     model.language.insert_spatial = insert_spatial_loop
     try:
         yield
     finally:
-        model.pointnet2.farthest_point_sample, model.pointnet2.ball_query, model.language.insert_spatial = saved
+        SetAbstractionMSG.forward, model.pointnet2.three_nn_interpolate, model.language.insert_spatial = saved
 
 
 def original_step(net, loss_fn, image, points, labels, text):

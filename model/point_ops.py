@@ -31,35 +31,38 @@ def square_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @torch.autocast("cpu", enabled=False)
 @torch.autocast("cuda", enabled=False)
 def farthest_point_sample(xyz: torch.Tensor, npoint: int, start: Literal["random", "first"] = "random") -> torch.Tensor:
-    """xyz [B,N,3] -> indices [B,npoint]; `random` starts at a random point as the original, `first` at 0."""
+    """xyz [B,N,3] -> indices [B,npoint]; `random` starts at a random point as the original, `first` at 0.
+    Coordinates are held as three [B,N] planes so each pick is a few in-place elementwise ops on contiguous
+    rows (2x faster than a batched mat-vec with an inner dimension of 3) with the original's exact differences."""
     batch, n, _ = xyz.shape
-    xyz = xyz.float()
+    planes = xyz.float().permute(2, 0, 1).contiguous()  # [3,B,N]
+    flat = planes.view(3, batch * n)
+    row_start = torch.arange(batch, device=xyz.device) * n
     picked = torch.empty(batch, npoint, dtype=torch.long, device=xyz.device)
     nearest = torch.full((batch, n), float("inf"), device=xyz.device)
     if start == "random":
         farthest = torch.randint(0, n, (batch,), device=xyz.device)
     else:
         farthest = torch.zeros(batch, dtype=torch.long, device=xyz.device)
-    rows = torch.arange(batch, device=xyz.device)
-    norms = xyz.pow(2).sum(-1)  # |x|^2 once; each step is then one batched mat-vec
+    diff, distance = torch.empty_like(planes), torch.empty_like(nearest)
     for i in range(npoint):
         picked[:, i] = farthest
-        centroid = xyz[rows, farthest]  # [B,3]
-        distance = torch.baddbmm(norms.unsqueeze(2), xyz, centroid.unsqueeze(2), alpha=-2.0).squeeze(2)
-        distance += norms[rows, farthest].unsqueeze(1)
+        torch.sub(planes, flat[:, row_start + farthest].unsqueeze(2), out=diff)
+        torch.sum(diff.mul_(diff), 0, out=distance)
         torch.minimum(nearest, distance, out=nearest)
         farthest = nearest.argmax(-1)
     return picked
 
 
 @torch.no_grad()
-def ball_query(radius: float, nsample: int, xyz: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+def ball_query(radius: float, nsample: int, sqdist: torch.Tensor) -> torch.Tensor:
     """The original's semantics without its full sort: for each centre, the first `nsample` point indices (in
-    index order) within `radius`, padded with the first one found. xyz [B,N,3], centres [B,S,3] -> [B,S,nsample].
-    Points outside the radius get key index + N, so a partial top-k of the keys finds the first in-radius ones."""
-    inside = square_distance(centres, xyz) <= radius * radius  # [B,S,N]
-    n = xyz.shape[1]
-    order = torch.arange(n, dtype=torch.float32, device=xyz.device)  # exact: N < 2^24
+    index order) within `radius`, padded with the first one found. sqdist [B,S,N] (centres to points, from
+    `square_distance`, shared by a level's radii) -> [B,S,nsample]. Points outside the radius get key index + N,
+    so a partial top-k of the keys finds the first in-radius ones."""
+    inside = sqdist <= radius * radius
+    n = sqdist.shape[-1]
+    order = torch.arange(n, dtype=torch.float32, device=sqdist.device)  # exact: N < 2^24
     idx = torch.where(inside, order, order + n).topk(nsample, dim=-1, largest=False, sorted=True).indices
     return torch.where(torch.gather(inside, -1, idx), idx, idx[..., :1])
 
@@ -68,11 +71,13 @@ def three_nn_interpolate(
     xyz_to: torch.Tensor, xyz_from: torch.Tensor, feats_from: torch.Tensor, eps: float
 ) -> torch.Tensor:
     """Inverse squared-distance weights over the 3 nearest points: xyz_to [B,N,3], xyz_from [B,S,3],
-    feats_from [B,S,C] -> [B,N,C]. `eps` is 0.01 in the released model, 1e-8 in IAGNet/LASO."""
+    feats_from [B,S,C] -> [B,N,C]. `eps` is 0.01 in the released model, 1e-8 in IAGNet/LASO.
+    The weights are scattered into a dense [B,N,S] interpolation matrix and applied with one bmm: a [B,N,3,C]
+    gathered product costs 1.5x more time forward and backward at N=2048, S=256."""
     if xyz_from.shape[1] == 1:
         return feats_from.expand(-1, xyz_to.shape[1], -1)
-    dist = square_distance(xyz_to.float(), xyz_from.float())
-    dist, idx = dist.topk(3, dim=-1, largest=False)
+    dist, idx = square_distance(xyz_to, xyz_from).topk(3, dim=-1, largest=False)
     weight = 1.0 / (dist + eps)
     weight = (weight / weight.sum(-1, keepdim=True)).to(feats_from.dtype)
-    return (index_points(feats_from, idx) * weight.unsqueeze(-1)).sum(2)
+    matrix = feats_from.new_zeros(*idx.shape[:2], xyz_from.shape[1]).scatter_(-1, idx, weight)
+    return torch.bmm(matrix, feats_from)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from model.config import ModelConfig
-from model.point_ops import ball_query, farthest_point_sample, index_points, three_nn_interpolate
+from model.point_ops import ball_query, farthest_point_sample, index_points, square_distance, three_nn_interpolate
 
 
 def _conv_stack(conv: type[nn.Module], norm: type[nn.Module], in_channel: int, widths: Sequence[int]) -> nn.Sequential:
@@ -40,14 +40,18 @@ class SetAbstractionMSG(nn.Module):
 
     def forward(self, xyz: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """xyz [B,3,N], feats [B,C,N] -> centres [B,3,S], features [B,C_out,S]."""
-        xyz_t, feats_t = xyz.transpose(1, 2), feats.transpose(1, 2)
+        xyz_t = xyz.transpose(1, 2)
         centres = index_points(xyz_t, farthest_point_sample(xyz_t, self.npoint, self.fps_start))  # [B,S,3]
+        sqdist = square_distance(centres, xyz_t)  # [B,S,N], one for all radii
+        source = torch.cat([feats, xyz], dim=1).transpose(1, 2)  # [B,N,C+3]: one gather per branch
         outputs = []
         for radius, nsample, branch in zip(self.radii, self.nsamples, self.branches):
-            idx = ball_query(radius, nsample, xyz_t, centres)  # [B,S,K]
-            relative = index_points(xyz_t, idx) - centres.unsqueeze(2)
-            grouped = torch.cat([index_points(feats_t, idx), relative], dim=-1)  # [B,S,K,C+3]
-            outputs.append(branch(grouped.permute(0, 3, 2, 1)).amax(dim=2))  # [B,C',S]
+            idx = ball_query(radius, nsample, sqdist)  # [B,S,K]
+            grouped = index_points(source, idx)  # [B,S,K,C+3]
+            grouped[..., -3:] -= centres.unsqueeze(2)  # xyz relative to the centre, as the original
+            # [B,C+3,S,K] as a channels-last view: the 1x1 convs run on it without a transposing copy, and
+            # max-with-indices has a 2x cheaper backward than amax (same values and gradient as the original).
+            outputs.append(branch(grouped.permute(0, 3, 1, 2)).max(dim=3).values)  # [B,C',S]
         return centres.transpose(1, 2), torch.cat(outputs, dim=1)
 
 

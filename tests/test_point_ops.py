@@ -35,7 +35,7 @@ def test_farthest_point_sample_random_start_varies_and_first_is_deterministic():
 def test_ball_query_takes_first_indices_in_radius_padded_with_the_first():
     xyz = torch.randn(2, 150, 3, generator=torch.Generator().manual_seed(3))
     centres = xyz[:, :12]
-    got = ball_query(0.7, 6, xyz, centres)
+    got = ball_query(0.7, 6, square_distance(centres, xyz))
     for b in range(2):
         for s in range(12):
             d = ((xyz[b].double() - centres[b, s].double()) ** 2).sum(1)
