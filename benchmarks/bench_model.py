@@ -65,7 +65,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "overrides", nargs="*", help="config overrides, e.g. model.image_size=224 model.resnet_width=64"
+        "overrides",
+        nargs="*",
+        help="config overrides, e.g. model.image_size=224 model.resnet_width=64 model.sa3_mlps=[[128,256],[128,256]]",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
