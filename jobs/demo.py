@@ -86,9 +86,10 @@ def main(argv: list[str]) -> int:
 
     from jobs import eval as eval_verb
     from jobs import export, predict, shard, synth
+    from pipeline.ray_session import ensure_ray
 
     started = time.perf_counter()
-    ray.init(include_dashboard=False)  # worker logs (training progress) stream to this terminal
+    started_ray = ensure_ray()  # one local Ray for every stage; worker logs stream to this terminal
     try:
         stages.run("synth", lambda: _verb(synth.main, [
             "--out", str(raw), "--view", "full", "--setting", "seen", "--seed", str(args.seed),
@@ -110,7 +111,8 @@ def main(argv: list[str]) -> int:
         ]))  # fmt: skip
         stages.run("predict", lambda: _predict(predict, work, raw))
     finally:
-        ray.shutdown()
+        if started_ray:
+            ray.shutdown()
     _report(work, stages, time.perf_counter() - started)
     return 0
 
@@ -164,7 +166,8 @@ def _report(work: Path, stages: StageLog, seconds: float) -> None:
         lines.append(
             f"{label:<28}{100 * m['auc']:>8.2f}{100 * m['aiou']:>8.2f}{m['sim']:>8.3f}{m['mae']:>8.3f}{m['n']:>6}"
         )
-    lines.append(f"language matters: AUC drops by {100 * (test['auc'] - shuffled['auc']):.2f} points when shuffled")
+    change = 100 * (shuffled["auc"] - test["auc"])
+    lines.append(f"instructions shuffled across samples: AUC {change:+.2f} points")
     lines.append("")
     lines.append("stage          seconds")
     lines += [f"{name:<15}{info['seconds']:>7.1f}" for name, info in done.items()]

@@ -19,5 +19,7 @@ def ensure_ray(address: str | None = None, runtime_env: dict[str, Any] | None = 
     elif os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(include_dashboard=False)
+        # The dashboard (on loopback, next free port from 8265) serves the state API that Ray Train's
+        # placement-group cleaner polls: without it the cleaner logs a warning every few seconds and cannot work.
+        ray.init(dashboard_host="127.0.0.1")
     return True
