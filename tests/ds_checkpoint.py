@@ -1,6 +1,6 @@
 """Write real `lma3d train`-layout DeepSpeed checkpoints of the tiny model (run as a script, one process, gloo).
 
-    python tests/ds_checkpoint.py OUT 0 1 2     -> OUT/zero{0,1,2}/checkpoint_step000000002/ ...
+    python tests/ds_checkpoint.py OUT 0 1 2 3   -> OUT/zero{0,1,2,3}/checkpoint_step000000002/ ...
 
 Each checkpoint is taken after two optimizer steps (so the weights are not the initial ones) with
 jobs.training.checkpoint.save, exactly as training writes it. Beside it: reference.safetensors (the engine's

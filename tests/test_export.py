@@ -1,4 +1,4 @@
-"""Export: DeepSpeed checkpoints (real ones, ZeRO-0/1/2) -> consolidated fp32 weights -> model.safetensors +
+"""Export: DeepSpeed checkpoints (real ones, ZeRO-0/1/2/3) -> consolidated fp32 weights -> model.safetensors +
 config.json -> from_pretrained predicts exactly as the training engine did; untrusted pickles are refused;
 the registered model resolves through its alias."""
 
@@ -28,7 +28,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ds")
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(HERE.parent)}
     done = subprocess.run(
-        [sys.executable, str(HERE / "ds_checkpoint.py"), str(out), "0", "1", "2"],
+        [sys.executable, str(HERE / "ds_checkpoint.py"), str(out), "0", "1", "2", "3"],
         cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -46,7 +46,7 @@ def one_thread():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [0, 1, 2])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_consolidation_gives_the_engines_fp32_weights(checkpoints: Path, stage: int) -> None:
     weights = consolidate(checkpoints / f"zero{stage}" / STEP_DIR)
     reference = load_file(str(checkpoints / f"zero{stage}" / "reference.safetensors"))
@@ -56,7 +56,7 @@ def test_consolidation_gives_the_engines_fp32_weights(checkpoints: Path, stage: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("stage", [1, 2, 3])
 def test_export_then_from_pretrained_predicts_exactly_as_the_checkpoint(
     checkpoints: Path, stage: int, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

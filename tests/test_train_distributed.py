@@ -53,7 +53,7 @@ def _lr(cfg: ExperimentConfig, step: int, steps_per_epoch: int) -> float:
                        epochs=t.epochs, steps_per_epoch=steps_per_epoch)  # fmt: skip
 
 
-@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("stage", [1, 2, 3])
 def test_zero_stage_trains_checkpoints_and_resumes_at_the_next_step_with_the_same_lr(shards, tmp_path, stage):
     cfg = _config(shards, tmp_path, zero_stage=stage, max_steps=2, checkpoint_every=1)
     first = launch(cfg, run_name="resume")
