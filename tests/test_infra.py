@@ -8,7 +8,6 @@ import argparse
 import importlib
 import importlib.util
 import json
-import os
 import re
 import shlex
 from pathlib import Path
@@ -18,14 +17,12 @@ import pytest
 import ray
 import yaml
 from mlflow.server.security_utils import is_allowed_host_header
-from ray._private.ray_constants import DASHBOARD_CLIENT_MAX_SIZE
-from ray._private.runtime_env.packaging import GCS_STORAGE_MAX_SIZE, _dir_travel, _get_excludes
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.runtime_env import RuntimeEnv
 
 import jobs.entry
 from jobs.cli import VERBS
-from jobs.submission import runtime_env, split_argv
+from jobs.submission import split_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA, K8S = ROOT / "infra", ROOT / "infra" / "k8s"
@@ -268,61 +265,6 @@ def test_dockerfiles_install_the_project_and_run_the_cli(capsys):
     assert re.search(r"^ENV [^\n]*DS_ACCELERATOR=cpu", dockerfile("Dockerfile.cpu"), re.M)
     assert re.search(r"ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu$", dockerfile("Dockerfile.cpu"), re.M)
     capsys.readouterr()
-
-
-def shipped(root: Path, excludes: list[str]) -> dict[str, int]:
-    """Files Ray would put in the working_dir package, found with Ray's own traversal and matching."""
-    files: dict[str, int] = {}
-
-    def handler(path: Path) -> None:
-        if path.is_file():
-            files[path.relative_to(root).as_posix()] = path.stat().st_size
-
-    _dir_travel(root, [_get_excludes(root, excludes)], handler, include_gitignore=False)
-    return files
-
-
-def test_runtime_env_ships_the_checkout_with_ray_train_v2_and_the_excludes():
-    env = yaml.safe_load((INFRA / "runtime_env.yaml").read_text())
-    assert env["working_dir"] == "." and env["env_vars"]["RAY_TRAIN_V2_ENABLED"] == "1"
-    for pattern in (".git", ".venv", "/work/", "/data/", "/checkpoints/", "mlruns/", "*.tar", "*.arrow"):
-        assert pattern in env["excludes"]
-    rayignore = [line for line in (ROOT / ".rayignore").read_text().splitlines() if line and line[0] != "#"]
-    assert rayignore == env["excludes"], ".rayignore and runtime_env excludes must list the same patterns"
-    RuntimeEnv(**{k: v for k, v in env.items() if k != "working_dir"})
-
-
-def test_excludes_drop_data_checkpoints_and_git_but_keep_the_code(tmp_path):
-    heavy = ".git/objects/p.pack .venv/lib/torch.so work/shards/train/shard-000000.tar data/AGPIL/x.txt mlruns/0/m.yaml"
-    heavy += " checkpoints/global_step1/model_states.pt runs/r/points.arrow a/b/c.safetensors"
-    kept = {"jobs/work.py", "pipeline/data.py", "configs/agpil/full_seen.yaml", "tests/test_x.py"}
-    for rel in [*heavy.split(), *kept]:
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text("x")
-    assert set(shipped(tmp_path, yaml.safe_load((INFRA / "runtime_env.yaml").read_text())["excludes"])) == kept
-    (tmp_path / ".rayignore").write_text((ROOT / ".rayignore").read_text())
-    assert set(shipped(tmp_path, [])) == kept | {".rayignore"}, ".rayignore alone (e.g. without .gitignore) suffices"
-
-
-def test_repo_package_stays_well_under_rays_100_mib_limit():
-    files = shipped(ROOT, yaml.safe_load((INFRA / "runtime_env.yaml").read_text())["excludes"])
-    total, biggest = sum(files.values()), sorted(files.items(), key=lambda kv: -kv[1])[:5]
-    # Jobs API uploads are capped by the dashboard's request size (100 MiB), GCS packages by the gRPC message size.
-    limit = min(DASHBOARD_CLIENT_MAX_SIZE, GCS_STORAGE_MAX_SIZE)
-    assert total < limit // 4, f"{total / 2**20:.1f} MiB of {limit / 2**20:.0f} would ship; biggest: {biggest}"
-
-
-def test_submit_passes_the_submitters_tracking_uri_else_keeps_the_clusters(monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
-    env_file = str(INFRA / "runtime_env.yaml")
-    assert runtime_env(env_file)["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow.example:5000"
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    env_vars = runtime_env(env_file)["env_vars"]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")  # what the node has (KubeRay Secret)
-    from ray._private.utils import update_envs  # how Ray applies env_vars on the node
-
-    update_envs({"MLFLOW_TRACKING_URI": env_vars["MLFLOW_TRACKING_URI"]})
-    assert os.environ["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 
 
 def test_compose_runs_postgres_minio_bucket_init_and_a_proxying_mlflow_server():
