@@ -12,7 +12,7 @@ THRESHOLDS = np.linspace(0, 1, 20)
 KEYS = ("auc", "aiou", "sim", "mae")
 
 
-def _auc(pred: np.ndarray, binary: np.ndarray) -> np.ndarray:
+def _auc(pred: np.ndarray, binary: np.ndarray, positives: np.ndarray) -> np.ndarray:
     """Row-wise ROC AUC in its Mann-Whitney form, ties counted half, from one integer sort per row.
 
     For values in [0, 1] the float64 bit pattern orders like the value and stays below 2**62, so
@@ -33,7 +33,6 @@ def _auc(pred: np.ndarray, binary: np.ndarray) -> np.ndarray:
         wins = (negatives_through + negatives_below) / 2  # below: 1 each; tied (all before a positive): 1/2 each
     else:
         wins = negatives_through
-    positives = binary.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(positive, wins, 0).sum(1) / (positives * (n - positives))
 
@@ -70,7 +69,7 @@ def _block(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
     n = pred.shape[1]
     binary = gt >= 0.5
     positives = binary.sum(1)
-    auc = _auc(pred, binary)
+    auc = _auc(pred, binary, positives)
     auc = np.where(positives == n, np.nan, auc)  # all-positive GT: roc_auc_score is undefined too
     intersection, predicted = _threshold_counts(pred, binary)
     with np.errstate(invalid="ignore", divide="ignore"):
