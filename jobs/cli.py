@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
+import os
 import sys
 
 VERBS: dict[str, str] = {
@@ -20,11 +22,30 @@ VERBS: dict[str, str] = {
 }
 
 
+def version() -> str:
+    try:
+        return importlib.metadata.version("lmaffordance3d")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:
+        # `lma3d --help | head`: the reader left; point stdout at devnull so the interpreter's final flush
+        # does not raise again, and exit quietly as coreutils do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: list[str]) -> int:
+    if argv and argv[0] == "--version":
+        print(f"lma3d {version()}")
+        return 0
     available = {v: h for v, h in VERBS.items() if importlib.util.find_spec(f"jobs.{v}") is not None}
     if not argv or argv[0] in ("-h", "--help"):
-        lines = ["usage: lma3d <verb> [options]   (lma3d <verb> --help for a verb's options)", "", "verbs:"]
+        lines = ["usage: lma3d [--version] <verb> [options]   (lma3d <verb> --help for a verb's options)", "", "verbs:"]
         lines += [f"  {v:<9} {h}" for v, h in available.items()]
         print("\n".join(lines))
         return 0 if argv else 2
