@@ -23,6 +23,7 @@ from pathlib import Path
 
 from jobs.entry import UserError, entry
 from jobs.stages import StageLog
+from model.metrics import KEYS
 
 log = logging.getLogger("lma3d.demo")
 REPO = Path(__file__).resolve().parent.parent
@@ -139,7 +140,7 @@ def _train(config: str, overrides: list[str]) -> dict:
 def _eval(eval_verb, argv: list[str]) -> dict:
     _verb(eval_verb.main, argv)
     metrics = json.loads((Path(argv[argv.index("--out") + 1]) / "metrics.json").read_text())
-    return {k: metrics[k] for k in ("auc", "aiou", "sim", "mae", "n")}
+    return {k: metrics[k] for k in (*KEYS, "n")}
 
 
 def _predict(predict, work: Path, raw: Path) -> dict:

@@ -62,7 +62,6 @@ def main(argv: list[str]) -> int:
     if pred.shape != gt.shape:
         raise UserError(f"--pred {args.pred} has shape {pred.shape} but --gt {args.gt} has {gt.shape}")
     metrics = evaluate(pred, gt, _names(args.objects, len(pred)), _names(args.affordances, len(pred)))
-    metrics.pop("kld", None)
     print(json.dumps(metrics, indent=2) if args.json else format_table(metrics))
     return 0
 

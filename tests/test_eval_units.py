@@ -28,7 +28,7 @@ def _predictions() -> Predictions:
 def test_result_files_by_hand(tmp_path: Path) -> None:
     predictions = _predictions()
     metrics = {  # what evaluate() returns; Mug has no positive GT point, so its AUC / aIOU are NaN
-        "auc": 1.0, "aiou": 0.5, "sim": 0.6, "mae": 0.3, "n": 2, "kld": 0.0,
+        "auc": 1.0, "aiou": 0.5, "sim": 0.6, "mae": 0.3, "n": 2,
         "per_object": {"Bag": {"auc": 1.0, "aiou": 0.5, "sim": 0.9, "mae": 0.1, "n": 1},
                        "Mug": {"auc": float("nan"), "aiou": float("nan"), "sim": 0.0, "mae": 0.625, "n": 1}},
         "per_affordance": {"grasp": {"auc": 1.0, "aiou": 0.5, "sim": 0.9, "mae": 0.1, "n": 1}},

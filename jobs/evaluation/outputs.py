@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-METRIC_KEYS = ("auc", "aiou", "sim", "mae")
+from model.metrics import KEYS
+
 FILES = ("metrics.json", "per_class.csv", "predictions.npz", "prediction.txt")
 
 
@@ -47,7 +48,7 @@ def per_class_rows(metrics: dict) -> list[dict[str, Any]]:
     for group, table in (("object", metrics.get("per_object", {})), ("affordance", metrics.get("per_affordance", {}))):
         for name in sorted(table):
             values = table[name]
-            rows.append({"group": group, "name": name, **{k: values[k] for k in METRIC_KEYS}, "n": values["n"]})
+            rows.append({"group": group, "name": name, **{k: values[k] for k in KEYS}, "n": values["n"]})
     return rows
 
 
@@ -61,7 +62,7 @@ def write_outputs(
     document = {**finite_or_none(metrics), "info": info}
     paths["metrics.json"].write_text(json.dumps(document, indent=2) + "\n")
     with paths["per_class.csv"].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["group", "name", *METRIC_KEYS, "n"])
+        writer = csv.DictWriter(f, fieldnames=["group", "name", *KEYS, "n"])
         writer.writeheader()
         for row in per_class_rows(metrics):
             writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from jobs.training.tracking import ensure_experiment, git_commit, local_artifact_location, retry
+from model.metrics import KEYS
 
 log = logging.getLogger("lma3d.eval.mlflow")
 SOURCE_TAG = "lma3d.source"
 KIND_TAG = "lma3d.kind"
-TEST_KEYS = ("auc", "aiou", "sim", "mae", "n")
 
 
 def choose_tracking_uri(configured: str, explicit: bool, recorded: str | None) -> str:
@@ -78,7 +78,7 @@ def log_results(
     now = int(time.time() * 1000)
     values = [
         Metric(f"test/{k}", float(metrics[k]), now, step)
-        for k in TEST_KEYS
+        for k in (*KEYS, "n")
         if metrics.get(k) is not None and metrics[k] == metrics[k]  # NaN (no positive GT anywhere) not logged
     ]
     items = [Param(k[:250], str(v)[:6000]) for k, v in params.items()]

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from jobs.config import ExperimentConfig
+from model.metrics import KEYS
 
 log = logging.getLogger("lma3d.train.validate")
-VAL_KEYS = ("auc", "aiou", "sim", "mae")
 
 
 def _rows(batch: dict[str, Any], pred: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray, str, str]]:
@@ -63,7 +63,7 @@ def validate(engine: Any, cfg: ExperimentConfig, rank: int, world: int) -> tuple
             [r[4] for r in ordered],
         )
         tables = {"per_object": metrics["per_object"], "per_affordance": metrics["per_affordance"]}
-        result[0] = {f"val/{k}": float(metrics[k]) for k in VAL_KEYS} | {"val/n": float(metrics["n"])}
+        result[0] = {f"val/{k}": float(metrics[k]) for k in KEYS} | {"val/n": float(metrics["n"])}
         log.info("validation on %d pairs: %s", len(ordered), " ".join(f"{k}={v:.4f}" for k, v in result[0].items()))
     if world > 1:
         torch.distributed.broadcast_object_list(result, src=0)
