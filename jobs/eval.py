@@ -6,8 +6,10 @@
     lma3d eval --checkpoint CKPT --shards SHARDS model.backbone_path=/models/llava-v1.6-vicuna-7b
 
 Writes OUT/metrics.json, per_class.csv, predictions.npz (float16), prediction.txt (the original's N x 2048
-layout) and viz/ (GT and prediction PLY + PNG of fixed test keys); prints the paper's table; logs to MLflow as
-a child of the training run when the model came from a tracked run, else as a run of its own.
+layout, rows in the test list's order) with prediction_keys.txt (each row's key), and viz/ (GT and prediction
+PLY + PNG of test samples spread over objects and affordances, the same every run); prints the paper's table;
+logs to MLflow as a child of the training run when the model came from a tracked run, else as a run of its own
+(`eval-step<N>`, or `eval-shuffled-step<N>` with --shuffle-instructions).
 The model config comes from the checkpoint; `model.*` overrides on the command line are applied to it.
 """
 

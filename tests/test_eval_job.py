@@ -27,7 +27,7 @@ def shards(ray_local, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, l
     root = tmp_path_factory.mktemp("eval")
     tree = write_agpil(root / "raw", n_test=N_TEST, n_train_images=3, num_points=NUM_POINTS)
     run(tree.root, "agpil", root / "shards", ShardConfig(samples_per_shard=4, min_shards=1), num_points=NUM_POINTS)
-    return root / "shards", sorted(tree.expected_keys["triplet"])
+    return root / "shards", list(tree.expected_keys["triplet"])  # the test list's order
 
 
 def _model(fidelity: str = "released"):
@@ -121,6 +121,7 @@ def test_eval_cli_writes_results_renders_and_a_child_run_of_the_training_run(
     stored_keys, stored = read_predictions(out / "predictions.npz")
     text_pred = np.loadtxt(out / "prediction.txt")
     assert stored_keys == keys and text_pred.shape == (N_TEST, NUM_POINTS)
+    assert (out / "prediction_keys.txt").read_text().splitlines() == keys  # prediction.txt's rows, in list order
     np.testing.assert_allclose(stored.astype(np.float32), text_pred, atol=1e-3)
     document = json.loads((out / "metrics.json").read_text())
     gt_by_key = {}  # GT from the shards' own label files, through the loader the training uses
@@ -133,9 +134,11 @@ def test_eval_cli_writes_results_renders_and_a_child_run_of_the_training_run(
     again = evaluate(text_pred, np.stack([gt_by_key[k] for k in keys]))
     for name in ("auc", "aiou", "sim", "mae"):
         assert document[name] == pytest.approx(again[name], abs=1e-3)  # prediction.txt keeps 6 decimals
+    objects = sorted({k.split("_")[1] for k in keys})  # Test_<Object>_<affordance>_<n>
+    shown = [next(k for k in keys if k.split("_")[1] == obj) for obj in objects[:2]]  # two objects, not two Bags
     viz = sorted(p.name for p in (out / "viz").iterdir())
-    assert viz == sorted(f"{k}{suffix}" for k in keys[:2] for suffix in (".png", "_GT.ply", "_Pred.ply"))
-    with Image.open(out / "viz" / f"{keys[0]}.png") as png:
+    assert viz == sorted(f"{k}{suffix}" for k in shown for suffix in (".png", "_GT.ply", "_Pred.ply"))
+    with Image.open(out / "viz" / f"{shown[0]}.png") as png:
         assert png.size == (1660, 380)  # image + 2 prediction views + 2 GT views
 
     children = client.search_runs(
@@ -144,8 +147,9 @@ def test_eval_cli_writes_results_renders_and_a_child_run_of_the_training_run(
     assert len(children) == 1
     child = children[0]
     assert child.data.tags["lma3d.source"] == str(model_dir) and child.info.status == "FINISHED"
+    assert child.info.run_name == "eval-step40"
     assert child.data.metrics["test/auc"] == pytest.approx(document["auc"])
     assert child.data.metrics["test/n"] == N_TEST
     logged = {a.path for a in client.list_artifacts(child.info.run_id, "eval")}
     logged |= {a.path for a in client.list_artifacts(child.info.run_id, "viz")}
-    assert {"eval/metrics.json", "eval/per_class.csv", "eval/predictions.npz", f"viz/{keys[0]}.png"} <= logged
+    assert {"eval/metrics.json", "eval/per_class.csv", "eval/predictions.npz", f"viz/{shown[0]}.png"} <= logged

@@ -48,7 +48,7 @@ def test_result_files_by_hand(tmp_path: Path) -> None:
     ]
 
 
-def test_merge_drops_padding_and_duplicates_and_sorts_by_key() -> None:
+def test_merge_drops_padding_and_duplicates_and_keeps_arrival_order() -> None:
     batch = {
         "key": np.array(["k2", "k1", "k1"]),
         "pred": np.arange(6, dtype=np.float32).reshape(3, 2),
@@ -59,9 +59,20 @@ def test_merge_drops_padding_and_duplicates_and_sorts_by_key() -> None:
     }
     again = {k: v[:1] for k, v in batch.items()}  # k2 once more: a duplicate
     merged, duplicates = merge([batch, again])
-    assert merged.keys == ["k1", "k2"] and duplicates == 1
-    np.testing.assert_array_equal(merged.pred, [[2, 3], [0, 1]])
-    assert merged.objects == ["Mug", "Bag"]
+    assert merged.keys == ["k2", "k1"] and duplicates == 1  # the test list's order, not the keys' string order
+    np.testing.assert_array_equal(merged.pred, [[0, 1], [2, 3]])
+    assert merged.objects == ["Bag", "Mug"]
+
+
+def test_pick_samples_takes_objects_in_turn_then_their_next_affordance() -> None:
+    from jobs.evaluation.viz import pick_samples
+
+    objects = ["Mug", "Bag", "Bag", "Mug", "Bag", "Knife"]
+    affordances = ["grasp", "lift", "lift", "wrap_grasp", "contain", "cut"]
+    # Bag: lift (row 1), then contain (row 4); Knife: cut (row 5); Mug: grasp (row 0), then wrap_grasp (row 3)
+    assert pick_samples(objects, affordances, 4) == [1, 5, 0, 4]
+    assert pick_samples(objects, affordances, 10) == [1, 5, 0, 4, 3]
+    assert pick_samples(objects, affordances, 0) == []
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +146,13 @@ def test_shards_with_another_point_count_than_the_model_are_refused() -> None:
     check_fit({"config": {"num_points": 256}}, source, "shards")
     with pytest.raises(UserError, match="shards holds 2048-point clouds but ckpt expects model.num_points=256"):
         check_fit({"config": {"num_points": 2048}}, source, "shards")
+
+
+def test_shuffled_instruction_runs_are_named_apart_from_evaluations() -> None:
+    from jobs.evaluation.job import run_name
+    from jobs.evaluation.sources import ModelSource
+
+    stepped = ModelSource("ckpt", "checkpoint", tiny_model_config(), {}, step=40)
+    named = ModelSource("export", "exported", tiny_model_config(), {}, name="demo-model")
+    assert [run_name(stepped, False), run_name(stepped, True)] == ["eval-step40", "eval-shuffled-step40"]
+    assert [run_name(named, False), run_name(named, True)] == ["eval-demo-model", "eval-shuffled-demo-model"]

@@ -84,8 +84,9 @@ def as_list(column: Any) -> list[str]:
 
 
 def merge(columns: list[dict[str, Any]]) -> tuple[Predictions, int]:
-    """Batches of {key, pred, label, object, affordance} (+ optional `valid` mask) -> one row per key, sorted by
-    key, and the number of duplicate rows dropped (padding, or a key present twice in the test set)."""
+    """Batches of {key, pred, label, object, affordance} (+ optional `valid` mask) -> one row per key in the order
+    the batches bring them (the test list's order when they come in shard order), and the number of duplicate rows
+    dropped (padding, or a key present twice in the test set)."""
     rows: dict[str, tuple[np.ndarray, np.ndarray, str, str]] = {}
     duplicates = 0
     for batch in columns:
@@ -99,7 +100,7 @@ def merge(columns: list[dict[str, Any]]) -> tuple[Predictions, int]:
                 duplicates += 1
                 continue
             rows[keys[i]] = (pred[i], label[i], objects[i], affordances[i])
-    ordered = sorted(rows)
+    ordered = list(rows)  # dicts keep insertion order: first arrival wins
     if not ordered:
         raise ValueError("no test samples were predicted")
     return (
@@ -118,7 +119,7 @@ def predict_loader(
     model: torch.nn.Module, batches: Iterable[dict[str, Any]], votes: int = 1, seed: int = 0
 ) -> tuple[Predictions, int]:
     """In-process evaluation over eval_loader-style batches (the validation path of training, the benchmark's
-    plain loop): the same predict_batch, padding rows (`valid` False) dropped, sorted by key."""
+    plain loop): the same predict_batch, padding rows (`valid` False) dropped, in loader order."""
     parts = []
     for batch in batches:
         keys = as_list(batch["key"])

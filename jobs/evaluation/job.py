@@ -13,7 +13,7 @@ from jobs.evaluation import tracking
 from jobs.evaluation.outputs import write_outputs
 from jobs.evaluation.runner import EvalResult, run_eval, viz_inputs
 from jobs.evaluation.sources import ModelSource, resolve
-from jobs.evaluation.viz import display_image, render_sample
+from jobs.evaluation.viz import display_image, pick_samples, render_sample
 from jobs.typed_yaml import flatten, to_dict
 from pipeline.ray_session import ensure_ray
 
@@ -100,19 +100,23 @@ def _info(source: ModelSource, shards: str, cfg: ExperimentConfig) -> dict:
 
 
 def _render(shards: str, result: EvalResult, out_dir: Path, count: int, image_size: int) -> list[Path]:
-    """GT/prediction PLY + PNG for the first `count` keys in key order: the same samples every evaluation."""
+    """GT/prediction PLY + PNG of `count` samples spread over objects and affordances (viz.pick_samples), each
+    titled with its key, AUC and aIOU: the same samples every evaluation."""
+    from model.metrics import per_sample
+
     predictions = result.predictions
-    keys = predictions.keys[:count]
-    if not keys:
+    rows = pick_samples(predictions.objects, predictions.affordances, count)
+    if not rows:
         return []
-    inputs = viz_inputs(shards, keys, image_size)
+    inputs = viz_inputs(shards, [predictions.keys[r] for r in rows], image_size)
+    scores = per_sample(predictions.pred[rows], predictions.gt[rows])
     paths: list[Path] = []
-    for key in keys:
+    for i, row in enumerate(rows):
+        key = predictions.keys[row]
         sample = inputs.get(key)
         if sample is None:
             log.warning("viz: test key %s could not be read back; not rendered", key)
             continue
-        row = predictions.keys.index(key)
         paths += render_sample(
             out_dir,
             key,
@@ -121,18 +125,28 @@ def _render(shards: str, result: EvalResult, out_dir: Path, count: int, image_si
             predictions.gt[row],
             display_image(sample["image"]),
             sample["instruction"],
+            title=f"{key}   AUC {_percent(scores['auc'][i])}   aIOU {_percent(scores['aiou'][i])}",
         )
     return paths
 
 
+def _percent(value: float) -> str:
+    return "n/a" if value != value else f"{100 * value:.1f}"  # NaN: the GT has no positive point
+
+
+def run_name(source: ModelSource, shuffled: bool) -> str:
+    """`eval-step<N>` (or `eval-<model>`); the instruction-shuffle ablation is `eval-shuffled-…` beside it."""
+    kind = "eval-shuffled" if shuffled else "eval"
+    return f"{kind}-step{source.step}" if source.step is not None else f"{kind}-{source.name}"
+
+
 def _log(cfg: ExperimentConfig, source: ModelSource, tracking_uri: str, report: EvalReport, info: dict) -> str | None:
-    run_name = f"eval-step{source.step}" if source.step is not None else f"eval-{source.name}"
     run_id = tracking.start_run(
         tracking_uri,
         parent_run_id=source.run_id,
         experiment=cfg.experiment_name,
         workdir=cfg.workdir,
-        run_name=run_name,
+        run_name=run_name(source, cfg.eval.shuffle_instructions),
         tags={
             tracking.SOURCE_TAG: source.spec,
             tracking.KIND_TAG: "eval",
@@ -143,6 +157,6 @@ def _log(cfg: ExperimentConfig, source: ModelSource, tracking_uri: str, report: 
     if run_id is None:
         return None
     params = flatten({"eval": info["eval"], "model": info["model"]}) | {"source": source.spec, "shards": info["shards"]}
-    files = [report.files[name] for name in ("metrics.json", "per_class.csv", "predictions.npz", "prediction.txt")]
+    files = list(report.files.values())
     tracking.log_results(tracking_uri, run_id, report.result.metrics, source.step or 0, params, files, report.viz_files)
     return run_id

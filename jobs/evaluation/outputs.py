@@ -1,4 +1,5 @@
-"""What an evaluation writes: metrics.json, per_class.csv, predictions.npz and the original's prediction.txt."""
+"""What an evaluation writes: metrics.json, per_class.csv, predictions.npz, the original's prediction.txt and
+prediction_keys.txt (its rows' keys)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ import numpy as np
 
 from model.metrics import KEYS
 
-FILES = ("metrics.json", "per_class.csv", "predictions.npz", "prediction.txt")
+FILES = ("metrics.json", "per_class.csv", "predictions.npz", "prediction.txt", "prediction_keys.txt")
 
 
 @dataclass
 class Predictions:
-    """One row per test sample, sorted by key."""
+    """One row per test sample, in the test list's order (the shards' order)."""
 
     keys: list[str]
     pred: np.ndarray
@@ -75,6 +76,7 @@ def write_outputs(
     )
     # The original's layout: one row per test sample in test order, 2048 values, "%.6f", space separated.
     np.savetxt(paths["prediction.txt"], predictions.pred, fmt="%.6f")
+    paths["prediction_keys.txt"].write_text("".join(f"{key}\n" for key in predictions.keys))
     return paths
 
 

@@ -1,7 +1,7 @@
 """The Ray Data evaluation: test shards -> actor pool (one model per actor) -> predictions by key -> metrics.
 
     read_test_shards(shards) ─ map_batches(Predictor, ActorPoolStrategy(size=eval.num_actors), eval.batch_size)
-                             ─ iter_batches on the driver ─ merge by key (exactly once, sorted) ─ evaluate
+                             ─ iter_batches on the driver ─ merge by key (exactly once, test-list order) ─ evaluate
 
 The weights travel once through the object store (safetensors bytes, no pickled tensors); every actor
 rebuilds the model from its config. Order is preserved (`preserve_order`), so batches hold the same samples

@@ -133,6 +133,22 @@ def display_image(normalized: np.ndarray) -> np.ndarray:
     return np.rint(pixels).astype(np.uint8).transpose(1, 2, 0)
 
 
+def pick_samples(objects: list[str], affordances: list[str], count: int) -> list[int]:
+    """Rows to render: objects in name order, taken in turn, each time its next (object, affordance) pair not yet
+    shown (pairs in list order), the pair's first row. Spreads `count` figures over classes and affordances, and picks the
+    same rows on every evaluation of the same test set."""
+    first_row: dict[tuple[str, str], int] = {}
+    for row, pair in enumerate(zip(objects, affordances)):
+        first_row.setdefault(pair, row)
+    queues = {obj: [a for o, a in first_row if o == obj] for obj in sorted(set(objects))}
+    picked: list[int] = []
+    while len(picked) < count and any(queues.values()):
+        for obj, pending in queues.items():
+            if pending and len(picked) < count:
+                picked.append(first_row[(obj, pending.pop(0))])
+    return picked
+
+
 def render_sample(
     out_dir: str | Path,
     key: str,
@@ -141,11 +157,12 @@ def render_sample(
     gt: np.ndarray | None = None,
     image: np.ndarray | None = None,
     instruction: str = "",
+    title: str = "",
 ) -> list[Path]:
-    """`<key>_Pred.ply`, `<key>_GT.ply` (when gt is given) and `<key>.png` in out_dir."""
+    """`<key>_Pred.ply`, `<key>_GT.ply` (when gt is given) and `<key>.png` (titled `title`, else the key)."""
     out = Path(out_dir)
     paths = [write_ply(out / f"{key}_Pred.ply", xyz, pred)]
     if gt is not None:
         paths.append(write_ply(out / f"{key}_GT.ply", xyz, gt))
-    paths.append(render_png(out / f"{key}.png", xyz, pred, gt, image, instruction, title=key))
+    paths.append(render_png(out / f"{key}.png", xyz, pred, gt, image, instruction, title=title or key))
     return paths
