@@ -135,8 +135,8 @@ def display_image(normalized: np.ndarray) -> np.ndarray:
 
 def pick_samples(objects: list[str], affordances: list[str], count: int) -> list[int]:
     """Rows to render: objects in name order, taken in turn, each time its next (object, affordance) pair not yet
-    shown (pairs in list order), the pair's first row. Spreads `count` figures over classes and affordances, and picks the
-    same rows on every evaluation of the same test set."""
+    shown (pairs in list order), the pair's first row. Spreads `count` figures over classes and affordances, and
+    picks the same rows on every evaluation of the same test set."""
     first_row: dict[tuple[str, str], int] = {}
     for row, pair in enumerate(zip(objects, affordances)):
         first_row.setdefault(pair, row)
