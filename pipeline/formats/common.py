@@ -143,7 +143,8 @@ def check_inside_root(root: Path, path: Path, listed: str, origin: str) -> None:
         return
     root_real, real = os.path.realpath(root_abs), os.path.realpath(path_abs)
     if os.path.commonpath([root_real, real]) != root_real:
-        raise BadRecord("path_escape", f"{listed} is a symlink resolving to {real}, outside the dataset root {root} {origin}")
+        detail = f"{listed} is a symlink resolving to {real}, outside the dataset root {root} {origin}"
+        raise BadRecord("path_escape", detail)
 
 
 def read_bytes(path: Path, origin: str, limit: int, what: str) -> bytes:
@@ -167,7 +168,8 @@ def read_bytes(path: Path, origin: str, limit: int, what: str) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise BadRecord("unreadable_file", f"{path} cannot be read {origin}: not a regular file")
         if info.st_size > limit:
-            raise BadRecord("too_large", f"{path} is {info.st_size} bytes, over the {limit}-byte limit for {what} {origin}")
+            detail = f"{path} is {info.st_size} bytes, over the {limit}-byte limit for {what} {origin}"
+            raise BadRecord("too_large", detail)
         with open(fd, "rb", closefd=False) as f:
             data = f.read(limit + 1)
     except OSError as e:
@@ -299,8 +301,8 @@ def read_json(path: Path, origin: str) -> Any:
         raise BadRecord("bad_json", f"{path} is nested too deep to parse {origin}") from None
 
 
-def read_point_lines(path: Path, max_points: int, origin: str, lenient: bool = False) -> list[tuple[int, list[str]]]:
-    """The non-blank lines of a point file as (1-based line, tokens), within limits checked before parsing.
+def read_point_lines(path: Path, max_points: int, origin: str, lenient: bool = False) -> list[tuple[int, str]]:
+    """The non-blank lines of a point file as (1-based line, text), within limits checked before parsing.
 
     A file over `max_points` lines of POINT_LINE_BYTES is refused (too_large) from its size, unread; one with
     more than `max_points` non-blank lines (bad_point_count) before any line is split into tokens. So the
@@ -309,39 +311,50 @@ def read_point_lines(path: Path, max_points: int, origin: str, lenient: bool = F
     """
     limit = max_points * POINT_LINE_BYTES
     text = read_text(path, origin, limit, f"{max_points} points of at most {POINT_LINE_BYTES} bytes a line")
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1)]
+    lines = enumerate(text.splitlines(), 1)
     if lenient:
-        lines = [(n, line.split("#", 1)[0].replace(",", " ")) for n, line in lines]
-    lines = [(n, line) for n, line in lines if line.strip()]
-    if len(lines) > max_points:
-        raise BadRecord("bad_point_count", f"{path} has {len(lines)} points, more than {max_points} {origin}")
-    return [(n, line.split()) for n, line in lines]
+        lines = ((n, line.split("#", 1)[0].replace(",", " ")) for n, line in lines)
+    rows = [(n, line) for n, line in lines if line.strip()]
+    if len(rows) > max_points:
+        raise BadRecord("bad_point_count", f"{path} has {len(rows)} points, more than {max_points} {origin}")
+    return rows
 
 
-def point_values(numbered: list[tuple[int, list[str]]], columns: slice, path: Path, origin: str) -> np.ndarray:
-    """float64 [N, C] of the `columns` tokens of each line; bad_columns names a non-number's line and column."""
-    try:
-        return np.array([tokens[columns] for _, tokens in numbered], dtype=np.float64)
-    except ValueError:  # find the offending token to name it
-        first = columns.start or 0
-        return np.array([[_number(t, path, n, c, origin) for c, t in enumerate(tk[columns], first + 1)]
-                         for n, tk in numbered])  # fmt: skip
+def parse_point_rows(
+    rows: list[tuple[int, str]], width: int, numbers: slice, path: Path, origin: str
+) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Point lines of `width` columns (bad_columns otherwise) -> (first two tokens of each line when width is
+    POINT_COLUMNS: shape id and object, else []; float64 [N, C] of the `numbers` columns). A non-number is
+    bad_columns naming its line and column. Lines are split one at a time: no token list of the whole file."""
+    heads: list[tuple[str, str]] = []
+    count = len(range(width)[numbers])
+    values = np.empty((len(rows), count), dtype=np.float64)
+    for i, (n, line) in enumerate(rows):
+        tokens = line.split()
+        if len(tokens) != width:
+            raise BadRecord("bad_columns", f"{path} line {n}: {len(tokens)} columns, expected {width} {origin}")
+        if width == POINT_COLUMNS:
+            heads.append((tokens[0], tokens[1]))
+        try:
+            values[i] = [float(t) for t in tokens[numbers]]
+        except ValueError:
+            first = numbers.start or 0
+            for c, t in enumerate(tokens[numbers], first + 1):
+                _number(t, path, n, c, origin)
+    return heads, values
 
 
 def read_points(path: Path, num_points: int, origin: str) -> tuple[str, str, np.ndarray, np.ndarray]:
     """A point file: (shape id, object column, xyz [N,3] float32, labels [N,17] float32), all lines checked."""
-    numbered = read_point_lines(path, num_points, origin)
-    if len(numbered) != num_points:
-        raise BadRecord("bad_point_count", f"{path} has {len(numbered)} points, expected {num_points} {origin}")
-    for n, tokens in numbered:
-        if len(tokens) != POINT_COLUMNS:
-            raise BadRecord("bad_columns", f"{path} line {n}: {len(tokens)} columns, expected {POINT_COLUMNS} {origin}")
-    values = point_values(numbered, slice(2, None), path, origin)
-    check_values(values, 3, lambda i: f"{path} line {numbered[i][0]}", origin)
-    shape_id, obj = numbered[0][1][0], numbered[0][1][1]
-    for n, tokens in numbered:
-        if tokens[1] != obj:
-            raise BadRecord("mismatch", f"{path} line {n}: object column {tokens[1]!r} != {obj!r} of line 1 {origin}")
+    rows = read_point_lines(path, num_points, origin)
+    if len(rows) != num_points:
+        raise BadRecord("bad_point_count", f"{path} has {len(rows)} points, expected {num_points} {origin}")
+    heads, values = parse_point_rows(rows, POINT_COLUMNS, slice(2, None), path, origin)
+    check_values(values, 3, lambda i: f"{path} line {rows[i][0]}", origin)
+    shape_id, obj = heads[0]
+    for (n, _), (_, column) in zip(rows, heads):
+        if column != obj:
+            raise BadRecord("mismatch", f"{path} line {n}: object column {column!r} != {obj!r} of line 1 {origin}")
     return shape_id, obj, values[:, :3].astype(np.float32), values[:, 3:].astype(np.float32)
 
 

@@ -149,7 +149,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: see
 
     def array_bytes(self, shape: Any, dtype: Any) -> int:
         try:
-            dims = [operator.index(shape)] if not isinstance(shape, tuple | list) else [operator.index(d) for d in shape]
+            dims = [operator.index(d) for d in shape] if isinstance(shape, tuple | list) else [operator.index(shape)]
             dtype = np.dtype(dtype)
         except (TypeError, ValueError):
             raise self.refuse("an array of malformed shape or dtype") from None
