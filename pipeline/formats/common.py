@@ -150,8 +150,8 @@ def check_inside_root(root: Path, path: Path, listed: str, origin: str) -> None:
 def read_bytes(path: Path, origin: str, limit: int, what: str) -> bytes:
     """A regular file's bytes; too_large, from its size and before reading it, when it is over `limit` bytes.
 
-    `what` says what the limit is for (e.g. "an image"). At most limit + 1 bytes are ever read, even from a
-    file that grows meanwhile; FIFOs and devices are refused without blocking on them.
+    `what` says what the limit is for (e.g. "an image"). At most the file's size + 1 bytes are ever read: a file
+    changing size meanwhile is unreadable_file; FIFOs and devices are refused without blocking on them.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -171,13 +171,13 @@ def read_bytes(path: Path, origin: str, limit: int, what: str) -> bytes:
             detail = f"{path} is {info.st_size} bytes, over the {limit}-byte limit for {what} {origin}"
             raise BadRecord("too_large", detail)
         with open(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
+            data = f.read(info.st_size + 1)  # read(n) allocates n bytes up front: never more than the file
     except OSError as e:
         raise BadRecord("unreadable_file", f"{path} cannot be read {origin}: {e.strerror or e}") from None
     finally:
         os.close(fd)
-    if len(data) > limit:
-        raise BadRecord("too_large", f"{path} grew over the {limit}-byte limit for {what} while being read {origin}")
+    if len(data) != info.st_size:
+        raise BadRecord("unreadable_file", f"{path} changed size while being read {origin}")
     return data
 
 

@@ -71,8 +71,13 @@ _FROMBUFFER = _numpy_internal("numeric", "_frombuffer")
 _ENCODE = importlib.import_module("_codecs").encode
 
 
+class _Dispatch(dict):
+    def __missing__(self, opcode: int) -> Any:
+        raise pickle.UnpicklingError(f"unknown opcode {bytes([opcode])!r}")
+
+
 class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: see the module docstring
-    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch = _Dispatch(pickle._Unpickler.dispatch)
 
     def __init__(self, data: bytes, origin: str):
         super().__init__(io.BytesIO(data), encoding="latin1")  # latin1: numpy arrays pickled by Python 2
@@ -245,11 +250,11 @@ def read_capped(path: Path, max_bytes: int) -> bytes:
         if info.st_size > max_bytes:
             raise UnsafePickleError(f"{path}: refused to load, {info.st_size} bytes is over the {max_bytes}-byte limit")
         with open(fd, "rb", closefd=False) as f:
-            data = f.read(max_bytes + 1)
+            data = f.read(info.st_size + 1)  # read(n) allocates n bytes up front: never more than the file
     finally:
         os.close(fd)
-    if len(data) > max_bytes:
-        raise UnsafePickleError(f"{path}: refused to load, it grew over the {max_bytes}-byte limit while being read")
+    if len(data) != info.st_size:
+        raise ValueError(f"{path} changed size while being read")
     return data
 
 
@@ -267,4 +272,9 @@ def safe_load_pickle(path: Path, max_bytes: int = PICKLE_MAX_BYTES) -> Any:
 def safe_loads(data: bytes, origin: str, max_bytes: int = PICKLE_MAX_BYTES) -> Any:
     if len(data) > max_bytes:
         raise UnsafePickleError(f"{origin}: refused to load, {len(data)} bytes is over the {max_bytes}-byte limit")
-    return _RestrictedUnpickler(data, origin).load()
+    try:
+        return _RestrictedUnpickler(data, origin).load()
+    except UnsafePickleError:
+        raise
+    except Exception as e:  # truncated or corrupt pickle: pickle raises many types
+        raise ValueError(f"{origin} is not a readable pickle: {type(e).__name__}: {e}") from None
