@@ -271,3 +271,20 @@ def test_shard_job_over_hostile_records_quarantines_each_and_keeps_the_rest(tmp_
     assert manifest["read"] == tree.n_records == manifest["written"] + manifest["quarantined"]
     assert manifest["written"] == tree.n_records - len(expected)
     assert _snapshot(tmp_path, tmp_path / "out") == before
+
+
+def test_laso_field_nested_100000_deep_is_bad_columns_and_the_others_arrive(tmp_path: Path) -> None:
+    tree = write_laso(tmp_path / "laso", num_points=N)
+    annotations = pickle.loads(tree.lists["anno_train"].read_bytes())
+    annotations[1]["shape_id"] = "Q" * 11  # replaced below by a list nested 100,000 deep
+    data = pickle.dumps(annotations, protocol=2)
+    depth = 100_000
+    placeholder = b"X\x0b\x00\x00\x00" + b"Q" * 11
+    assert data.count(placeholder) == 1
+    tree.lists["anno_train"].write_bytes(data.replace(placeholder, b"]" * depth + b"a" * (depth - 1)))
+    results = list(iter_records(tree.root, num_points=N))
+    rejections = [r for r in results if isinstance(r, Rejection)]
+    assert [r.reason.split(":")[0] for r in rejections] == ["bad_columns"] and "shape_id is a list" in rejections[
+        0
+    ].reason
+    assert len(results) - 1 == sum(isinstance(r, Record) for r in results) == tree.n_records - 1
