@@ -6,8 +6,10 @@ Accepted files:
 - `.npy`: a float array [N,3] (never unpickled);
 - `.ply`: `format ascii 1.0` or `binary_little_endian 1.0` / `binary_big_endian 1.0`, a `vertex` element with
   x, y, z properties (others ignored; elements after `vertex`, such as faces, are not read).
-Any point count works: clouds are resampled to the model's count by farthest-point sampling (padded with repeats
-when smaller), and a prediction comes back to every input point from its nearest sampled point.
+Any point count up to MAX_POINTS (500,000) works; a file larger than that many points can be is refused from its
+size, before parsing, with the shard reader's limits (pipeline/formats/common.py). Clouds are resampled to the
+model's count by farthest-point sampling (padded with repeats when smaller), and a prediction comes back to every
+input point from its nearest sampled point.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.formats.common import POINT_COLUMNS
+from pipeline.formats.common import (
+    POINT_COLUMNS,
+    BadRecord,
+    finite_rows,
+    parse_point_rows,
+    read_bytes,
+    read_point_lines,
+)
 
 SUFFIXES = (".txt", ".npy", ".ply")
 _PLY_TYPES = {
@@ -26,6 +35,10 @@ _PLY_TYPES = {
     "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
 }  # fmt: skip
 _NEAREST_CHUNK = 4096
+# The most points a predict file may hold: memory and time stay bounded (a .txt is refused over
+# MAX_POINTS x POINT_LINE_BYTES bytes before parsing; .npy / .ply over MAX_POINTS x 3 float64 or the PLY limit).
+MAX_POINTS = 500_000
+_PLY_MAX_BYTES = MAX_POINTS * 64
 
 
 class PointFileError(ValueError):
@@ -55,51 +68,38 @@ def read_point_file(path: str | Path) -> np.ndarray:
         raise PointFileError(f"{path}: unsupported point file type {suffix or '(none)'}; use {', '.join(SUFFIXES)}")
     if len(xyz) == 0:
         raise PointFileError(f"{path}: no points")
-    bad = ~np.isfinite(xyz).all(axis=1)
+    if len(xyz) > MAX_POINTS:
+        raise PointFileError(f"{path}: {len(xyz)} points, more than the {MAX_POINTS} a point file may hold")
+    bad = ~finite_rows(xyz)
     if bad.any():
-        raise PointFileError(f"{path}: point {int(np.argmax(bad))} has a NaN or infinite coordinate")
+        raise PointFileError(f"{path}: point {int(np.argmax(bad))} has a NaN, infinite or beyond-float32 coordinate")
     if np.ptp(xyz, axis=0).max() == 0:
         raise PointFileError(f"{path}: all {len(xyz)} points are identical")
     return xyz.astype(np.float32, copy=False)
 
 
 def _read_txt(path: Path) -> np.ndarray:
+    """Through the shard reader's point-line functions, so the same size and row limits hold before parsing."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise PointFileError(f"{path}: not a text file ({e.reason} at byte {e.start})") from None
-    rows, width = [], None
-    for n, line in enumerate(text.splitlines(), 1):
-        tokens = line.split("#", 1)[0].replace(",", " ").split()
-        if not tokens:
-            continue
-        if width is None:
-            width = len(tokens)
-            if width not in (3, POINT_COLUMNS):
-                raise PointFileError(
-                    f"{path} line {n}: {width} columns; expected 3 (x y z) or {POINT_COLUMNS} "
-                    "(AGPIL/PIAD: shape_id object x y z and 17 affordance columns)"
-                )
-        elif len(tokens) != width:
-            raise PointFileError(f"{path} line {n}: {len(tokens)} columns, expected {width} as on the first line")
-        coords = tokens[2:5] if width == POINT_COLUMNS else tokens
-        try:
-            rows.append([float(t) for t in coords])
-        except ValueError:
-            bad = next(t for t in coords if not _is_number(t))
-            raise PointFileError(f"{path} line {n}: {bad!r} is not a number") from None
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
+        rows = read_point_lines(path, MAX_POINTS, "", lenient=True)
+        if not rows:
+            return np.empty((0, 3))
+        width = len(rows[0][1].split())
+        if width not in (3, POINT_COLUMNS):
+            raise PointFileError(
+                f"{path} line {rows[0][0]}: {width} columns; expected 3 (x y z) or {POINT_COLUMNS} "
+                "(AGPIL/PIAD: shape_id object x y z and 17 affordance columns)"
+            )
+        _, xyz = parse_point_rows(rows, width, slice(2, 5) if width == POINT_COLUMNS else slice(0, 3), path, "")
+    except BadRecord as e:
+        raise PointFileError(e.detail.strip()) from None
+    return xyz
 
 
 def _read_npy(path: Path) -> np.ndarray:
+    limit = MAX_POINTS * 3 * 8 + 4096  # float64 data and the header
+    if path.stat().st_size > limit:
+        raise PointFileError(f"{path}: {path.stat().st_size} bytes, over the {limit}-byte limit of a .npy point file")
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -112,7 +112,10 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def _read_ply(path: Path) -> np.ndarray:
-    data = path.read_bytes()
+    try:
+        data = read_bytes(path, "", _PLY_MAX_BYTES, f"a PLY of {MAX_POINTS} points")
+    except BadRecord as e:
+        raise PointFileError(e.detail.strip()) from None
     end = data.find(b"end_header")
     if not data.startswith(b"ply") or end < 0:
         raise PointFileError(f"{path}: not a PLY file (no 'ply' magic or no end_header)")

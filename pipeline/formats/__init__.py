@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pipeline.formats.common import CODES, BadRecord, require_root
+from pipeline.formats.common import CODES, BadRecord, fallback_key, require_root
 from pipeline.record import Record, Rejection
 
 FORMATS: tuple[str, ...] = ("agpil", "piad", "laso")
@@ -54,7 +54,7 @@ class RawItem:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> RawItem:
-        from pipeline.formats.laso import safe_loads  # the payload goes through the restricted unpickler too
+        from pipeline.formats.safe_pickle import safe_loads  # the payload goes through the restricted unpickler too
 
         return cls(
             format=str(row["format"]),
@@ -108,7 +108,24 @@ def parse_item(root: str | Path, item: RawItem, num_points: int = 2048) -> Recor
     try:
         return module.parse_item(root, item, num_points)
     except BadRecord as e:
-        return Rejection(key=module.item_key(root, item), split=item.split, sources=item.paths, reason=str(e))
+        reason = str(e)
+    except Exception as e:  # noqa: BLE001 - whatever a parser raises on one record must not end the job
+        reason = unexpected_reason(e, item.paths)
+    try:
+        key = module.item_key(root, item)
+    except Exception:  # noqa: BLE001 - a payload too broken to name the record
+        key = fallback_key(item.split, item.format, item.line)
+    return Rejection(key=key, split=item.split, sources=item.paths, reason=reason)
+
+
+def unexpected_reason(error: BaseException, paths: tuple[str, ...] | list[str]) -> str:
+    """The quarantine reason of an exception no check anticipated: `parse_error: <files>: <type>: <message>`."""
+    message = str(error)[:300] or "(no message)"
+    if isinstance(error, MemoryError):
+        message = "ran out of memory"
+    elif isinstance(error, RecursionError):
+        message = "nested too deep"
+    return f"parse_error: {', '.join(paths)}: {type(error).__name__}: {message}"
 
 
 def iter_records(root: str | Path, fmt: str = "auto", num_points: int = 2048) -> Iterator[Record | Rejection]:
@@ -117,4 +134,7 @@ def iter_records(root: str | Path, fmt: str = "auto", num_points: int = 2048) ->
         yield parse_item(root, item, num_points)
 
 
-__all__ = ["CODES", "FORMATS", "KINDS", "RawItem", "detect_format", "iter_records", "list_items", "parse_item"]
+__all__ = [
+    "CODES", "FORMATS", "KINDS", "RawItem", "detect_format", "iter_records", "list_items", "parse_item",
+    "unexpected_reason",
+]  # fmt: skip

@@ -15,6 +15,7 @@ import numpy as np
 
 from pipeline.formats import RawItem
 from pipeline.formats.common import (
+    IMAGE_MAX_BYTES,
     BadRecord,
     ImageName,
     PointName,
@@ -125,7 +126,7 @@ def parse_image_point_item(root: Path, item: RawItem, num_points: int, annotate:
 
 
 def _load_image(path: Path, origin: str) -> tuple[bytes, dict[str, Any]]:
-    data = read_bytes(path, origin)
+    data = read_bytes(path, origin, IMAGE_MAX_BYTES, "an image")
     return data, decode_image(data, path, origin)
 
 
@@ -146,4 +147,8 @@ def read_description(path: Path, origin: str, image: ImageName) -> tuple[str, di
     if not isinstance(text, str) or not text.strip():
         problem = "has no 'Description' key" if "Description" not in content else "has an empty 'Description'"
         raise BadRecord("empty_instruction", f"{path} {problem} {origin}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON can spell lone surrogates (\ud800), which no UTF-8 writer accepts
+        raise BadRecord("bad_json", f"{path}: 'Description' holds {e.object[e.start]!r}, not text {origin}") from None
     return text.strip(), {}

@@ -2,6 +2,10 @@
 
 A failed check raises BadRecord(code, detail); the format reader turns it into a Rejection whose
 reason is "<code>: <detail>". Codes are the fixed vocabulary in CODES.
+
+Hostile files cost bounded memory and time: a file is refused (`too_large`) from its size before a byte of it
+is parsed when it is larger than any valid file of its kind, so what a record costs is set by the limits below,
+whatever lies on disk; listed paths must stay inside the root after symlinks are resolved.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import io
 import json
 import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,10 +38,20 @@ CODES: tuple[str, ...] = (
     "empty_instruction",
     "bad_json",
     "mismatch",
+    "too_large",
+    "parse_error",
 )
 POINT_COLUMNS = 22  # shape id, object class, x y z, 17 affordance probabilities
 # Top folders of the raw layout: a listed path with an unknown prefix is retried from one of these.
 LAYOUT_FOLDERS = ("Img", "Point", "Description", "Box")
+
+# Size limits, each far above any real file of its kind and small enough that a worker reading it cannot
+# exhaust memory. Real point lines are ~165 bytes (22 numbers of ~9 characters and a 32-character shape id).
+POINT_LINE_BYTES = 512
+IMAGE_MAX_BYTES = 32 << 20
+IMAGE_MAX_PIXELS = 40_000_000  # a decoded RGB image of this size is 120 MB
+ANNOTATION_MAX_BYTES = 16 << 20  # LabelMe JSONs may embed their image as base64
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # values beyond it become inf in the float32 arrays stored
 
 
 class BadRecord(Exception):
@@ -65,6 +80,10 @@ def read_list(root: Path, name: str) -> list[tuple[int, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"list file {path} is missing")
     try:
+        check_inside_root(root, path, name, "")
+    except BadRecord as e:  # a list is every record it names: an error, not a quarantine line
+        raise ValueError(str(e).strip()) from None
+    try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"list file {path} cannot be read: {e}") from None
@@ -92,10 +111,12 @@ def resolve(root: Path, listed: str, origin: str) -> Path:
 
     If a relative path does not exist but contains a layout folder (Img/, Point/, Description/,
     Box/), the part from that folder on is tried under root: released lists may carry an unknown
-    prefix (spec §8 q4).
+    prefix (spec §8 q4). A path under the root must also stay under it once symlinks are resolved
+    (check_inside_root): a link planted in the tree cannot point a reader at files elsewhere.
     """
     path = Path(listed)
     if path.is_absolute():
+        check_inside_root(root, path, listed, origin)
         return path
     joined = Path(os.path.normpath(root / path))
     root_norm = os.path.normpath(root.absolute())
@@ -105,23 +126,63 @@ def resolve(root: Path, listed: str, origin: str) -> Path:
         parts = path.parts
         for i in range(len(parts) - 1, 0, -1):
             if parts[i] in LAYOUT_FOLDERS and ".." not in parts[i:] and (root / Path(*parts[i:])).exists():
-                return root / Path(*parts[i:])
+                joined = root / Path(*parts[i:])
+                break
+    check_inside_root(root, joined, listed, origin)
     return joined
 
 
-def read_bytes(path: Path, origin: str) -> bytes:
+def check_inside_root(root: Path, path: Path, listed: str, origin: str) -> None:
+    """A path lying under root must resolve (symlinks followed) under root's real path; path_escape otherwise.
+
+    Absolute list entries outside the root are the user's explicit choice and are not checked.
+    """
+    root_abs = os.path.normpath(root.absolute())
+    path_abs = os.path.normpath(path.absolute())
+    if os.path.commonpath([root_abs, path_abs]) != root_abs:
+        return
+    root_real, real = os.path.realpath(root_abs), os.path.realpath(path_abs)
+    if os.path.commonpath([root_real, real]) != root_real:
+        detail = f"{listed} is a symlink resolving to {real}, outside the dataset root {root} {origin}"
+        raise BadRecord("path_escape", detail)
+
+
+def read_bytes(path: Path, origin: str, limit: int, what: str) -> bytes:
+    """A regular file's bytes; too_large, from its size and before reading it, when it is over `limit` bytes.
+
+    `what` says what the limit is for (e.g. "an image"). At most the file's size + 1 bytes are ever read: a file
+    changing size meanwhile is unreadable_file; FIFOs and devices are refused without blocking on them.
+    """
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise BadRecord("missing_file", f"{path} does not exist {origin}") from None
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the listed path
         raise BadRecord(
             "unreadable_file", f"{path} cannot be read {origin}: {getattr(e, 'strerror', None) or e}"
         ) from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise BadRecord("unreadable_file", f"{path} cannot be read {origin}: Is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise BadRecord("unreadable_file", f"{path} cannot be read {origin}: not a regular file")
+        if info.st_size > limit:
+            detail = f"{path} is {info.st_size} bytes, over the {limit}-byte limit for {what} {origin}"
+            raise BadRecord("too_large", detail)
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(info.st_size + 1)  # read(n) allocates n bytes up front: never more than the file
+    except OSError as e:
+        raise BadRecord("unreadable_file", f"{path} cannot be read {origin}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if len(data) != info.st_size:
+        raise BadRecord("unreadable_file", f"{path} changed size while being read {origin}")
+    return data
 
 
-def read_text(path: Path, origin: str) -> str:
-    data = read_bytes(path, origin)
+def read_text(path: Path, origin: str, limit: int, what: str) -> str:
+    data = read_bytes(path, origin, limit, what)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -209,13 +270,20 @@ def check_object(obj: str, path: Path | str, origin: str) -> None:
 
 
 def decode_image(data: bytes, path: Path, origin: str) -> dict[str, Any]:
-    """Fully decode (not just verify) an image; returns width, height, mode and format."""
+    """Fully decode (not just verify) an image; returns width, height, mode and format.
+
+    The size in the header is checked before decoding: a small file can claim a huge canvas."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > IMAGE_MAX_PIXELS:
+                detail = f"{path} is {image.width}x{image.height}, over the {IMAGE_MAX_PIXELS}-pixel limit {origin}"
+                raise BadRecord("too_large", detail)
             image.load()
             return {"width": image.width, "height": image.height, "mode": image.mode, "format": image.format}
+    except BadRecord:
+        raise
     except Image.UnidentifiedImageError:
         raise BadRecord("bad_image", f"{path} is not in a recognised image format {origin}") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error... on bad data
@@ -223,30 +291,70 @@ def decode_image(data: bytes, path: Path, origin: str) -> dict[str, Any]:
 
 
 def read_json(path: Path, origin: str) -> Any:
-    text = read_text(path, origin)
+    """An annotation JSON (at most ANNOTATION_MAX_BYTES). Nesting too deep for the parser is bad_json."""
+    text = read_text(path, origin, ANNOTATION_MAX_BYTES, "an annotation JSON")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise BadRecord("bad_json", f"{path} line {e.lineno} column {e.colno}: {e.msg} {origin}") from None
+    except RecursionError:
+        raise BadRecord("bad_json", f"{path} is nested too deep to parse {origin}") from None
+
+
+def read_point_lines(path: Path, max_points: int, origin: str, lenient: bool = False) -> list[tuple[int, str]]:
+    """The non-blank lines of a point file as (1-based line, text), within limits checked before parsing.
+
+    A file over `max_points` lines of POINT_LINE_BYTES is refused (too_large) from its size, unread; one with
+    more than `max_points` non-blank lines (bad_point_count) before any line is split into tokens. So the
+    memory and time a point file costs are bounded by `max_points`, whatever its size. `lenient` (predict's
+    plain files) drops `#` comments and reads commas as spaces.
+    """
+    limit = max_points * POINT_LINE_BYTES
+    text = read_text(path, origin, limit, f"{max_points} points of at most {POINT_LINE_BYTES} bytes a line")
+    lines = enumerate(text.splitlines(), 1)
+    if lenient:
+        lines = ((n, line.split("#", 1)[0].replace(",", " ")) for n, line in lines)
+    rows = [(n, line) for n, line in lines if line.strip()]
+    if len(rows) > max_points:
+        raise BadRecord("bad_point_count", f"{path} has {len(rows)} points, more than {max_points} {origin}")
+    return rows
+
+
+def parse_point_rows(
+    rows: list[tuple[int, str]], width: int, numbers: slice, path: Path, origin: str
+) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Point lines of `width` columns (bad_columns otherwise) -> (first two tokens of each line when width is
+    POINT_COLUMNS: shape id and object, else []; float64 [N, C] of the `numbers` columns). A non-number is
+    bad_columns naming its line and column. Lines are split one at a time: no token list of the whole file."""
+    heads: list[tuple[str, str]] = []
+    count = len(range(width)[numbers])
+    values = np.empty((len(rows), count), dtype=np.float64)
+    for i, (n, line) in enumerate(rows):
+        tokens = line.split()
+        if len(tokens) != width:
+            raise BadRecord("bad_columns", f"{path} line {n}: {len(tokens)} columns, expected {width} {origin}")
+        if width == POINT_COLUMNS:
+            heads.append((tokens[0], tokens[1]))
+        try:
+            values[i] = [float(t) for t in tokens[numbers]]
+        except ValueError:
+            first = numbers.start or 0
+            for c, t in enumerate(tokens[numbers], first + 1):
+                _number(t, path, n, c, origin)
+    return heads, values
 
 
 def read_points(path: Path, num_points: int, origin: str) -> tuple[str, str, np.ndarray, np.ndarray]:
     """A point file: (shape id, object column, xyz [N,3] float32, labels [N,17] float32), all lines checked."""
-    numbered = [(n, line.split()) for n, line in enumerate(read_text(path, origin).splitlines(), 1) if line.strip()]
-    if len(numbered) != num_points:
-        raise BadRecord("bad_point_count", f"{path} has {len(numbered)} points, expected {num_points} {origin}")
-    for n, tokens in numbered:
-        if len(tokens) != POINT_COLUMNS:
-            raise BadRecord("bad_columns", f"{path} line {n}: {len(tokens)} columns, expected {POINT_COLUMNS} {origin}")
-    try:
-        values = np.array([tokens[2:] for _, tokens in numbered], dtype=np.float64)
-    except ValueError:  # find the offending token to name it
-        values = np.array([[_number(t, path, n, c, origin) for c, t in enumerate(tk[2:], 3)] for n, tk in numbered])
-    check_values(values, 3, lambda i: f"{path} line {numbered[i][0]}", origin)
-    shape_id, obj = numbered[0][1][0], numbered[0][1][1]
-    for n, tokens in numbered:
-        if tokens[1] != obj:
-            raise BadRecord("mismatch", f"{path} line {n}: object column {tokens[1]!r} != {obj!r} of line 1 {origin}")
+    rows = read_point_lines(path, num_points, origin)
+    if len(rows) != num_points:
+        raise BadRecord("bad_point_count", f"{path} has {len(rows)} points, expected {num_points} {origin}")
+    heads, values = parse_point_rows(rows, POINT_COLUMNS, slice(2, None), path, origin)
+    check_values(values, 3, lambda i: f"{path} line {rows[i][0]}", origin)
+    shape_id, obj = heads[0]
+    for (n, _), (_, column) in zip(rows, heads):
+        if column != obj:
+            raise BadRecord("mismatch", f"{path} line {n}: object column {column!r} != {obj!r} of line 1 {origin}")
     return shape_id, obj, values[:, :3].astype(np.float32), values[:, 3:].astype(np.float32)
 
 
@@ -254,16 +362,23 @@ def _number(token: str, path: Path, line: int, column: int, origin: str) -> floa
     try:
         return float(token)
     except ValueError:
-        detail = f"{path} line {line} column {column}: {token!r} is not a number {origin}"
+        detail = f"{path} line {line}: {token!r} is not a number (column {column}) {origin}"
         raise BadRecord("bad_columns", detail) from None
 
 
-def check_values(values: np.ndarray, labels_from: int, row: Callable[[int], str], origin: str) -> None:
-    """All values finite and columns from `labels_from` on in [0, 1]; `row(i)` names row i in the message."""
+def finite_rows(values: np.ndarray) -> np.ndarray:
+    """Per row: every value finite and inside float32's range (1e39 is finite in float64, inf in float32)."""
     rows = values.reshape(len(values), -1)
-    bad = ~np.isfinite(rows).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        return (np.isfinite(rows) & (np.abs(rows) <= FLOAT32_MAX)).all(axis=1)
+
+
+def check_values(values: np.ndarray, labels_from: int, row: Callable[[int], str], origin: str) -> None:
+    """All values finite in float32 and columns from `labels_from` on in [0, 1]; `row(i)` names row i."""
+    rows = values.reshape(len(values), -1)
+    bad = ~finite_rows(rows)
     if bad.any():
-        raise BadRecord("non_finite", f"{row(int(np.argmax(bad)))}: NaN or inf value {origin}")
+        raise BadRecord("non_finite", f"{row(int(np.argmax(bad)))}: NaN, inf or beyond float32's range {origin}")
     labels = rows[:, labels_from:]
     bad = ((labels < 0) | (labels > 1)).any(axis=1)
     if bad.any():

@@ -4,15 +4,13 @@ anno_{train,val,test}.pkl: list of {'shape_id', 'class', 'affordance', 'mask' (N
 objects_{split}.pkl: {shape_id: (N, 3) xyz}; Affordance-Question.csv: Object, Affordance,
 Question0..Question14. One triplet Record (no image, labels = mask [N]) per annotation, keyed
 `<Split>_<Object>_<affordance>_<annotation index>`. Pickles are loaded by a restricted unpickler
-that admits only builtin containers/scalars and numpy arrays/dtypes/scalars.
+that admits only builtin containers/scalars and numpy arrays/dtypes/scalars, with a byte cap and an
+allocation budget (pipeline/formats/safe_pickle.py).
 """
 
 from __future__ import annotations
 
 import csv
-import importlib
-import io
-import pickle
 import zlib
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.formats import RawItem
-from pipeline.formats.common import BadRecord, check_values, fallback_key, require_root
+from pipeline.formats.common import BadRecord, check_inside_root, check_values, fallback_key, require_root
+from pipeline.formats.safe_pickle import UnsafePickleError, safe_load_pickle, safe_loads
 from pipeline.names import LASO_AFFORDANCES, LASO_ALIASES, OBJECTS, image_key
 from pipeline.record import Record
 
@@ -30,6 +29,9 @@ QUESTIONS = "Affordance-Question.csv"
 QUESTION_COLUMNS = tuple(f"Question{i}" for i in range(15))
 FIELDS = ("shape_id", "class", "affordance", "mask")
 _OBJECT_BY_LOWER = {obj.lower(): obj for obj in OBJECTS}  # LASO spells classes in lower case ('door')
+_SCALARS = (str, int, float, np.str_, np.integer, np.floating)
+
+__all__ = ["UnsafePickleError", "item_key", "list_items", "parse_item", "safe_load_pickle", "safe_loads"]
 
 
 def list_items(root: Path) -> list[RawItem]:
@@ -38,6 +40,10 @@ def list_items(root: Path) -> list[RawItem]:
     for name in (QUESTIONS, *(f"{kind}_{split}.pkl" for split in SPLITS for kind in ("anno", "objects"))):
         if not (root / name).is_file():
             raise FileNotFoundError(f"LASO file {root / name} is missing")
+        try:
+            check_inside_root(root, root / name, name, "")
+        except BadRecord as e:  # the file holds every record of its split: an error, not a quarantine line
+            raise ValueError(str(e).strip()) from None
     questions = read_questions(root / QUESTIONS)
     items: list[RawItem] = []
     for split in SPLITS:
@@ -48,17 +54,44 @@ def list_items(root: Path) -> list[RawItem]:
             raise ValueError(f"{root / anno_name} holds a {type(annotations).__name__}, expected a list")
         if not isinstance(objects, dict):
             raise ValueError(f"{root / objects_name} holds a {type(objects).__name__}, expected a dict")
+        arrays: dict[str, tuple[np.ndarray | None, str | None]] = {}
         for index, entry in enumerate(annotations):
             fields = {f: entry.get(f) for f in FIELDS} if isinstance(entry, dict) else dict.fromkeys(FIELDS)
+            invalid = [f"{f} is a {type(v).__name__}" for f, v in fields.items() if f != "mask" and not _scalar(v)]
+            for f in FIELDS[:3]:  # str() of a deeply nested structure recurses: keep only what is a scalar
+                fields[f] = fields[f] if _scalar(fields[f]) else f"<{type(fields[f]).__name__}>"
+            fields["mask"], problem = _as_array(fields["mask"], f"{anno_name} entry {index} mask")
+            shape_id = str(fields["shape_id"])
+            if shape_id not in arrays:
+                arrays[shape_id] = _as_array(objects.get(shape_id), f"{objects_name}[{shape_id!r}]")
+            xyz, xyz_problem = arrays[shape_id]
             payload = {
                 **fields,
                 "missing": [f for f in FIELDS if not isinstance(entry, dict) or f not in entry],
-                "xyz": objects.get(str(fields["shape_id"])),
+                "invalid": "; ".join(invalid + [x for x in (problem, xyz_problem) if x]),
+                "xyz": xyz,
                 "questions": questions.get((str(fields["class"]).lower(), _affordance(fields["affordance"]))),
                 "lists": (anno_name, objects_name, QUESTIONS),
             }
             items.append(RawItem(FORMAT, split, "triplet", index, (anno_name, objects_name, QUESTIONS), payload))
     return items
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, _SCALARS)
+
+
+def _as_array(value: Any, what: str) -> tuple[np.ndarray | None, str | None]:
+    """(float32 array, None), (None, None) for a missing value, or (None, problem) when it is no numeric array.
+
+    Converted here, once per value, so a hostile structure (nested 100,000 deep) never travels further."""
+    if value is None:
+        return None, None
+    try:
+        with np.errstate(over="ignore"):  # 1e39 becomes inf here and non_finite in parse_item
+            return np.asarray(value, dtype=np.float32), None
+    except Exception:  # noqa: BLE001 - TypeError, ValueError, RecursionError, OverflowError...
+        return None, f"{what} is not a numeric array"
 
 
 def read_questions(path: Path) -> dict[tuple[str, str], list[str]]:
@@ -104,6 +137,8 @@ def parse_item(root: Path, item: RawItem, num_points: int) -> Record:
     origin = f"({anno_name} entry {item.line})"
     if p["missing"]:
         raise BadRecord("bad_columns", f"{anno_name} entry {item.line} lacks {', '.join(p['missing'])}")
+    if p["invalid"]:
+        raise BadRecord("bad_columns", f"{anno_name} entry {item.line}: {p['invalid']} {origin}")
     obj = _OBJECT_BY_LOWER.get(str(p["class"]).lower())
     if obj is None:
         raise BadRecord("unknown_object", f"class {p['class']!r} is not one of the 23 objects {origin}")
@@ -143,66 +178,3 @@ def _array(value: Any, what: str, origin: str) -> np.ndarray:
         return np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError):
         raise BadRecord("bad_columns", f"{what} is not a numeric array {origin}") from None
-
-
-# ---------------------------------------------------------------- restricted unpickling
-
-_SAFE_BUILTINS = frozenset(
-    {"dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "str", "bytes", "bytearray", "bool"}
-)
-# What numpy needs to rebuild arrays, dtypes and scalars, in its 1.x (numpy.core) and 2.x (numpy._core)
-# spellings, plus _frombuffer (protocol-5 arrays) and _codecs.encode (bytes in protocol <= 2 pickles).
-_SAFE_GLOBALS = frozenset(
-    {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("_codecs", "encode"),
-    }
-)
-
-
-class UnsafePickleError(ValueError):
-    """A pickle names a global outside the allowlist; nothing from it was executed."""
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: Any, origin: str):
-        super().__init__(file, encoding="latin1")  # latin1: numpy arrays pickled by Python 2
-        self.origin = origin
-
-    def find_class(self, module: str, name: str) -> Any:
-        module = "builtins" if module == "__builtin__" else module
-        if (module == "builtins" and name in _SAFE_BUILTINS) or (module, name) in _SAFE_GLOBALS:
-            if module.startswith(("numpy.core.", "numpy._core.")):
-                return _numpy_internal(module.split(".", 2)[2], name)
-            return getattr(importlib.import_module(module), name)
-        raise UnsafePickleError(f"{self.origin}: refused to load, the pickle asks for forbidden global {module}.{name}")
-
-
-def _numpy_internal(submodule: str, name: str) -> Any:
-    """numpy._core.X.name (numpy 2) or numpy.core.X.name (numpy 1), without numpy 2's deprecation shim."""
-    try:
-        return getattr(importlib.import_module(f"numpy._core.{submodule}"), name)
-    except ImportError:
-        return getattr(importlib.import_module(f"numpy.core.{submodule}"), name)
-
-
-def safe_load_pickle(path: Path) -> Any:
-    """Unpickle a data file allowing only builtin containers/scalars and numpy arrays/dtypes/scalars."""
-    try:
-        with open(path, "rb") as f:
-            return _RestrictedUnpickler(f, str(path)).load()
-    except UnsafePickleError:
-        raise
-    except Exception as e:  # truncated or corrupt pickle: pickle raises many types
-        raise ValueError(f"{path} is not a readable pickle: {type(e).__name__}: {e}") from None
-
-
-def safe_loads(data: bytes, origin: str) -> Any:
-    return _RestrictedUnpickler(io.BytesIO(data), origin).load()

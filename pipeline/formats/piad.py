@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.formats import RawItem
 from pipeline.formats.agpil import item_key, list_image_point_items, parse_image_point_item
-from pipeline.formats.common import BadRecord, ImageName, read_json
+from pipeline.formats.common import FLOAT32_MAX, BadRecord, ImageName, read_json
 from pipeline.record import Record
 
 FORMAT = "piad"
@@ -66,6 +66,6 @@ def _rectangle(points: Any, path: Path, index: int, origin: str) -> list[float]:
         (xa, ya), (xb, yb) = ((float(x), float(y)) for x, y in points)
     except (TypeError, ValueError):
         raise BadRecord("bad_json", f"{where}: corner coordinates must be numbers {origin}") from None
-    if not all(math.isfinite(v) for v in (xa, ya, xb, yb)):
-        raise BadRecord("non_finite", f"{where}: NaN or inf corner coordinate {origin}")
+    if not all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in (xa, ya, xb, yb)):
+        raise BadRecord("non_finite", f"{where}: NaN, inf or beyond float32's range corner coordinate {origin}")
     return [min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb)]

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.formats import RawItem, detect_format, list_items, parse_item
+from pipeline.formats import RawItem, detect_format, list_items, parse_item, unexpected_reason
+from pipeline.formats.common import fallback_key
 from pipeline.ray_session import ensure_ray
 from pipeline.record import Rejection
 from pipeline.shards.bank import BANK_FILE, write_bank
@@ -39,10 +40,14 @@ def shard_name(split: str, index: int) -> str:
 
 
 def _parse_rows(root: str, rows: list[dict], num_points: int) -> tuple[list, list[dict]]:
+    """Records and quarantine lines of rows; an exception on one row becomes its quarantine line, so one
+    hostile record never fails the task (and with it the job)."""
     records, rejections = [], []
     for row in rows:
-        item = RawItem.from_row(row)
-        parsed = parse_item(root, item, num_points)
+        try:
+            parsed = parse_item(root, RawItem.from_row(row), num_points)
+        except Exception as e:  # noqa: BLE001 - parse_item quarantines; this catches a row it cannot even read
+            parsed = _row_rejection(row, unexpected_reason(e, [str(p) for p in row.get("paths", [])]))
         if isinstance(parsed, Rejection):
             rejections.append(parsed.to_json())
         else:
@@ -50,11 +55,31 @@ def _parse_rows(root: str, rows: list[dict], num_points: int) -> tuple[list, lis
     return records, rejections
 
 
+def _row_rejection(row: dict, reason: str) -> Rejection:
+    split = str(row.get("split", "unknown"))
+    key = fallback_key(split, str(row.get("format", "row")), int(row.get("line", 0)))
+    return Rejection(key=key, split=split, sources=tuple(str(p) for p in row.get("paths", [])), reason=reason)
+
+
+def _serialise(records: list, rejections: list[dict]) -> tuple[list, list[tuple[str, dict[str, bytes]]]]:
+    """(records kept, their tar samples); a record that cannot be serialised goes to `rejections` instead."""
+    kept, samples = [], []
+    for record in records:
+        try:
+            samples.append((record.key, sample_members(record)))
+            kept.append(record)
+        except Exception as e:  # noqa: BLE001 - e.g. text no encoder accepts: that record only is lost
+            reason = unexpected_reason(e, list(record.sources))
+            rejections.append(Rejection(record.key, record.split, record.sources, reason).to_json())
+    return kept, samples
+
+
 def _shard_task(task: dict[str, Any], root: str, out: str, num_points: int) -> dict[str, Any]:
     """Ray task: parse one shard's raw items and write its tar."""
     records, rejections = _parse_rows(root, task["rows"], num_points)
     name = shard_name(task["split"], int(task["index"]))
-    size, digest = write_tar(Path(out, name), [(r.key, sample_members(r)) for r in records])
+    records, samples = _serialise(records, rejections)
+    size, digest = write_tar(Path(out, name), samples)
     return {
         "name": name, "split": task["split"], "samples": len(records), "bytes": size, "sha256": digest,
         "read": len(task["rows"]), "keys": json.dumps([r.key for r in records]),
