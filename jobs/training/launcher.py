@@ -237,7 +237,9 @@ def launch(
         resume_from = str(Path(resume).resolve()) if "://" not in resume else resume
         if "://" not in resume_from and not Path(resume_from, META_FILE).exists():
             raise UserError(f"--resume {resume}: not an lma3d checkpoint (no {META_FILE} in it)")
+        screen_checkpoint(resume_from)
     if mode == "resume":
+        screen_checkpoint(metas[-1]["path"])
         log.info("resuming run %s from its latest checkpoint (step %d)", name, metas[-1]["step"])
     run_id = _mlflow_run(cfg, name, run_dir, mode, metas, resume_from)
     if mode == "overwrite":
@@ -252,12 +254,46 @@ def launch(
     summary = TrainSummary(name, run_dir, cfg.tracking_uri, cfg.experiment_name, run_id, mode)
     try:
         result = trainer.fit()
-    except BaseException:
+    except BaseException as e:
         _terminate(cfg.tracking_uri, run_id, "FAILED")
+        refused = _refused_checkpoint(e)
+        if refused is not None:  # a worker's screening (remote storage, or a file changed since ours)
+            raise UserError(str(refused)) from None
         raise
     _summarise(summary, result)
     _terminate(cfg.tracking_uri, run_id, "FINISHED")
     return summary
+
+
+def screen_checkpoint(folder: str) -> None:
+    """Driver, before MLflow or Ray start: the checkpoint the workers will load runs nothing when they load it
+    (jobs.training.checkpoint.screen). Remote folders are screened by the workers, with the same code."""
+    from jobs.evaluation.consolidate import UnsafeCheckpoint
+    from jobs.training.checkpoint import screen
+
+    if "://" in folder:
+        return
+    try:
+        screen(folder)
+    except (UnsafeCheckpoint, ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+
+
+def _refused_checkpoint(error: BaseException) -> BaseException | None:
+    """The UnsafeCheckpoint a worker raised, found inside Ray Train's wrappers (None if there is none)."""
+    from jobs.evaluation.consolidate import UnsafeCheckpoint
+
+    seen, todo = set(), [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, UnsafeCheckpoint):
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "_base_exc", None), getattr(e, "controller_failure", None)]
+        todo += list((getattr(e, "worker_failures", None) or {}).values())
+    return None
 
 
 def _check_gpus(cfg: ExperimentConfig, address: str | None) -> None:
