@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from jobs import preflight
 from jobs.config import ExperimentConfig
 from jobs.entry import UserError
 from jobs.training import tracking
@@ -173,7 +174,6 @@ def _mlflow_run(
     from mlflow.tracking import MlflowClient
 
     uri = cfg.tracking_uri
-    tracking.check_tracking_uri(uri)
     client = MlflowClient(uri)
     try:
         experiment_id = tracking.ensure_experiment(
@@ -232,6 +232,9 @@ def launch(
     run_dir = f"{cfg.storage_path.rstrip('/')}/{name}"
     exists, metas = inspect_run(cfg.storage_path, name)
     mode = decide_start(run_dir, exists, bool(metas), resume, overwrite)
+    # Everything the job reads, checked before anything is created (MLflow run, Ray, DeepSpeed): one line, exit 2.
+    tracking.check_tracking_uri(cfg.tracking_uri)
+    preflight.train_inputs(cfg)
     resume_from = None
     if mode == "from_path":
         resume_from = str(Path(resume).resolve()) if "://" not in resume else resume
