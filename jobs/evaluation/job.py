@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jobs import preflight
 from jobs.config import ExperimentConfig
-from jobs.entry import UserError
+from jobs.entry import UserError, stage
 from jobs.evaluation import tracking
 from jobs.evaluation.outputs import write_outputs
 from jobs.evaluation.runner import EvalResult, run_eval, viz_inputs
@@ -66,7 +66,8 @@ def evaluate(
         check_tracking_uri(tracking_uri)  # before the long part: an unreachable server is an error now
     started = ensure_ray(address)
     try:
-        result = run_eval(shards, source.model, source.weights, cfg.eval, source.model.image_size)
+        with stage("Ray Data evaluation"):
+            result = run_eval(shards, source.model, source.weights, cfg.eval, source.model.image_size)
         out_dir = Path(out or Path(cfg.workdir, "eval", source.name))
         info = _info(source, shards, cfg) | {"shards_fingerprint": manifest.get("fingerprint")}
         files = write_outputs(out_dir, result.predictions, result.metrics, info)

@@ -20,7 +20,7 @@ from typing import Any
 
 from jobs import preflight
 from jobs.config import ExperimentConfig
-from jobs.entry import UserError
+from jobs.entry import UserError, causes, stage
 from jobs.training import tracking
 from jobs.typed_yaml import dump, flatten, to_dict
 
@@ -256,7 +256,8 @@ def launch(
     trainer = _trainer(cfg, name, run_id, resume_from, fault_injection)
     summary = TrainSummary(name, run_dir, cfg.tracking_uri, cfg.experiment_name, run_id, mode)
     try:
-        result = trainer.fit()
+        with stage("Ray Train (TorchTrainer.fit)"):
+            result = trainer.fit()
     except BaseException as e:
         _terminate(cfg.tracking_uri, run_id, "FAILED")
         refused = _refused_checkpoint(e)
@@ -286,17 +287,7 @@ def _refused_checkpoint(error: BaseException) -> BaseException | None:
     """The UnsafeCheckpoint a worker raised, found inside Ray Train's wrappers (None if there is none)."""
     from jobs.evaluation.consolidate import UnsafeCheckpoint
 
-    seen, todo = set(), [error]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, UnsafeCheckpoint):
-            return e
-        todo += [e.__cause__, e.__context__, getattr(e, "_base_exc", None), getattr(e, "controller_failure", None)]
-        todo += list((getattr(e, "worker_failures", None) or {}).values())
-    return None
+    return next((e for e in causes(error) if isinstance(e, UnsafeCheckpoint)), None)
 
 
 def _check_gpus(cfg: ExperimentConfig, address: str | None) -> None:
