@@ -76,6 +76,15 @@ def main(argv: list[str]) -> int:
 
 
 def _load(spec: str, tracking_uri: str, model_overrides: list[str]):
+    from model.pretrained import BadModelFolder
+
+    try:
+        return _load_model(spec, tracking_uri, model_overrides)
+    except BadModelFolder as e:  # a tampered or foreign model folder: one line naming the file and field
+        raise UserError(str(e)) from None
+
+
+def _load_model(spec: str, tracking_uri: str, model_overrides: list[str]):
     """Exported folders and registered models load with safetensors only (model.pretrained.from_pretrained);
     `model.*` overrides (e.g. a local backbone_path) go through the same resolution as lma3d eval."""
     from model.pretrained import from_pretrained

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.entry import UserError, entry
+from jobs.entry import UserError, entry, stage
 from pipeline.formats import FORMATS
 from pipeline.shards.config import ShardConfig
 
@@ -42,7 +42,8 @@ def main(argv: list[str]) -> int:
 
     try:
         cfg = ShardConfig(args.samples_per_shard, args.max_bad_fraction, 0, args.min_shards)
-        manifest = run(args.source, args.format, args.out, cfg, args.num_points, args.overwrite, args.address)
+        with stage("Ray Data sharding"):
+            manifest = run(args.source, args.format, args.out, cfg, args.num_points, args.overwrite, args.address)
     except (ValueError, FileExistsError) as e:
         raise UserError(str(e)) from None
     read, written, bad = manifest["read"], manifest["written"], manifest["quarantined"]

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from jobs.entry import stage
+
 log = logging.getLogger("lma3d.demo")
 
 
@@ -23,7 +25,8 @@ class StageLog:
             return self.done[name]
         log.info("stage %s: starting", name)
         start = time.perf_counter()
-        result = dict(fn() or {})
+        with stage(f"demo stage {name}"):
+            result = dict(fn() or {})
         result["seconds"] = round(time.perf_counter() - start, 1)
         self.done[name] = result
         tmp = self.path.with_suffix(".tmp")

@@ -7,6 +7,7 @@ literals fail loudly instead of being ignored (the LAVIS/omegaconf pitfall).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 from pathlib import Path
@@ -116,10 +117,16 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, str) and _FLOAT.match(value.strip()):
-            return float(value)  # YAML 1.1 reads `3e-4` (no dot) as a string
+            value = float(value)  # YAML 1.1 reads `3e-4` (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}") from None
+        if not math.isfinite(number):  # no setting of this project means anything with .nan or .inf
+            raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
+        return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")

@@ -59,6 +59,22 @@ class ModelConfig:
     lora_targets: tuple[str, ...] = field(default=("q_proj", "v_proj"))
 
     def __post_init__(self) -> None:
+        sizes = ("num_points", "image_size", "resnet_width", "emb_dim", "num_heads", "fusion_hidden", "sa1_npoint",
+                 "sa2_npoint", "sa3_npoint", "head_hidden", "max_txt_len", "lora_r")  # fmt: skip
+        for name in sizes:
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("sa1_nsample", "sa2_nsample", "sa3_nsample", "fp3_mlp", "fp2_mlp", "fp1_mlp"):
+            if not all(v >= 1 for v in getattr(self, name)):
+                raise ValueError(f"model.{name} must hold sizes >= 1, got {list(getattr(self, name))}")
+        for name in ("sa1_mlps", "sa2_mlps", "sa3_mlps"):
+            if not all(v >= 1 for mlp in getattr(self, name) for v in mlp):
+                raise ValueError(f"model.{name} must hold sizes >= 1")
+        for name in ("sa1_radii", "sa2_radii", "sa3_radii"):
+            if not all(0.0 < r < float("inf") for r in getattr(self, name)):  # also refuses NaN
+                raise ValueError(f"model.{name} must hold finite radii > 0, got {list(getattr(self, name))}")
+        if not 0.0 < self.lora_alpha < float("inf") or not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError("model.lora_alpha must be a finite number > 0 and model.lora_dropout in [0, 1)")
         if self.image_size % 32:
             raise ValueError(f"model.image_size must be a multiple of 32, got {self.image_size}")
         if self.emb_dim % self.num_heads:

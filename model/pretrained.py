@@ -1,13 +1,18 @@
 """A standalone model folder: `model.safetensors` (trainable weights, fp32) + `config.json`.
 
-Loading needs neither DeepSpeed nor Ray, and never unpickles: safetensors only.
+Loading needs neither DeepSpeed nor Ray, and never unpickles: safetensors only. A folder is checked before
+anything is built from it: config.json must be JSON with known model keys of the right types, and every tensor
+of model.safetensors must be one the config's model has, of its shape, and finite. Anything else is a
+BadModelFolder naming the file and the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import torch
 
@@ -17,17 +22,85 @@ from model.lmaffordance3d import LMAffordance3D, build_model
 FORMAT = "lma3d-pretrained-v1"
 
 
-def config_from_dict(values: dict) -> ModelConfig:
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ValueError(f"config.json: unknown model keys {unknown}")
-    tuples = {k: _tuple(v) for k, v in values.items() if isinstance(v, list)}
-    return ModelConfig(**{**values, **tuples})
+class BadModelFolder(ValueError):
+    """A model folder (or weights) that does not fit the model it claims to hold."""
 
 
 def _tuple(value):
     return tuple(_tuple(v) for v in value) if isinstance(value, list) else value
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return type(default) is type(value)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple))
+    return type(default) is type(value)
+
+
+def config_from_dict(values: dict, where: str = "config.json") -> ModelConfig:
+    """ModelConfig from a stored mapping; unknown keys, wrong types and bad values are a BadModelFolder."""
+    if not isinstance(values, dict):
+        raise BadModelFolder(f"{where}: model must be a mapping, got {type(values).__name__}")
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                for f in dataclasses.fields(ModelConfig)}  # fmt: skip
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise BadModelFolder(f"{where}: unknown key model.{unknown[0]} (valid keys: {', '.join(sorted(defaults))})")
+    hints = get_type_hints(ModelConfig)
+    for key, value in values.items():
+        if get_origin(hints[key]) is Literal and value not in get_args(hints[key]):
+            raise BadModelFolder(f"{where}: model.{key} must be one of {list(get_args(hints[key]))}, got {value!r}")
+        if not _type_ok(defaults[key], value):
+            raise BadModelFolder(
+                f"{where}: model.{key} must be {type(defaults[key]).__name__} like {defaults[key]!r}, got {value!r}"
+            )
+    try:
+        return ModelConfig(**{k: _tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    except (TypeError, ValueError) as e:
+        raise BadModelFolder(f"{where}: {e}") from None
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise BadModelFolder(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise BadModelFolder(f"{path}: top level must be a JSON object")
+    return data
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BadModelFolder(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def check_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor], where: str) -> LMAffordance3D:
+    """The model skeleton (meta device, nothing allocated) after checking `weights` fit it tensor by tensor."""
+    skeleton = build_model(cfg, device="meta", pretrained=False)
+    expected = skeleton.trainable_state_dict()
+    for key, tensor in expected.items():
+        if key not in weights:
+            raise BadModelFolder(f"{where}: tensor {key} is missing ({len(set(expected) - set(weights))} missing)")
+        got = weights[key]
+        if tuple(got.shape) != tuple(tensor.shape):
+            raise BadModelFolder(
+                f"{where}: tensor {key} has shape {list(got.shape)}, the model config needs {list(tensor.shape)}"
+            )
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise BadModelFolder(f"{where}: tensor {key} holds NaN or infinite values")
+    unexpected = sorted(set(weights) - set(expected))
+    if unexpected:
+        raise BadModelFolder(f"{where}: tensor {unexpected[0]} is not one of the model's ({len(unexpected)} unknown)")
+    return skeleton
 
 
 def save_pretrained(model: LMAffordance3D, out_dir: str | Path, weights: dict[str, torch.Tensor] | None = None) -> Path:
@@ -46,17 +119,21 @@ def save_pretrained(model: LMAffordance3D, out_dir: str | Path, weights: dict[st
 
 def from_pretrained(path: str | Path, device: str | torch.device = "cpu", **overrides) -> LMAffordance3D:
     """Rebuild the model from `config.json` (backbone from its preset/path) and load the trainable weights."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     config_path, weights_path = path / "config.json", path / "model.safetensors"
     for needed in (config_path, weights_path):
         if not needed.is_file():
             raise FileNotFoundError(f"{path}: not an exported lma3d model (no {needed.name})")
-    config = json.loads(config_path.read_text())
+    config = read_json(config_path)
     if config.get("format") != FORMAT:
-        raise ValueError(f"{config_path}: format {config.get('format')!r}, expected {FORMAT!r}")
-    cfg = dataclasses.replace(config_from_dict(config["model"]), **overrides)
+        raise BadModelFolder(f"{config_path}: format {config.get('format')!r}, expected {FORMAT!r}")
+    cfg = config_from_dict(config.get("model"), str(config_path))
+    try:
+        cfg = dataclasses.replace(cfg, **overrides)
+    except (TypeError, ValueError) as e:
+        raise BadModelFolder(f"{config_path}: with overrides {overrides}: {e}") from None
+    weights = read_weights(weights_path)
+    check_weights(cfg, weights, str(weights_path))
     model = build_model(cfg, device="cpu", pretrained=True)
-    model.load_trainable_state_dict(load_file(str(weights_path)))
+    model.load_trainable_state_dict(weights)
     return model.to(device).eval()

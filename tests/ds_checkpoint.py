@@ -56,7 +56,17 @@ def main(out: Path, stages: list[int]) -> None:
             engine.step()
         folder = out / f"zero{stage}" / ckpt.dir_name_for(2)
         ckpt.save(
-            engine, folder, step=2, rank=0, meta={"config": to_dict(cfg), "backbone_id": "tiny", "zero_stage": stage}
+            engine,
+            folder,
+            step=2,
+            rank=0,
+            meta={
+                "config": to_dict(cfg),
+                "backbone_id": "tiny",
+                "zero_stage": stage,
+                "world_size": 1,
+                "scheduler": engine.lr_scheduler.state_dict(),
+            },
         )
         module = engine.module.eval()
         with torch.no_grad():

@@ -28,5 +28,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.num_actors < 1 or self.votes < 1:
             raise ValueError("eval.batch_size, eval.num_actors and eval.votes must be >= 1")
-        if self.viz_samples < 0 or self.cpus_per_actor <= 0:
-            raise ValueError("eval.viz_samples must be >= 0 and eval.cpus_per_actor > 0")
+        if self.viz_samples < 0 or not 0 < self.cpus_per_actor < float("inf"):
+            raise ValueError("eval.viz_samples must be >= 0 and eval.cpus_per_actor a finite number > 0")
+        if self.threads_per_actor < 0 or not 0 <= self.seed < 2**32:
+            raise ValueError("eval.threads_per_actor must be >= 0 and eval.seed in [0, 2**32)")

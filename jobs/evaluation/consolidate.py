@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,11 +35,14 @@ def _safe_globals() -> list:
     return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
-def safe_load(path: str | Path) -> dict:
-    """torch.load with weights_only=True and the allowlist above (memory-mapped: tensors are read lazily)."""
-    with torch.serialization.safe_globals(_safe_globals()):
+def safe_load(path: str | Path, *, mmap: bool = True, extra_globals: Sequence[Any] = ()) -> Any:
+    """torch.load with weights_only=True and the allowlist above (plus `extra_globals`, for the caller that
+    knows it needs them). Memory-mapped by default: screening a file then reads only its pickle, not its
+    tensors; `mmap=False` when the tensors must outlive the file (DeepSpeed's own loading, see
+    jobs.training.checkpoint)."""
+    with torch.serialization.safe_globals([*_safe_globals(), *extra_globals]):
         try:
-            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
         except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ... for bad files
             raise UnsafeCheckpoint(
                 f"{path}: refused, cannot be loaded with weights_only=True ({_first_line(e)})"

@@ -29,19 +29,13 @@ class ExportReport:
 
 def check_weights(source: ModelSource) -> Any:
     """The model skeleton (meta device, no weights read) after checking the weights fit it key by key."""
-    from model.lmaffordance3d import build_model
+    from model.pretrained import BadModelFolder
+    from model.pretrained import check_weights as fit
 
-    skeleton = build_model(source.model, device="meta", pretrained=False)
-    expected = skeleton.trainable_state_dict()
-    missing = sorted(set(expected) - set(source.weights))
-    unexpected = sorted(set(source.weights) - set(expected))
-    wrong = [k for k in expected if k in source.weights and tuple(source.weights[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        raise UserError(
-            f"{source.spec}: weights do not fit the model config: missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}, wrong shapes {wrong[:3]} ({len(missing)}/{len(unexpected)}/{len(wrong)})"
-        )
-    return skeleton
+    try:
+        return fit(source.model, source.weights, source.spec)
+    except BadModelFolder as e:
+        raise UserError(str(e)) from None
 
 
 def export(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobs import preflight
 from jobs.config import ExperimentConfig
-from jobs.entry import UserError
+from jobs.entry import UserError, stage
 from jobs.evaluation import tracking
 from jobs.evaluation.outputs import write_outputs
 from jobs.evaluation.runner import EvalResult, run_eval, viz_inputs
@@ -32,12 +32,7 @@ class EvalReport:
 
 def read_manifest(shards: str) -> dict:
     """The shard folder's manifest ({} for a remote folder, which the readers check themselves)."""
-    if "://" in shards:
-        return {}
-    path = Path(shards, "manifest.json")
-    if not path.is_file():
-        raise UserError(f"{shards}: no manifest.json (not an lma3d shard folder; run lma3d shard first)")
-    return json.loads(path.read_text())
+    return preflight.shard_folder(shards, "--shards", ("test",))
 
 
 def check_fit(manifest: dict, source: ModelSource, shards: str) -> None:
@@ -60,6 +55,7 @@ def evaluate(
     shards = shards or cfg.data.shards
     manifest = read_manifest(shards)
     source = resolve(spec, cfg.tracking_uri, list(model_overrides))
+    preflight.model_files(source.model)
     check_fit(manifest, source, shards)
     tracking_uri = tracking.choose_tracking_uri(
         cfg.tracking_uri, tracking.explicit_tracking(cfg.mlflow.tracking_uri), source.tracking_uri
@@ -70,7 +66,8 @@ def evaluate(
         check_tracking_uri(tracking_uri)  # before the long part: an unreachable server is an error now
     started = ensure_ray(address)
     try:
-        result = run_eval(shards, source.model, source.weights, cfg.eval, source.model.image_size)
+        with stage("Ray Data evaluation"):
+            result = run_eval(shards, source.model, source.weights, cfg.eval, source.model.image_size)
         out_dir = Path(out or Path(cfg.workdir, "eval", source.name))
         info = _info(source, shards, cfg) | {"shards_fingerprint": manifest.get("fingerprint")}
         files = write_outputs(out_dir, result.predictions, result.metrics, info)

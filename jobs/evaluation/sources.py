@@ -59,7 +59,20 @@ def model_config(values: dict[str, Any], overrides: list[str], where: str) -> Mo
 
 
 def resolve(spec: str, tracking_uri: str, overrides: list[str] = ()) -> ModelSource:
-    """The model `spec` names; `overrides` are `model.key=value` items applied to its config."""
+    """The model `spec` names; `overrides` are `model.key=value` items applied to its config. Its weights
+    are checked against the config (every tensor present, of the right shape, finite) before it is returned."""
+    from model.pretrained import BadModelFolder, check_weights
+
+    source = _resolve(spec, tracking_uri, overrides)
+    try:
+        check_weights(source.model, source.weights, source.spec if source.kind != "exported" else
+                      str(Path(spec.removeprefix("file://"), "model.safetensors")))  # fmt: skip
+    except BadModelFolder as e:
+        raise UserError(str(e)) from None
+    return source
+
+
+def _resolve(spec: str, tracking_uri: str, overrides: list[str]) -> ModelSource:
     if spec.startswith("models:/"):
         return _registry(spec, tracking_uri, overrides)
     match = RUN_ID.match(spec)
@@ -112,17 +125,23 @@ def _checkpoint(spec: str, path: Path, overrides: list[str]) -> ModelSource:
 
 
 def _exported(spec: str, path: Path, overrides: list[str]) -> ModelSource:
-    from safetensors.torch import load_file
+    from model.pretrained import BadModelFolder, read_json, read_weights
 
-    config = json.loads((path / "config.json").read_text())
+    try:
+        config = read_json(path / "config.json")
+        weights = read_weights(path / "model.safetensors")
+    except BadModelFolder as e:
+        raise UserError(str(e)) from None
     if not isinstance(config.get("model"), dict):
         raise UserError(f"{path / 'config.json'}: no model config in it (not written by lma3d export?)")
     origin = config.get("source") or {}  # what lma3d export recorded about the checkpoint it came from
+    if not isinstance(origin, dict):
+        raise UserError(f"{path / 'config.json'}: source must be a mapping, got {type(origin).__name__}")
     return ModelSource(
         spec=spec,
         kind="exported",
         model=model_config(config["model"], overrides, str(path / "config.json")),
-        weights=load_file(str(path / "model.safetensors")),
+        weights=weights,
         backbone_id=str(config.get("backbone_id", "")),
         step=origin.get("step"),
         run_id=origin.get("run_id") or None,

@@ -4,24 +4,34 @@ RNG files, saved by every rank into one folder that Ray Train merges and persist
 A checkpoint is complete only once `report` has returned on every rank: Ray registers it in its run
 snapshot then, and `ray.train.get_checkpoint()` (our resume path) only ever hands out registered ones.
 Frozen parameters (the language backbone) are never written: the meta records the backbone id instead.
+
+Reading one back never runs code from it (checkpoints sit on shared storage): `screen` loads every file
+DeepSpeed would unpickle with `torch.load(weights_only=True)` and the allow-list consolidation uses
+(jobs.evaluation.consolidate.safe_load), and DeepSpeed's own loading then goes through that same loader, so a
+file swapped after screening is refused too. RNG states are JSON (jobs.training.rng_state).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import random
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+
+from jobs.evaluation.consolidate import safe_load
+from jobs.training import rng_state
 
 log = logging.getLogger("lma3d.train.checkpoint")
 
 META_FILE = "lma3d_meta.json"
 META_FORMAT = "lma3d-deepspeed-v1"
 CHECKPOINT_TAG_PREFIX = "checkpoint/"
+TAG = re.compile(r"^global_step\d+$")
 UNVALIDATED_SCORE = -1.0
 """`val/auc` reported with a checkpoint that had no validation: below every AUC, so Ray's best-k drops it
 first. Not NaN: Ray 2.60 writes NaN to its run snapshot as null and its controller then crashes on resume
@@ -37,26 +47,11 @@ def dir_name_for(step: int) -> str:
     return f"checkpoint_step{step:09d}"
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save(engine: Any, folder: Path, *, step: int, rank: int, meta: dict[str, Any]) -> None:
     """Every rank: its ZeRO shard, its RNG state; rank 0: the meta. Ends with a barrier."""
     folder.mkdir(parents=True, exist_ok=True)
     engine.save_checkpoint(str(folder), tag=tag_for(step), client_state={"step": step}, exclude_frozen_parameters=True)
-    torch.save(rng_state(), folder / f"rng_rank{rank}.pt")
+    rng_state.save(folder, rank)
     if rank == 0:
         tmp = folder / (META_FILE + ".tmp")
         tmp.write_text(json.dumps({"format": META_FORMAT, "tag": tag_for(step), "step": step, **meta}, indent=2))
@@ -67,12 +62,52 @@ def save(engine: Any, folder: Path, *, step: int, rank: int, meta: dict[str, Any
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
     path = Path(folder, META_FILE)
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"{folder}: not an lma3d checkpoint (no {META_FILE})")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != META_FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {META_FORMAT!r}")
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format') if isinstance(meta, dict) else meta!r}, "
+                         f"expected {META_FORMAT!r}")  # fmt: skip
+    tag = meta.get("tag")
+    if not isinstance(tag, str) or not TAG.match(tag):
+        raise ValueError(f"{path}: tag {tag!r} is not global_step<N>")
+    if type(meta.get("step")) is not int or meta["step"] < 0:
+        raise ValueError(f"{path}: step {meta.get('step')!r} is not a non-negative integer")
     return meta
+
+
+def screen(folder: str | Path) -> dict[str, Any]:
+    """Refuse (UnsafeCheckpoint / ValueError, one line naming the file) a checkpoint any file of which needs
+    more than tensors, containers and DeepSpeed's plain data classes to unpickle; returns its meta.
+
+    Screened: every *.pt in the tag folder (model states, ZeRO optimizer shards: what load_checkpoint reads)
+    and every RNG file. Nothing is unpickled for real here, and tensors are memory-mapped, not read."""
+    meta = read_meta(folder)
+    tag_dir = Path(folder, meta["tag"])
+    files = sorted(tag_dir.glob("*.pt")) if tag_dir.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"{folder}: no DeepSpeed files in {meta['tag']}/")
+    for file in files:
+        safe_load(file)
+    for file in sorted(Path(folder).glob("rng_rank*.json")):
+        rng_state.read(file)
+    for file in sorted(Path(folder).glob("rng_rank*.pt")):
+        rng_state.read_legacy(file)
+    return meta
+
+
+@contextlib.contextmanager
+def _weights_only_loading(engine: Any) -> Iterator[None]:
+    """DeepSpeed's checkpoint engine unpickles with weights_only=False: route it through safe_load instead."""
+    checkpoint_engine = engine.checkpoint_engine
+    checkpoint_engine.load = lambda path, map_location=None: safe_load(path, mmap=False)
+    try:
+        yield
+    finally:
+        del checkpoint_engine.load  # the class's method again
 
 
 def load(engine: Any, folder: str | Path, *, rank: int, world_size: int, zero_stage: int) -> dict[str, Any]:
@@ -81,21 +116,22 @@ def load(engine: Any, folder: str | Path, *, rank: int, world_size: int, zero_st
     DeepSpeed's ZeRO optimizer shards are per rank: with another world size or stage only the module
     weights can be restored (stages 0–2 keep them whole), and the scheduler is restored from the meta.
     """
-    meta = read_meta(folder)
+    meta = screen(folder)
     same_layout = meta.get("world_size") == world_size and meta.get("zero_stage") == zero_stage
     if not same_layout and (zero_stage == 3 or meta.get("zero_stage") == 3):
         raise ValueError(
             f"{folder}: saved with {meta.get('world_size')} workers at ZeRO-{meta.get('zero_stage')}, now "
             f"{world_size} at ZeRO-{zero_stage}; ZeRO-3 shards only load into the same layout"
         )
-    load_path, _ = engine.load_checkpoint(
-        str(folder),
-        tag=meta["tag"],
-        load_module_strict=False,  # frozen parameters were excluded on save
-        load_optimizer_states=same_layout,
-        load_lr_scheduler_states=same_layout,
-        load_module_only=not same_layout,
-    )
+    with _weights_only_loading(engine):
+        load_path, _ = engine.load_checkpoint(
+            str(folder),
+            tag=meta["tag"],
+            load_module_strict=False,  # frozen parameters were excluded on save
+            load_optimizer_states=same_layout,
+            load_lr_scheduler_states=same_layout,
+            load_module_only=not same_layout,
+        )
     if load_path is None:
         raise RuntimeError(f"{folder}: DeepSpeed found no checkpoint for tag {meta['tag']}")
     if not same_layout:
@@ -105,9 +141,11 @@ def load(engine: Any, folder: str | Path, *, rank: int, world_size: int, zero_st
         )  # fmt: skip
         if engine.lr_scheduler is not None:
             engine.lr_scheduler.load_state_dict(meta["scheduler"])
-    rng_file = Path(folder, f"rng_rank{rank}.pt")
-    if rng_file.exists():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+    rng_file, legacy = rng_state.file_for(folder, rank), rng_state.legacy_file_for(folder, rank)
+    if rng_file.is_file():
+        rng_state.apply(rng_state.read(rng_file))
+    elif legacy.is_file():
+        rng_state.apply(rng_state.read_legacy(legacy))
     else:
         log.warning("%s: no RNG state for rank %d; random streams restart from the seed", folder, rank)
     return meta

@@ -55,6 +55,23 @@ class TrainConfig:
             raise ValueError("train.offload_params needs train.zero_stage: 3")
         if self.num_workers < 1 or self.grad_accum < 1:
             raise ValueError("train.num_workers and train.grad_accum must be >= 1")
+        # Written `not (low <= x <= high)` so that NaN (every comparison false) is refused too.
+        for name in ("lr", "min_lr", "warmup_lr", "weight_decay"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0 or (name == "lr" and value == 0.0):
+                raise ValueError(f"train.{name} must be in {'(0' if name == 'lr' else '[0'}, 1], got {value!r}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"train.betas must both be in [0, 1), got {list(self.betas)}")
+        if not 0.0 <= self.grad_clip < float("inf"):
+            raise ValueError(f"train.grad_clip must be a finite number >= 0, got {self.grad_clip!r}")
+        at_least = {"epochs": 1, "log_every": 1, "keep_checkpoints": 1, "cpus_per_worker": 1, "max_steps": 0,
+                    "warmup_steps": 0, "checkpoint_every": 0, "val_every": 0, "threads_per_worker": 0,
+                    "max_failures": -1}  # fmt: skip
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"train.{name} must be >= {low}, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"train.seed must be in [0, 2**32), got {self.seed}")
 
 
 @dataclass

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from jobs import preflight
 from jobs.config import ExperimentConfig
-from jobs.entry import UserError
+from jobs.entry import UserError, causes, stage
 from jobs.training import tracking
 from jobs.typed_yaml import dump, flatten, to_dict
 
@@ -173,7 +174,6 @@ def _mlflow_run(
     from mlflow.tracking import MlflowClient
 
     uri = cfg.tracking_uri
-    tracking.check_tracking_uri(uri)
     client = MlflowClient(uri)
     try:
         experiment_id = tracking.ensure_experiment(
@@ -232,12 +232,17 @@ def launch(
     run_dir = f"{cfg.storage_path.rstrip('/')}/{name}"
     exists, metas = inspect_run(cfg.storage_path, name)
     mode = decide_start(run_dir, exists, bool(metas), resume, overwrite)
+    # Everything the job reads, checked before anything is created (MLflow run, Ray, DeepSpeed): one line, exit 2.
+    tracking.check_tracking_uri(cfg.tracking_uri)
+    preflight.train_inputs(cfg)
     resume_from = None
     if mode == "from_path":
         resume_from = str(Path(resume).resolve()) if "://" not in resume else resume
         if "://" not in resume_from and not Path(resume_from, META_FILE).exists():
             raise UserError(f"--resume {resume}: not an lma3d checkpoint (no {META_FILE} in it)")
+        screen_checkpoint(resume_from)
     if mode == "resume":
+        screen_checkpoint(metas[-1]["path"])
         log.info("resuming run %s from its latest checkpoint (step %d)", name, metas[-1]["step"])
     run_id = _mlflow_run(cfg, name, run_dir, mode, metas, resume_from)
     if mode == "overwrite":
@@ -251,13 +256,38 @@ def launch(
     trainer = _trainer(cfg, name, run_id, resume_from, fault_injection)
     summary = TrainSummary(name, run_dir, cfg.tracking_uri, cfg.experiment_name, run_id, mode)
     try:
-        result = trainer.fit()
-    except BaseException:
+        with stage("Ray Train (TorchTrainer.fit)"):
+            result = trainer.fit()
+    except BaseException as e:
         _terminate(cfg.tracking_uri, run_id, "FAILED")
+        refused = _refused_checkpoint(e)
+        if refused is not None:  # a worker's screening (remote storage, or a file changed since ours)
+            raise UserError(str(refused)) from None
         raise
     _summarise(summary, result)
     _terminate(cfg.tracking_uri, run_id, "FINISHED")
     return summary
+
+
+def screen_checkpoint(folder: str) -> None:
+    """Driver, before MLflow or Ray start: the checkpoint the workers will load runs nothing when they load it
+    (jobs.training.checkpoint.screen). Remote folders are screened by the workers, with the same code."""
+    from jobs.evaluation.consolidate import UnsafeCheckpoint
+    from jobs.training.checkpoint import screen
+
+    if "://" in folder:
+        return
+    try:
+        screen(folder)
+    except (UnsafeCheckpoint, ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+
+
+def _refused_checkpoint(error: BaseException) -> BaseException | None:
+    """The UnsafeCheckpoint a worker raised, found inside Ray Train's wrappers (None if there is none)."""
+    from jobs.evaluation.consolidate import UnsafeCheckpoint
+
+    return next((e for e in causes(error) if isinstance(e, UnsafeCheckpoint)), None)
 
 
 def _check_gpus(cfg: ExperimentConfig, address: str | None) -> None:

@@ -28,5 +28,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.pairs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("data.pairs, data.batch_size and data.eval_batch_size must be >= 1")
-        if self.num_workers < 0:
-            raise ValueError("data.num_workers must be >= 0")
+        if self.num_workers < 0 or self.shuffle_buffer < 0:
+            raise ValueError("data.num_workers and data.shuffle_buffer must be >= 0")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"data.seed must be in [0, 2**32), got {self.seed}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:  # also refuses NaN
+            raise ValueError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction!r}")

@@ -1,0 +1,94 @@
+"""Driver-side checks of every path a job reads, before Ray, MLflow or DeepSpeed start.
+
+A missing or foreign input found by a worker minutes later, as a traceback, is the costly way to learn it;
+here it is one line (UserError: exit 2) within seconds. Remote URIs (s3://, …) are left to the readers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from jobs.entry import UserError
+
+PRESET_BACKBONES = ("tiny", "minilm", "llava-1.6-vicuna-7b")
+
+
+def _remote(path: str) -> bool:
+    return "://" in path
+
+
+def shard_folder(shards: str, key: str, splits: tuple[str, ...]) -> dict[str, Any]:
+    """The manifest of a shard folder whose `splits` have samples and whose listed files exist inside it."""
+    if _remote(shards):
+        return {}
+    folder = Path(shards)
+    if not folder.is_dir():
+        raise UserError(f"{key} {shards}: no such folder (run lma3d shard first)")
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{key} {shards}: no manifest.json (not an lma3d shard folder; run lma3d shard first)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise UserError(f"{path}: no `splits` mapping (not written by lma3d shard?)")
+    if not isinstance(manifest.get("shards"), list):
+        raise UserError(f"{path}: no `shards` list (not written by lma3d shard?)")
+    root = folder.resolve()
+    for split in splits:
+        info = manifest["splits"].get(split)
+        if not isinstance(info, dict) or not info.get("samples"):
+            raise UserError(f"{path}: no {split} samples (splits: {', '.join(manifest['splits']) or 'none'})")
+        for entry in manifest["shards"]:
+            if not isinstance(entry, dict) or entry.get("split") != split:
+                continue
+            name = str(entry.get("name", ""))
+            file = (folder / name).resolve()
+            if not file.is_relative_to(root):
+                raise UserError(f"{path}: shard name {name!r} points outside {shards}")
+            if not file.is_file():
+                raise UserError(f"{folder / name}: listed in manifest.json but missing")
+    if "train" in splits and not (folder / "points.arrow").is_file():
+        raise UserError(f"{folder / 'points.arrow'}: missing (the train point clouds)")
+    return manifest
+
+
+def pairs_available(manifest: dict[str, Any], pairs: int, shards: str) -> None:
+    """Every object of the train images has at least `data.pairs` clouds in the point bank."""
+    if not manifest:
+        return
+    bank = (manifest.get("point_bank") or {}).get("objects") or {}
+    needed = (manifest["splits"].get("train") or {}).get("objects") or {}
+    for obj in sorted(needed):
+        entry = bank.get(obj)
+        count = int(entry[1]) if isinstance(entry, list) and len(entry) == 2 else 0
+        if count < pairs:
+            raise UserError(
+                f"data.pairs={pairs} but {Path(shards, 'points.arrow')} holds {count} clouds of {obj!r} "
+                f"(each train image draws {pairs} distinct clouds of its object)"
+            )
+
+
+def model_files(model: Any) -> None:
+    """Local weights a ModelConfig names: model.resnet_weights, model.backbone_path, a non-preset backbone."""
+    if model.resnet_weights and not _remote(model.resnet_weights) and not Path(model.resnet_weights).is_file():
+        raise UserError(f"model.resnet_weights {model.resnet_weights}: no such file")
+    if model.backbone_path and not Path(model.backbone_path).is_dir():
+        raise UserError(f"model.backbone_path {model.backbone_path}: no such folder")
+    if model.backbone not in PRESET_BACKBONES and not Path(model.backbone).is_dir():
+        raise UserError(
+            f"model.backbone {model.backbone!r}: neither a preset ({', '.join(PRESET_BACKBONES)}) nor a folder"
+        )
+
+
+def train_inputs(cfg: Any) -> None:
+    """Everything `lma3d train` will read, checked before it starts anything."""
+    splits = ("train", "test") if cfg.train.val_every > 0 else ("train",)
+    manifest = shard_folder(cfg.data.shards, "data.shards", splits)
+    pairs_available(manifest, cfg.data.pairs, cfg.data.shards)
+    model_files(cfg.model)
+    if cfg.model.backbone == "llava-1.6-vicuna-7b" and not cfg.model.backbone_path:
+        raise UserError("model.backbone llava-1.6-vicuna-7b needs model.backbone_path (its local weights folder)")
