@@ -44,7 +44,7 @@ class AffordanceServer:
         self.cfg = ServeConfig(**serve_cfg)
         torch.set_num_threads(self.cfg.threads_per_replica or max(1, int(self.cfg.replica_cpus)))
         tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-        self.predictor = Predictor(spec, tracking_uri, overrides)
+        self.predictor = Predictor(spec, tracking_uri, overrides, "cuda" if self.cfg.use_gpu else "cpu")
         self.max_body = int(self.cfg.max_body_mb * 2**20)
         self.predict_batch.set_max_batch_size(self.cfg.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_ms / 1000)
@@ -141,7 +141,7 @@ def application(spec: str, tracking_uri: str, cfg: ServeConfig, overrides: list[
     options: dict[str, Any] = {
         "name": DEPLOYMENT,
         "max_ongoing_requests": cfg.max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": cfg.replica_cpus},
+        "ray_actor_options": {"num_cpus": cfg.replica_cpus, "num_gpus": 1 if cfg.use_gpu else 0},
         "health_check_period_s": 5,
     }
     if cfg.autoscaling:

@@ -30,6 +30,8 @@ class ServeConfig:
     """Ray CPUs reserved per replica."""
     threads_per_replica: int = 0
     """torch intra-op threads per replica (0: max(1, replica_cpus))."""
+    use_gpu: bool = False
+    """One GPU per replica, the model on it."""
 
     def __post_init__(self) -> None:
         if self.replicas < 1 or self.max_batch_size < 1 or self.max_ongoing_requests < self.max_batch_size:

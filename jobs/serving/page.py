@@ -4,6 +4,7 @@ needs no network) and the PIAD sample the page can send in one click."""
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +21,11 @@ class Asset:
 
 
 def sample_dir() -> Path | None:
-    """tests/fixtures/piad of the repository this package runs from (an editable install, the Docker image's
-    /home/ray/lma3d, a Ray job's working_dir), else of the current folder."""
-    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
-        folder = root / "tests" / "fixtures" / "piad"
+    """$LMA3D_SAMPLE_DIR, else tests/fixtures/piad of the repository this package runs from (an editable install,
+    a Ray job's working_dir) or of the current folder; None when none holds the sample."""
+    candidates = [Path(os.environ["LMA3D_SAMPLE_DIR"])] if os.environ.get("LMA3D_SAMPLE_DIR") else []
+    candidates += [root / "tests" / "fixtures" / "piad" for root in (Path(__file__).resolve().parents[2], Path.cwd())]
+    for folder in candidates:
         if all((folder / name).is_file() for name in SAMPLE_FILES.values()):
             return folder
     return None

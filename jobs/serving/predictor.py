@@ -51,7 +51,7 @@ def alias_version(name: str, alias: str, tracking_uri: str) -> str:
     return str(MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version)
 
 
-def load(spec: str, tracking_uri: str, overrides: list[str] = ()) -> Loaded:
+def load(spec: str, tracking_uri: str, overrides: list[str] = (), device: str = "cpu") -> Loaded:
     """The model `spec` names (anything `lma3d eval` / `lma3d predict` accepts), in eval mode, FPS from point 0."""
     from jobs.evaluation.inference import build_inference_model
     from jobs.evaluation.sources import resolve
@@ -67,7 +67,7 @@ def load(spec: str, tracking_uri: str, overrides: list[str] = ()) -> Loaded:
                 raise UserError(f"{spec}: cannot read the alias from {tracking_uri} ({e})") from None
         pinned = f"models:/{registry['name']}/{version}"  # the version the alias named, not whatever it names later
     source = resolve(pinned, tracking_uri, list(overrides))
-    model = build_inference_model(source.model, source.weights)
+    model = build_inference_model(source.model, source.weights, device)
     info = {
         "name": registry["name"] if registry else source.name,
         "version": version,
@@ -82,14 +82,14 @@ def load(spec: str, tracking_uri: str, overrides: list[str] = ()) -> Loaded:
 class Predictor:
     """What one replica holds: the current model, its counters, and the alias it follows (if any)."""
 
-    def __init__(self, spec: str, tracking_uri: str, overrides: list[str] = ()) -> None:
-        self.spec, self.tracking_uri, self.overrides = spec, tracking_uri, list(overrides)
+    def __init__(self, spec: str, tracking_uri: str, overrides: list[str] = (), device: str = "cpu") -> None:
+        self.spec, self.tracking_uri, self.overrides, self.device = spec, tracking_uri, list(overrides), device
         match = REGISTRY.match(spec)
         self.alias = (match["name"], match["alias"]) if match and match["alias"] else None
         self.stats = Stats()
         self._lock = threading.Lock()
         started = time.perf_counter()
-        self.loaded = load(spec, tracking_uri, self.overrides)
+        self.loaded = load(spec, tracking_uri, self.overrides, device)
         log.info("loaded %s (%s) in %.1f s", spec, self.loaded.info, time.perf_counter() - started)
 
     def prepare(self, request: PredictRequest, name: str = "request") -> tuple[Loaded, Prepared]:
@@ -130,7 +130,7 @@ class Predictor:
         version = alias_version(name, alias, self.tracking_uri)
         if version == self.loaded.info["version"]:
             return False
-        fresh = load(f"models:/{name}/{version}", self.tracking_uri, self.overrides)
+        fresh = load(f"models:/{name}/{version}", self.tracking_uri, self.overrides, self.device)
         fresh.info.update(spec=self.spec)
         self.loaded = fresh
         with self._lock:
