@@ -14,9 +14,12 @@ Runs until Ctrl-C (or SIGTERM), which stops the application (and the local Ray i
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from jobs.config import add_config_args, resolve_config
 from jobs.entry import UserError, entry
@@ -43,8 +46,19 @@ def main(argv: list[str]) -> int:
         if getattr(args, name) is not None:
             args.overrides.append(f"serve.{name}={getattr(args, name)}")
     cfg = resolve_config(args)
+    _check_spec(args.model)
     model_overrides = [o for o in [*args.overrides, *args.override_args] if o.startswith("model.")]
     return serve_until_stopped(args.model, cfg, model_overrides, args.address)
+
+
+def _check_spec(spec: str) -> None:
+    """A local folder that is not there fails here, before Ray starts; the rest is checked by the replicas."""
+    from jobs.evaluation.sources import RUN_ID
+
+    if spec.startswith("models:/") or RUN_ID.match(spec) or ("://" in spec and not spec.startswith("file://")):
+        return
+    if not Path(spec.removeprefix("file://")).is_dir():
+        raise UserError(f"{spec}: no such folder (expected an exported model, a checkpoint, a run id or models:/…)")
 
 
 def serve_until_stopped(spec: str, cfg, model_overrides: list[str], address: str | None) -> int:
@@ -53,7 +67,9 @@ def serve_until_stopped(spec: str, cfg, model_overrides: list[str], address: str
     from jobs.serving.app import application
     from pipeline.ray_session import ensure_ray
 
-    started_ray = ensure_ray(address)
+    # Only a Ray this command started itself is ours to shut down (Serve with it); on a cluster (--address, or
+    # $RAY_ADDRESS inside `lma3d submit serve`) only our application is deleted at the end.
+    own_ray = ensure_ray(address) and not address and not os.environ.get("RAY_ADDRESS")
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())  # `lma3d submit --stop`, kill, KubeRay
     try:
@@ -62,7 +78,7 @@ def serve_until_stopped(spec: str, cfg, model_overrides: list[str], address: str
             serve.run(application(spec, cfg.tracking_uri, cfg.serve, model_overrides), name=APP_NAME,
                       route_prefix="/")  # fmt: skip
         except RuntimeError as e:  # a replica that cannot load the model fails the deployment
-            raise UserError(f"{spec}: the application did not start: {str(e).strip().splitlines()[-1]}") from None
+            raise UserError(f"the application did not start: {_reason(str(e))}") from None
         url = f"http://{cfg.serve.host}:{cfg.serve.port}/"
         print(f"serving {spec} at {url}  (POST {url}predict, GET {url}healthz; Ctrl-C stops)", flush=True)
         try:
@@ -73,22 +89,27 @@ def serve_until_stopped(spec: str, cfg, model_overrides: list[str], address: str
         print("stopping…", file=sys.stderr, flush=True)
     finally:
         signal.signal(signal.SIGTERM, previous)
-        _stop_serving(started_ray)
+        _stop_serving(own_ray)
     return 0
 
 
-def _stop_serving(started_ray: bool) -> None:
-    """Our own Ray: Serve and Ray go down with us. A shared cluster: only our application is deleted."""
+def _reason(message: str) -> str:
+    """The replica's own one-line error (a UserError naming the model) out of Serve's deployment failure text."""
+    found = re.findall(r"UserError: (.+)", message)
+    return found[-1].strip() if found else message.strip().splitlines()[-1]
+
+
+def _stop_serving(own_ray: bool) -> None:
     import ray
     from ray import serve
 
     try:
-        if started_ray:
+        if own_ray:
             serve.shutdown()
         else:
             serve.delete(APP_NAME)
     finally:
-        if started_ray:
+        if own_ray:
             ray.shutdown()
 
 
