@@ -78,7 +78,7 @@ def serve_until_stopped(spec: str, cfg, model_overrides: list[str], address: str
             serve.run(application(spec, cfg.tracking_uri, cfg.serve, model_overrides), name=APP_NAME,
                       route_prefix="/")  # fmt: skip
         except RuntimeError as e:  # a replica that cannot load the model fails the deployment
-            raise UserError(f"the application did not start: {_reason(str(e))}") from None
+            raise UserError(f"the application did not start: {_reason(str(e), _deployment_messages())}") from None
         url = f"http://{cfg.serve.host}:{cfg.serve.port}/"
         print(f"serving {spec} at {url}  (POST {url}predict, GET {url}healthz; Ctrl-C stops)", flush=True)
         try:
@@ -93,9 +93,20 @@ def serve_until_stopped(spec: str, cfg, model_overrides: list[str], address: str
     return 0
 
 
-def _reason(message: str) -> str:
-    """The replica's own one-line error (a UserError naming the model) out of Serve's deployment failure text."""
-    found = re.findall(r"UserError: (.+)", message)
+def _deployment_messages() -> str:
+    """What Serve recorded about our deployment (a failed replica's traceback), '' if it cannot say."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications[APP_NAME]
+        return "\n".join(d.message for d in app.deployments.values())
+    except Exception:  # noqa: BLE001 - only used to word an error that is already being raised
+        return ""
+
+
+def _reason(message: str, details: str = "") -> str:
+    """The replica's own one-line error (a UserError naming the model) out of Serve's failure texts."""
+    found = re.findall(r"UserError: (.+)", f"{message}\n{details}")
     return found[-1].strip() if found else message.strip().splitlines()[-1]
 
 
