@@ -23,12 +23,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from jobs.serving import page
-from jobs.serving.api import BadRequest, Upload, parse_form, parse_json
+from jobs.serving.api import BadRequest, PredictRequest, Upload, parse_form, parse_json
 from jobs.serving.config import ServeConfig
 from jobs.serving.predictor import Predictor
 
 log = logging.getLogger("lma3d.serve")
 DEPLOYMENT = "lma3d"
+DRAIN_FACTOR = 8
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -94,16 +95,22 @@ class AffordanceServer:
             body["points"] = heat.xyz.tolist()
         return JSONResponse(body)
 
-    async def read_request(self, request: Request):
+    async def read_request(self, request: Request) -> PredictRequest:
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-            raise BadRequest(f"body of {declared} bytes is over the limit of {self.max_body} bytes")
+        if declared is not None and not declared.isdigit():
+            raise BadRequest(f"Content-Length {declared!r} is not a number")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > self.max_body:
-                raise BadRequest(f"body is over the limit of {self.max_body} bytes")
+                chunks = []  # keep reading (not keeping) a moderately large body so the client gets the 400
+                if size > DRAIN_FACTOR * self.max_body:
+                    break  # rather than its connection reset; far larger ones are cut off
+                continue
             chunks.append(chunk)
+        if size > self.max_body:
+            told = declared or f"at least {size}"
+            raise BadRequest(f"body of {told} bytes is over the limit of {self.max_body} bytes")
         body = b"".join(chunks)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
