@@ -51,8 +51,10 @@ def start_serving(args: list[str], tmp: Path, env: dict[str, str] | None = None,
     environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     environment.pop("RAY_ADDRESS", None)
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "jobs.serve", *args, "--port", str(port)], cwd=tmp,
-                                env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        command = [sys.executable, "-m", "jobs.serve", *args, "--port", str(port)]
+        proc = subprocess.Popen(
+            command, cwd=tmp, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     served = Served(proc, f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

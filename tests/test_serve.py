@@ -174,7 +174,7 @@ def bad_requests(tmp_path: Path) -> dict[str, tuple[str, bytes, str]]:
         "points of two columns": (json_payload([[1.0, 2.0]] * 100), "expected an array [N,3]"),
         "missing instruction": ({"image": "", "points": []}, "missing key(s) instruction"),
     }
-    out = {case: ("application/json", json.dumps(payload).encode(), message) for case, (payload, message) in cases.items()}
+    out = {case: ("application/json", json.dumps(body).encode(), message) for case, (body, message) in cases.items()}
     out["bad JSON"] = ("application/json", b'{"image": "abc", ', "body is not valid JSON")
     out["body over the size limit"] = ("application/json", b" " * (2**20 + 1), "over the limit of 1048576 bytes")
     out["plain text"] = ("text/plain", b"hello", "use application/json or multipart/form-data")
