@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install browser demo test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -15,6 +15,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
+
+# Chromium from Debian's packages for tests/test_serve_page.py (playwright drives it; no browser download).
+# Where it cannot be installed the target only says so, and that test skips with the reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -q chromium; } || echo "chromium could not be installed: tests/test_serve_page.py will skip"
 
 demo: install
 	$(BIN)/lma3d demo

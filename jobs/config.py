@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.evaluation.config import EvalConfig
+from jobs.serving.config import ServeConfig
 from jobs.training.config import TrackingConfig, TrainConfig
 from jobs.typed_yaml import ConfigError, dump, load
 from model.config import ModelConfig
@@ -25,6 +26,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mlflow: TrackingConfig = field(default_factory=TrackingConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     @property
     def storage_path(self) -> str:

@@ -3,6 +3,7 @@
     lma3d submit shard --source /mnt/cluster_storage/raw/Full_view/Seen --out /mnt/cluster_storage/shards/full_seen \\
         --address http://HEAD:8265
     lma3d submit train --config configs/agpil/full_seen.yaml train.num_workers=8 --address http://HEAD:8265 --no-wait
+    lma3d submit serve --model models:/lma3d@champion --host 0.0.0.0 --address http://HEAD:8265 --no-wait
     lma3d submit --status JOB_ID --address http://HEAD:8265      (also --logs JOB_ID, --stop JOB_ID)
 
 The project folder ships as the job's working_dir (infra/runtime_env.yaml: .git, work/, data and checkpoints

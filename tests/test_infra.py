@@ -30,8 +30,9 @@ RAY_FILES = ["raycluster.yaml", "rayjob-shard.yaml", "rayjob-train.yaml", "rayjo
 RAYJOBS = RAY_FILES[1:]
 STORAGE = "/mnt/cluster_storage"
 IMAGE_TAG = re.compile(r"/lma3d:(?P<ray>\d+\.\d+\.\d+)-(?P<suffix>py\d+-(?:cu\d+|cpu))$")
-API_VERSIONS = {"RayCluster": "ray.io/v1", "RayJob": "ray.io/v1", "Deployment": "apps/v1", "StatefulSet": "apps/v1",
-                "Job": "batch/v1", "Service": "v1", "PersistentVolumeClaim": "v1", "Secret": "v1"}  # fmt: skip
+API_VERSIONS = {"RayCluster": "ray.io/v1", "RayJob": "ray.io/v1", "RayService": "ray.io/v1",
+                "Deployment": "apps/v1", "StatefulSet": "apps/v1", "Job": "batch/v1", "Service": "v1",
+                "PersistentVolumeClaim": "v1", "Secret": "v1"}  # fmt: skip
 
 
 def docs(path: Path) -> list[dict]:
@@ -343,3 +344,57 @@ def test_launcher_config_passes_rays_schema_and_uses_the_modern_layout():
     assert f"-v {STORAGE}:{STORAGE}" in config["docker"]["run_options"]
     assert any(STORAGE in c for c in config["initialization_commands"]), "mount shared storage on the host"
     assert config["file_mounts"] and "setup_commands" in config
+
+
+RAYSERVICE = "rayservice-serve.yaml"
+
+
+def serve_config() -> dict:
+    return yaml.safe_load(docs(K8S / RAYSERVICE)[0]["spec"]["serveConfigV2"])
+
+
+def test_rayservice_serve_config_passes_serves_schema_and_builds_lma3d_serves_application():
+    from ray.serve import Application
+    from ray.serve.schema import ServeDeploySchema
+
+    config = serve_config()
+    ServeDeploySchema.model_validate(config)  # Ray Serve's own config-file schema
+    (app,) = config["applications"]
+    assert app["route_prefix"] == "/" and config["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    RuntimeEnv(**app["runtime_env"])
+    module, _, attr = app["import_path"].partition(":")
+    built = getattr(importlib.import_module(module), attr)(app["args"])  # unknown args raise here
+    assert isinstance(built, Application)
+    assert re.fullmatch(r"models:/[\w.-]+@\w+", app["args"]["model"]), "serve the registered model by its alias"
+    deployment = built._bound_deployment
+    autoscaling = deployment._deployment_config.autoscaling_config
+    args = app["args"]
+    assert (autoscaling.min_replicas, autoscaling.max_replicas) == (args["replicas"], args["max_replicas"])
+    (worker,) = ray_pods_of(RAYSERVICE)[1:]
+    limits = worker[1]["containers"][0]["resources"]["limits"]
+    assert deployment.ray_actor_options["num_gpus"] == 1 and int(limits["nvidia.com/gpu"]) >= 1
+    assert deployment.ray_actor_options["num_cpus"] <= int(limits["cpu"])
+    cluster = docs(K8S / RAYSERVICE)[0]["spec"]["rayClusterSpec"]
+    assert autoscaling.max_replicas <= cluster["workerGroupSpecs"][0]["maxReplicas"] * int(limits["nvidia.com/gpu"])
+
+
+def ray_pods_of(name: str) -> list[tuple[str, dict]]:
+    spec = docs(K8S / name)[0]["spec"]["rayClusterSpec"]
+    groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
+    return [(group, g["template"]["spec"]) for group, g in groups]
+
+
+def test_rayservice_pods_read_the_mlflow_secret_expose_serve_and_run_the_installed_ray():
+    cluster = docs(K8S / RAYSERVICE)[0]["spec"]["rayClusterSpec"]
+    assert cluster["rayVersion"] == ray.__version__
+    for group, pod in ray_pods_of(RAYSERVICE):
+        (container,) = pod["containers"]
+        tag = IMAGE_TAG.search(container["image"])
+        assert tag and tag["ray"] == ray.__version__, group
+        (source,) = container["envFrom"]
+        assert "MLFLOW_TRACKING_URI" in secrets()[source["secretRef"]["name"]], group
+        assert container["resources"]["limits"] == container["resources"]["requests"], group
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert {v["name"]: v for v in pod["volumes"]}[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory"}
+    head = ray_pods_of(RAYSERVICE)[0][1]["containers"][0]
+    assert {p["containerPort"] for p in head["ports"]} == {6379, 8265, 10001, 8000}

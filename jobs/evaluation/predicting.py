@@ -17,6 +17,7 @@ import torch
 
 from jobs.evaluation.inference import predict_batch
 from jobs.evaluation.viz import render_png, write_ply
+from model.config import ModelConfig
 from pipeline.pointfiles import PointFileError, read_point_file, resample
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -55,7 +56,7 @@ def read_image(image: str | Path | bytes, image_size: int) -> tuple[np.ndarray, 
     """(model input [3,S,S], displayable uint8 [H,W,3]) of an image file or bytes; BadInput when PIL cannot."""
     from PIL import Image
 
-    from pipeline.loaders import decode_image
+    from pipeline.preprocess import decode_image
 
     where = "image bytes" if isinstance(image, bytes) else str(image)
     try:
@@ -84,19 +85,51 @@ def read_points(points: str | Path | np.ndarray) -> np.ndarray:
     return xyz.astype(np.float32)
 
 
-def predict_item(model: torch.nn.Module, item: Item) -> HeatMap:
-    """One prediction, deterministic; values are mapped back to every input point (nearest sampled point)."""
-    from pipeline.loaders import normalize_points
+@dataclass
+class Prepared:
+    """One input made ready for the model: what `predict_prepared` stacks into a batch."""
+
+    name: str
+    image: np.ndarray
+    """float32 [3,S,S], normalised."""
+    points: np.ndarray
+    """float32 [3,N], the resampled cloud, normalised."""
+    instruction: str
+    xyz: np.ndarray
+    """[M,3] the input points."""
+    sampled_xyz: np.ndarray
+    nearest: np.ndarray
+    """[M] index of each input point's nearest sampled point."""
+    shown: np.ndarray
+
+
+def prepare(cfg: ModelConfig, item: Item) -> Prepared:
+    """Read, check, resample and normalise one input for a model of config `cfg`; BadInput names the problem."""
+    from pipeline.preprocess import normalize_points
 
     if not item.instruction.strip():
         raise BadInput(f"{item.name}: empty instruction")
-    cfg = model.cfg
     image, shown = read_image(item.image, cfg.image_size)
     xyz = read_points(item.points)
     sampled = resample(xyz, cfg.num_points)
     normalized = normalize_points(sampled.xyz)  # [3,N]
-    pred = predict_batch(model, image[None], normalized[None], [item.instruction], [item.name])[0]
-    return HeatMap(item.name, xyz, pred[sampled.nearest], sampled.xyz, pred, shown, item.instruction)
+    return Prepared(item.name, image, normalized, item.instruction, xyz, sampled.xyz, sampled.nearest, shown)
+
+
+def predict_prepared(model: torch.nn.Module, inputs: list[Prepared]) -> list[HeatMap]:
+    """One forward over all `inputs` (deterministic); values mapped back to every input point."""
+    images = np.stack([p.image for p in inputs])
+    points = np.stack([p.points for p in inputs])
+    preds = predict_batch(model, images, points, [p.instruction for p in inputs], [p.name for p in inputs])
+    return [
+        HeatMap(p.name, p.xyz, pred[p.nearest], p.sampled_xyz, pred, p.shown, p.instruction)
+        for p, pred in zip(inputs, preds)
+    ]
+
+
+def predict_item(model: torch.nn.Module, item: Item) -> HeatMap:
+    """One prediction, deterministic; values are mapped back to every input point (nearest sampled point)."""
+    return predict_prepared(model, [prepare(model.cfg, item)])[0]
 
 
 def write_heatmap(out_dir: str | Path, heat: HeatMap) -> list[Path]:

@@ -1,0 +1,176 @@
+"""The Ray Serve application of `lma3d serve`: one deployment, every route, requests batched across clients.
+
+    GET  /healthz          200 {"status": "ok", "model": {...}, "stats": {...}} once the replica has loaded
+    POST /predict          JSON or multipart (jobs/serving/api.py) -> {"heatmap": [...], "model": {...}, "took_ms"}
+    GET  /                 the page (jobs/serving/page.py); /static/… its scripts, /sample/… the PIAD sample
+
+Bad requests get 400 {"error": "one line"}. `build(args)` is the application builder a Serve config file or a
+KubeRay RayService names (import_path: jobs.serving.app:build).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from jobs.serving import page
+from jobs.serving.api import BadRequest, PredictRequest, Upload, parse_form, parse_json
+from jobs.serving.config import ServeConfig
+from jobs.serving.predictor import Predictor
+
+log = logging.getLogger("lma3d.serve")
+DEPLOYMENT = "lma3d"
+DRAIN_FACTOR = 8
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class AffordanceServer:
+    """One replica: the model loaded once, a poller following a registry alias, the routes."""
+
+    def __init__(self, spec: str, tracking_uri: str, overrides: list[str], serve_cfg: dict[str, Any]) -> None:
+        import torch
+
+        self.cfg = ServeConfig(**serve_cfg)
+        torch.set_num_threads(self.cfg.threads_per_replica or max(1, int(self.cfg.replica_cpus)))
+        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        self.predictor = Predictor(spec, tracking_uri, overrides, "cuda" if self.cfg.use_gpu else "cpu")
+        self.max_body = int(self.cfg.max_body_mb * 2**20)
+        self.predict_batch.set_max_batch_size(self.cfg.max_batch_size)
+        self.predict_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_ms / 1000)
+        self._stop = threading.Event()
+        if self.predictor.alias and self.cfg.alias_poll_s > 0:
+            threading.Thread(target=self._follow_alias, name="lma3d-alias", daemon=True).start()
+
+    def _follow_alias(self) -> None:
+        """Reloads happen here, off the request path: requests keep flowing to the old model until the swap."""
+        while not self._stop.wait(self.cfg.alias_poll_s):
+            try:
+                self.predictor.follow()
+            except Exception as e:  # noqa: BLE001 - a registry hiccup must not stop serving the current model
+                log.warning("following %s failed (keeping the current model): %s", self.predictor.spec, e)
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.url.path.removeprefix(request.scope.get("root_path", "").rstrip("/")) or "/"
+        method = request.method
+        if path == "/predict":
+            return await self.predict(request) if method == "POST" else error(405, "use POST /predict")
+        if method != "GET":
+            return error(405, f"{method} {path}: only GET here (POST /predict)")
+        if path == "/healthz":
+            return JSONResponse(self.predictor.health())
+        found = page.asset(path)
+        if found is None:
+            return error(404, f"no such path {path} (try /, /healthz, POST /predict)")
+        return Response(found.body, media_type=found.media_type, headers={"cache-control": found.cache_control})
+
+    async def predict(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            parsed = await self.read_request(request)
+            loaded, prepared = await asyncio.to_thread(self.predictor.prepare, parsed)
+        except BadRequest as e:
+            return error(400, str(e))
+        loaded, heat = await self.predict_batch((loaded, prepared))
+        body: dict[str, Any] = {
+            "heatmap": heat.values.tolist(),
+            "model": {k: loaded.info[k] for k in ("name", "version", "spec", "kind")},
+            "took_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
+        if parsed.return_points:
+            body["points"] = heat.xyz.tolist()
+        return JSONResponse(body)
+
+    async def read_request(self, request: Request) -> PredictRequest:
+        declared = request.headers.get("content-length")
+        if declared is not None and not declared.isdigit():
+            raise BadRequest(f"Content-Length {declared!r} is not a number")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                chunks = []  # keep reading (not keeping) a moderately large body so the client gets the 400
+                if size > DRAIN_FACTOR * self.max_body:
+                    break  # rather than its connection reset; far larger ones are cut off
+                continue
+            chunks.append(chunk)
+        if size > self.max_body:
+            told = declared or f"at least {size}"
+            raise BadRequest(f"body of {told} bytes is over the limit of {self.max_body} bytes")
+        body = b"".join(chunks)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "application/json":
+            return await asyncio.to_thread(parse_json, body)
+        if kind == "multipart/form-data":
+            return await asyncio.to_thread(parse_form, await _form_fields(request, body))
+        raise BadRequest(f"Content-Type {kind or '(none)'}: use application/json or multipart/form-data")
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def predict_batch(self, items: list) -> list:
+        # The forward runs in a thread so the event loop keeps reading and preparing the next requests.
+        return await asyncio.to_thread(self.predictor.run, items)
+
+
+async def _form_fields(request: Request, body: bytes) -> dict[str, Any]:
+    """The multipart parts of an already read body: files as Upload, plain fields as str."""
+    from starlette.formparsers import MultiPartException
+
+    async def replay() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=8, max_fields=16)
+    except (MultiPartException, AssertionError, ValueError) as e:
+        raise BadRequest(f"multipart body cannot be parsed ({e})") from None
+    fields: dict[str, Any] = {}
+    for name, value in form.multi_items():
+        fields[name] = value if isinstance(value, str) else Upload(value.filename or "", await value.read())
+    await form.close()
+    return fields
+
+
+def application(spec: str, tracking_uri: str, cfg: ServeConfig, overrides: list[str] = ()):
+    """The bound Serve application; replicas, autoscaling and CPUs come from `cfg`."""
+    options: dict[str, Any] = {
+        "name": DEPLOYMENT,
+        "max_ongoing_requests": cfg.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": cfg.replica_cpus, "num_gpus": 1 if cfg.use_gpu else 0},
+        "health_check_period_s": 5,
+    }
+    if cfg.autoscaling:
+        options["autoscaling_config"] = {"min_replicas": cfg.replicas, "max_replicas": cfg.max_replicas,
+                                         "target_ongoing_requests": cfg.target_ongoing_requests}  # fmt: skip
+    else:
+        options["num_replicas"] = cfg.replicas
+    deployment = serve.deployment(AffordanceServer).options(**options)
+    return deployment.bind(spec, tracking_uri, list(overrides), dataclasses.asdict(cfg))
+
+
+def build(args: dict[str, Any]):
+    """Application builder for Serve config files (`import_path: jobs.serving.app:build`): args are `model`
+    (required), `tracking_uri` (default $MLFLOW_TRACKING_URI at the replica), `overrides` (model.* items) and
+    any ServeConfig field."""
+    args = dict(args)
+    if not args.get("model"):
+        raise ValueError("jobs.serving.app:build needs args.model (an exported folder, checkpoint, run or models:/…)")
+    spec, tracking_uri, overrides = args.pop("model"), args.pop("tracking_uri", ""), args.pop("overrides", [])
+    known = {f.name for f in dataclasses.fields(ServeConfig)}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ValueError(f"jobs.serving.app:build: unknown args {unknown}; known: model, tracking_uri, overrides, "
+                         f"{', '.join(sorted(known))}")  # fmt: skip
+    return application(spec, tracking_uri, ServeConfig(**args), overrides)
