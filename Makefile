@@ -25,7 +25,7 @@ browser:
 demo: install
 	$(BIN)/lma3d demo
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
 
 lint: install
