@@ -3,8 +3,9 @@
     python tests/ds_precision.py OUT STAGE fp32 bf16-autocast ...   -> OUT/<precision>.pt
 
 Every precision starts from the same weights and batch. Saved per precision: the eval-mode probabilities of
-the initial weights (through the engine's forward), the train-mode loss, the dtypes of every parameter and buffer after the step, the trainable weights after
-the step, and the dtype the loop would move inputs to (engine.compute_dtype).
+the initial weights (through the engine's forward), the train-mode loss, the dtypes of every parameter and
+buffer after the step, the trainable weights after the step, and the dtype the loop moves inputs to
+(engine.compute_dtype).
 """
 
 from __future__ import annotations
