@@ -56,7 +56,8 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu", **over
     config = json.loads(config_path.read_text())
     if config.get("format") != FORMAT:
         raise ValueError(f"{config_path}: format {config.get('format')!r}, expected {FORMAT!r}")
-    cfg = dataclasses.replace(config_from_dict(config["model"]), **overrides)
+    # resnet_weights "none": the image encoder's trained weights are in model.safetensors, no ImageNet file needed
+    cfg = dataclasses.replace(config_from_dict(config["model"]), **{"resnet_weights": "none", **overrides})
     model = build_model(cfg, device="cpu", pretrained=True)
     model.load_trainable_state_dict(load_file(str(weights_path)))
     return model.to(device).eval()
