@@ -15,6 +15,7 @@ Writes OUT/<name>.npy (one value per input point), OUT/<name>_Pred.ply (grey -> 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -86,27 +87,39 @@ def _load(spec: str, tracking_uri: str, model_overrides: list[str]):
 
 def _load_model(spec: str, tracking_uri: str, model_overrides: list[str]):
     """Exported folders and registered models load with safetensors only (model.pretrained.from_pretrained);
-    `model.*` overrides (e.g. a local backbone_path) go through the same resolution as lma3d eval."""
-    from model.pretrained import from_pretrained
-
+    `model.*` overrides (e.g. a local backbone_path) go through the same resolution as lma3d eval. Every path
+    computes under the training precision the checkpoint or export records."""
     if model_overrides:
         from jobs.evaluation.inference import build_inference_model
         from jobs.evaluation.sources import resolve
 
         source = resolve(spec, tracking_uri, model_overrides)
-        return build_inference_model(source.model, source.weights)
+        return build_inference_model(source.model, source.weights, precision=source.precision)
     if spec.startswith("models:/"):
         from jobs.evaluation.sources import download_registered
 
         with tempfile.TemporaryDirectory(prefix="lma3d-model-") as tmp:
-            return from_pretrained(download_registered(spec, tracking_uri, Path(tmp)), fps_start="first")
+            return _exported(download_registered(spec, tracking_uri, Path(tmp)))
     if Path(spec, "config.json").is_file() and Path(spec, "model.safetensors").is_file():
-        return from_pretrained(spec, fps_start="first")
+        return _exported(Path(spec))
     from jobs.evaluation.inference import build_inference_model
     from jobs.evaluation.sources import resolve
 
     source = resolve(spec, tracking_uri)
-    return build_inference_model(source.model, source.weights)
+    return build_inference_model(source.model, source.weights, precision=source.precision)
+
+
+def _exported(folder: Path):
+    """An exported folder, computing under the training precision its config.json records (fp32 if none)."""
+    from jobs.evaluation.inference import in_precision
+    from jobs.precision import from_meta
+    from model.pretrained import from_pretrained
+
+    try:
+        precision = from_meta(json.loads((folder / "config.json").read_text()))
+    except ValueError as e:
+        raise UserError(f"{folder / 'config.json'}: {e}") from None
+    return in_precision(from_pretrained(folder, fps_start="first"), precision)
 
 
 if __name__ == "__main__":

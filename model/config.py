@@ -20,7 +20,8 @@ class ModelConfig:
     resnet_width: int = 64
     """ResNet18 stem width (64 = torchvision's); layer4 has 8× this many channels."""
     resnet_weights: str = ""
-    """Optional path to torchvision-format resnet18 ImageNet weights (.pth / .safetensors)."""
+    """ImageNet resnet18 weights (.pth / .safetensors, torchvision's or the original's key layout), as the
+    original's ckpt/resnet18.pth; `none` starts from random on purpose; empty: random (tests, demo)."""
     emb_dim: int = 512
     """C_S: width of the fused spatial tokens, the decoder and the head."""
     num_heads: int = 4

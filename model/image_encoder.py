@@ -48,25 +48,56 @@ class ResNet18Encoder(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-def load_torchvision_weights(module: ResNet18Encoder, path: str | Path) -> None:
-    """Load torchvision-format resnet18 weights (.pth via weights_only, or .safetensors); `fc.*` and an
-    optional `model.` prefix (the original's checkpoint) are dropped. Any other mismatch is an error."""
-    path = Path(path)
+NO_WEIGHTS = "none"
+"""`model.resnet_weights: none`: start the image encoder from random weights on purpose."""
+CLASSIFIER_KEYS = {"fc.weight", "fc.bias"}
+"""ImageNet classifier of a resnet18 file: the original keeps it in its module but never uses it."""
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file, or of a .pth read with weights_only=True (no foreign objects unpickled)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
+        return load_file(str(path))
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-    state = {k.removeprefix("model."): v for k, v in state.items() if not k.removeprefix("model.").startswith("fc.")}
+    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        raise ValueError(f"{path}: not a weights-only torch file ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def as_torchvision_keys(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """torchvision's layout (`conv1.weight`, …) as it is, or the original's Img_Encoder layout (`model.conv1.weight`,
+    …) unprefixed. A file mixing the two, or already prefixed twice, is refused: the original would have
+    dropped those keys without a word (its loader keeps only the keys its module has)."""
+    prefixed = [k for k in state if k.startswith("model.")]
+    if prefixed and len(prefixed) != len(state):
+        raise ValueError(f"{path}: mixes `model.`-prefixed and unprefixed keys ({prefixed[0]!r} and others)")
+    return {k.removeprefix("model."): v for k, v in state.items()} if prefixed else dict(state)
+
+
+def load_torchvision_weights(module: ResNet18Encoder, path: str | Path) -> None:
+    """Load ImageNet resnet18 weights in torchvision's or the original's key layout (.pth via weights_only, or
+    .safetensors). The classifier `fc.*` is the only thing left out; a missing `num_batches_tracked` (torchvision's
+    published file predates it) keeps the module's. Any other unused, missing or misshapen key is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such resnet18 weights file (model.resnet_weights; `none` for random)")
+    state = as_torchvision_keys(read_state_dict(path), path)
+    state = {k: v for k, v in state.items() if k not in CLASSIFIER_KEYS}
     own = module.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong:
         raise ValueError(
             f"{path}: not resnet18 weights for width {module.conv1.out_channels}: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]}"
+            f"missing {missing[:3]}, unused {unexpected[:3]}, wrong shape {wrong[:3]} "
+            f"({len(missing)}/{len(unexpected)}/{len(wrong)})"
         )
-    module.load_state_dict(state)
+    module.load_state_dict(state, strict=False)

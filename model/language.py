@@ -54,9 +54,39 @@ def _tokenizer(path: Path | str, llama_released: bool):
         tokenizer.add_special_tokens(
             {"pad_token": "[PAD]", "bos_token": "</s>", "eos_token": "</s>", "unk_token": "</s>"}
         )
+        _emit_configured_bos(tokenizer, path)
     elif tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
+
+
+def _emit_configured_bos(tokenizer, path: Path | str) -> None:
+    """Make the tokenizer prepend the BOS it reports. transformers 4.33's slow LLaMA tokenizer prepended
+    `bos_token_id` (so `</s>`, id 2, after the original's add_special_tokens); 5.x keeps the post-processor
+    template it was loaded with and still emits `<s>` (id 1) while reporting bos_token_id 2."""
+    update = getattr(tokenizer, "update_post_processor", None)
+    if update is not None:
+        update()
+    first = tokenizer("a")["input_ids"][0]
+    if tokenizer.bos_token_id is not None and first != tokenizer.bos_token_id:
+        raise RuntimeError(
+            f"{path}: the tokenizer emits BOS id {first}, not the configured {tokenizer.bos_token_id} "
+            "(fidelity released needs the original's leading </s>)"
+        )
+
+
+def _add_rows_as_original(model: nn.Module, rows: int, seed: int = 0) -> None:
+    """Grow the input embedding to `rows` as transformers 4.33 did for the original's [PAD]: new rows drawn from
+    N(0, initializer_range²) (5.x's default mean-resizing gives about the mean embedding instead). Seeded,
+    because the frozen backbone is never saved: training, evaluation and every worker must draw the same row."""
+    old = model.get_input_embeddings().num_embeddings
+    model.resize_token_embeddings(rows, mean_resizing=False)
+    weight = model.get_input_embeddings().weight
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    generator = torch.Generator().manual_seed(seed)
+    new = torch.randn(rows - old, weight.shape[1], generator=generator, dtype=torch.float32) * std
+    with torch.no_grad():
+        weight[old:] = new.to(weight.dtype)
 
 
 def load_backbone(cfg: ModelConfig, pretrained: bool) -> Backbone:
@@ -105,7 +135,10 @@ def _local(path: str, pretrained: bool, released: bool, backbone_id: str) -> Bac
     tokenizer = _tokenizer(path, llama_released=released and llama)
     model = AutoModel.from_pretrained(path) if pretrained else AutoModel.from_config(config)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
+        if released and llama:
+            _add_rows_as_original(model, len(tokenizer))
+        else:
+            model.resize_token_embeddings(len(tokenizer))
     return Backbone(model, tokenizer, config.hidden_size, backbone_id)
 
 

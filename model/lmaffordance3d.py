@@ -15,7 +15,7 @@ from model.config import ModelConfig
 from model.decoder import AffordanceDecoder
 from model.fusion import Fusion
 from model.head import HeatmapHead
-from model.image_encoder import ResNet18Encoder, load_torchvision_weights
+from model.image_encoder import NO_WEIGHTS, ResNet18Encoder, load_torchvision_weights
 from model.language import LanguageAdapter
 from model.pointnet2 import PointNet2Encoder
 
@@ -37,7 +37,7 @@ class LMAffordance3D(nn.Module):
         self.language = LanguageAdapter(cfg, pretrained)
         self.decoder = AffordanceDecoder(cfg.emb_dim, released)
         self.head = HeatmapHead(cfg, self.point_encoder.channels)
-        if pretrained and cfg.resnet_weights:
+        if pretrained and cfg.resnet_weights not in ("", NO_WEIGHTS):
             load_torchvision_weights(self.image_encoder, cfg.resnet_weights)
 
     @property

@@ -129,7 +129,8 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu", **over
         raise BadModelFolder(f"{config_path}: format {config.get('format')!r}, expected {FORMAT!r}")
     cfg = config_from_dict(config.get("model"), str(config_path))
     try:
-        cfg = dataclasses.replace(cfg, **overrides)
+        # resnet_weights "none": the image encoder's trained weights are in model.safetensors, no ImageNet file
+        cfg = dataclasses.replace(cfg, **{"resnet_weights": "none", **overrides})
     except (TypeError, ValueError) as e:
         raise BadModelFolder(f"{config_path}: with overrides {overrides}: {e}") from None
     weights = read_weights(weights_path)

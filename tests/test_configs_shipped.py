@@ -31,4 +31,7 @@ def test_agpil_config_is_the_original_recipe(path):
     assert (cfg.data.batch_size, cfg.data.pairs, cfg.model.max_txt_len) == (6, 3, 32)
     assert cfg.model.backbone == "llava-1.6-vicuna-7b" and cfg.model.backbone_mode == "frozen"
     assert cfg.model.num_points == 2048 and cfg.model.image_size == 224 and cfg.model.spatial_tokens == 113
-    assert cfg.train.precision == "bf16" and cfg.train.zero_stage in (2, 3)
+    assert cfg.train.zero_stage in (2, 3)
+    # the original: fp16 autocast with fp32 master weights, the LLM in fp16, ResNet18 from ImageNet weights
+    assert cfg.train.precision == "fp16-autocast" and cfg.model.backbone_dtype == "fp16"
+    assert cfg.model.resnet_weights == "ckpt/resnet18.pth"

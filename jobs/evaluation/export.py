@@ -61,6 +61,7 @@ def export(
     save_pretrained(skeleton, out, weights=source.weights)
     config_path = out / "config.json"
     config = json.loads(config_path.read_text())
+    config["precision"] = source.precision  # predict and eval of the exported model compute under it
     config["source"] = {
         "spec": source.spec,
         "kind": source.kind,

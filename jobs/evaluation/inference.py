@@ -21,17 +21,30 @@ from model.config import ModelConfig
 
 
 def deterministic(cfg: ModelConfig) -> ModelConfig:
-    """The model config used for inference: FPS starts at point 0 (the original draws a random start)."""
-    return dataclasses.replace(cfg, fps_start="first")
+    """The model config used for inference: FPS starts at point 0 (the original draws a random start), and the
+    ImageNet resnet18 file is not read (the trained weights replace it; it need not exist where we predict)."""
+    return dataclasses.replace(cfg, fps_start="first", resnet_weights="none")
 
 
-def build_inference_model(cfg: ModelConfig, weights: dict[str, torch.Tensor], device: str = "cpu") -> torch.nn.Module:
-    """The model for inference: backbone rebuilt from its preset/path, trainable weights loaded (strict), eval()."""
+def build_inference_model(
+    cfg: ModelConfig, weights: dict[str, torch.Tensor], device: str = "cpu", precision: str = "fp32"
+) -> torch.nn.Module:
+    """The model for inference: backbone rebuilt from its preset/path, trainable weights loaded (strict), eval(),
+    in its training `precision` (cast for bf16/fp16; `inference_precision` tells predict_batch to autocast)."""
     from model.lmaffordance3d import build_model
 
     model = build_model(deterministic(cfg), device="cpu", pretrained=True)
     model.load_trainable_state_dict(weights, strict=True)
-    return model.to(device).eval()
+    return in_precision(model, precision).to(device).eval()
+
+
+def in_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """`model` as training computed: cast for bf16/fp16, and `inference_precision` for predict_batch's autocast."""
+    from jobs.precision import for_inference
+
+    model = for_inference(model, precision)
+    model.inference_precision = precision
+    return model
 
 
 def vote_shift(key: str, vote: int, seed: int, num_points: int) -> int:
@@ -50,8 +63,13 @@ def predict_batch(
     keys: list[str] | None = None,
     votes: int = 1,
     seed: int = 0,
+    precision: str | None = None,
 ) -> np.ndarray:
-    """image [B,3,S,S], points [B,3,N] or [B,1,3,N] (normalised) -> float32 probabilities [B,N]."""
+    """image [B,3,S,S], points [B,3,N] or [B,1,3,N] (normalised) -> float32 probabilities [B,N]. Computes under
+    `precision` (default: the model's `inference_precision`, else fp32); inputs take the parameters' dtype."""
+    from jobs.precision import computing_in
+
+    precision = precision or getattr(model, "inference_precision", "fp32")
     parameter = next(model.parameters())
     device, dtype = parameter.device, parameter.dtype
     image_t = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image).to(device, dtype)
@@ -66,7 +84,7 @@ def predict_batch(
     total = torch.zeros(b, n, dtype=torch.float64, device=device)
     positions = torch.arange(n, device=device)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), computing_in(precision, device):
             for vote in range(votes):
                 shifts = torch.tensor([vote_shift(k, vote, seed, n) for k in keys] if keys else [0] * b, device=device)
                 order = (positions[None, :] + shifts[:, None]) % n  # rolled[i, j] = points[i, order[i, j]]

@@ -67,7 +67,9 @@ def evaluate(
     started = ensure_ray(address)
     try:
         with stage("Ray Data evaluation"):
-            result = run_eval(shards, source.model, source.weights, cfg.eval, source.model.image_size)
+            result = run_eval(
+                shards, source.model, source.weights, cfg.eval, source.model.image_size, source.precision
+            )
         out_dir = Path(out or Path(cfg.workdir, "eval", source.name))
         info = _info(source, shards, cfg) | {"shards_fingerprint": manifest.get("fingerprint")}
         files = write_outputs(out_dir, result.predictions, result.metrics, info)
@@ -90,6 +92,7 @@ def _info(source: ModelSource, shards: str, cfg: ExperimentConfig) -> dict:
         "step": source.step,
         "training_run_id": source.run_id,
         "backbone_id": source.backbone_id,
+        "precision": source.precision,
         "shards": str(shards),
         "eval": to_dict(cfg.eval),
         "model": to_dict(source.model),

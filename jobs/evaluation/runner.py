@@ -46,14 +46,15 @@ class EvalResult:
     """seconds: inference (read + decode + forward, wall), pool_busy (steady state, no start-up), metrics, total."""
 
 
-def model_package(cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Config + weights as plain data for the object store: safetensors bytes, never a pickle of tensors."""
+def model_package(cfg: ModelConfig, weights: dict[str, torch.Tensor], precision: str = "fp32") -> dict[str, Any]:
+    """Config + weights + training precision as plain data for the object store: safetensors bytes, never a
+    pickle of tensors."""
     from safetensors.torch import save
 
     from jobs.typed_yaml import to_dict
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
-    return {"model": to_dict(cfg), "weights": save(tensors)}
+    return {"model": to_dict(cfg), "weights": save(tensors), "precision": precision}
 
 
 def model_from_package(package: dict[str, Any], device: str = "cpu") -> torch.nn.Module:
@@ -62,7 +63,7 @@ def model_from_package(package: dict[str, Any], device: str = "cpu") -> torch.nn
     from jobs.typed_yaml import build
 
     cfg = build(ModelConfig, package["model"], "<model package>", prefix="model.")
-    return build_inference_model(cfg, load(package["weights"]), device)
+    return build_inference_model(cfg, load(package["weights"]), device, package.get("precision", "fp32"))
 
 
 class Predictor:
@@ -109,7 +110,12 @@ class Predictor:
 
 
 def predict_shards(
-    shards: str, model_cfg: ModelConfig, weights: dict[str, torch.Tensor], cfg: EvalConfig, image_size: int
+    shards: str,
+    model_cfg: ModelConfig,
+    weights: dict[str, torch.Tensor],
+    cfg: EvalConfig,
+    image_size: int,
+    precision: str = "fp32",
 ) -> PoolOutput:
     """Every test sample of `shards` predicted once through the actor pool, merged by key."""
     import ray
@@ -117,7 +123,7 @@ def predict_shards(
 
     from pipeline.loaders.raydata import read_test_shards
 
-    package = ray.put(model_package(model_cfg, weights))
+    package = ray.put(model_package(model_cfg, weights, precision))
     cpus = actor_cpus(cfg, ray.cluster_resources().get("CPU", 1.0))
     context = DataContext.get_current()
     previous = context.execution_options.preserve_order
@@ -162,13 +168,18 @@ def actor_cpus(cfg: EvalConfig, cluster_cpus: float) -> float:
 
 
 def run_eval(
-    shards: str, model_cfg: ModelConfig, weights: dict[str, torch.Tensor], cfg: EvalConfig, image_size: int
+    shards: str,
+    model_cfg: ModelConfig,
+    weights: dict[str, torch.Tensor],
+    cfg: EvalConfig,
+    image_size: int,
+    precision: str = "fp32",
 ) -> EvalResult:
-    """predict_shards + the exact metrics (model.metrics.evaluate) on the merged predictions."""
+    """predict_shards (under the training `precision`) + the exact metrics (model.metrics.evaluate)."""
     from model.metrics import evaluate
 
     start = time.perf_counter()
-    pool = predict_shards(shards, model_cfg, weights, cfg, image_size)
+    pool = predict_shards(shards, model_cfg, weights, cfg, image_size, precision)
     inferred = time.perf_counter()
     if pool.duplicates:
         log.warning("%d duplicate test rows dropped (a key occurs twice in %s)", pool.duplicates, shards)

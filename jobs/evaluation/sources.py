@@ -45,6 +45,8 @@ class ModelSource:
     """Where that run lives (from the checkpoint's meta), when known."""
     name: str = "model"
     """Short name for output folders."""
+    precision: str = "fp32"
+    """The training precision (train.precision) evaluation and predict compute under."""
 
 
 def model_config(values: dict[str, Any], overrides: list[str], where: str) -> ModelConfig:
@@ -121,7 +123,17 @@ def _checkpoint(spec: str, path: Path, overrides: list[str]) -> ModelSource:
         run_id=meta.get("mlflow_run_id") or None,
         tracking_uri=meta.get("tracking_uri") or None,
         name=path.name,
+        precision=_precision(meta, path / META_FILE),
     )
+
+
+def _precision(record: dict, where: Path | str) -> str:
+    from jobs.precision import from_meta
+
+    try:
+        return from_meta(record)
+    except ValueError as e:
+        raise UserError(f"{where}: {e}") from None
 
 
 def _exported(spec: str, path: Path, overrides: list[str]) -> ModelSource:
@@ -147,6 +159,7 @@ def _exported(spec: str, path: Path, overrides: list[str]) -> ModelSource:
         run_id=origin.get("run_id") or None,
         tracking_uri=origin.get("tracking_uri") or None,
         name=path.name,
+        precision=_precision(config, path / "config.json"),
     )
 
 
@@ -221,6 +234,7 @@ def _run_artifacts(spec: str, run_id: str, client: Any, tracking_uri: str, overr
                 run_id=run_id,
                 tracking_uri=tracking_uri,
                 name=f"run-{run_id[:8]}-{which}",
+                precision=_precision({"config": config}, f"{spec} config/config.yaml"),
             )
     raise UserError(f"{spec}: run has no reachable checkpoint and no weights/best or weights/last artifact")
 

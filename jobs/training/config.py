@@ -22,7 +22,9 @@ class TrainConfig:
     grad_clip: float = 0.0
     """Gradient-norm clipping (0 = off, as the original)."""
     grad_accum: int = 1
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp32", "bf16-autocast", "fp16-autocast"] = "bf16"
+    """`bf16`/`fp16` cast the whole module; `*-autocast` keep fp32 weights and BatchNorm and compute under
+    torch.autocast (the original: fp16-autocast). Evaluation replays it (jobs/precision.py)."""
     zero_stage: int = 2
     offload_optimizer: bool = False
     offload_params: bool = False

@@ -24,7 +24,9 @@ def deepspeed_config(train: TrainConfig, micro_batch: int, world_size: int) -> d
     if micro_batch < 1 or world_size < 1:
         raise ValueError(f"micro_batch and world_size must be >= 1, got {micro_batch} and {world_size}")
     if train.precision == "fp16" and not train.use_gpu:
-        raise ValueError("train.precision fp16 needs a GPU (train.use_gpu: true); on CPU use bf16 or fp32")
+        raise ValueError(
+            "train.precision fp16 needs a GPU (train.use_gpu: true); on CPU use bf16, bf16-autocast or fp32"
+        )
     if train.offload_optimizer and train.zero_stage == 0:
         raise ValueError("train.offload_optimizer needs train.zero_stage 1, 2 or 3")
     zero: dict[str, Any] = {"stage": train.zero_stage}
@@ -57,6 +59,7 @@ def deepspeed_config(train: TrainConfig, micro_batch: int, world_size: int) -> d
         "gradient_clipping": float(train.grad_clip),
         "zero_optimization": zero,
         "bf16": {"enabled": train.precision == "bf16"},
+        "torch_autocast": torch_autocast(train.precision),
         "fp16": {
             "enabled": train.precision == "fp16",
             "loss_scale": 0,  # 0 = dynamic loss scaling, as the original's GradScaler
@@ -68,6 +71,18 @@ def deepspeed_config(train: TrainConfig, micro_batch: int, world_size: int) -> d
         "steps_per_print": QUIET_STEPS_PER_PRINT,  # we log ourselves every train.log_every steps
         "wall_clock_breakdown": False,
     }
+
+
+def torch_autocast(precision: str) -> dict[str, Any]:
+    """DeepSpeed's `torch_autocast` section: the engine's forward runs under torch.autocast(dtype) while the
+    parameters (and so BatchNorm and the optimizer's weights) stay fp32; fp16 gets a GradScaler from DeepSpeed.
+    No module is listed as lower-precision-safe, so gradients are reduced in fp32, as the original's DDP did."""
+    from jobs.precision import autocast_dtype
+
+    dtype = autocast_dtype(precision)
+    if dtype is None:
+        return {"enabled": False}
+    return {"enabled": True, "dtype": str(dtype), "lower_precision_safe_modules": []}
 
 
 def uses_cpu_adam(train: TrainConfig) -> bool:

@@ -57,11 +57,15 @@ def build_engine(model: torch.nn.Module, cfg: ExperimentConfig, world_size: int,
     """deepspeed.initialize with our optimizer, our LR schedule and the generated config."""
     import deepspeed
 
+    from jobs.precision import cast_dtype
+
     train = cfg.train
-    if train.precision != "fp32":
+    dtype = cast_dtype(train.precision)
+    if dtype is not None:
         # DeepSpeed casts parameters and buffers itself at stages 0–2, but under ZeRO-3 the buffers
         # (BatchNorm running stats) stay fp32 and the first BatchNorm fails on bf16 activations.
-        model.to(torch.bfloat16 if train.precision == "bf16" else torch.float16)
+        # The autocast precisions keep everything fp32: DeepSpeed's forward runs under torch.autocast.
+        model.to(dtype)
     optimizer = build_optimizer(model, train)
     schedule = OriginalLRSchedule(
         optimizer,

@@ -22,6 +22,7 @@ from jobs import preflight
 from jobs.config import ExperimentConfig
 from jobs.entry import UserError, causes, stage
 from jobs.training import tracking
+from jobs.training.pretrained_check import check_resnet_weights
 from jobs.typed_yaml import dump, flatten, to_dict
 
 log = logging.getLogger("lma3d.train")
@@ -125,7 +126,7 @@ def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     """Ray Train workers run in their own working directory: make every local path absolute."""
 
     def fix(path: str) -> str:
-        return path if not path or "://" in path else str(Path(path).expanduser().resolve())
+        return path if not path or path == "none" or "://" in path else str(Path(path).expanduser().resolve())
 
     return replace(
         cfg,
@@ -225,6 +226,7 @@ def launch(
 ) -> TrainSummary:
     """Decide the run, attach MLflow, run TorchTrainer.fit() and summarise the result."""
     cfg = absolute_paths(cfg)
+    check_resnet_weights(cfg.model)
     name = run_name or cfg.train.run_name or default_run_name(cfg, dt.date.today())
     if "/" in name or name in (".", ".."):
         raise UserError(f"run name {name!r} must not contain '/'")

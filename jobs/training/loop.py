@@ -207,6 +207,7 @@ class TrainJob:
             "steps_per_epoch": self.steps_per_epoch,
             "world_size": self.world,
             "zero_stage": self.cfg.train.zero_stage,
+            "precision": self.cfg.train.precision,  # evaluation and predict compute under it
             "backbone_id": self.backbone_id,
             "manifest_fingerprint": _manifest_fingerprint(self.cfg),
             "config": self.config["config"],

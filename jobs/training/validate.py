@@ -43,7 +43,10 @@ def validate(engine: Any, cfg: ExperimentConfig, rank: int, world: int) -> tuple
         # The evaluation job's prediction path (eval mode, no autograd, seeded) on this rank's engine module;
         # it restores the module's train mode.
         instructions = list(batch["instruction"])
-        rows.extend(_rows(batch, predict_batch(engine.module, batch["image"], batch["points"], instructions)))
+        pred = predict_batch(
+            engine.module, batch["image"], batch["points"], instructions, precision=cfg.train.precision
+        )
+        rows.extend(_rows(batch, pred))
     torch.set_rng_state(training_rng)
 
     gathered: list[list[tuple]] | None = [None] * world if rank == 0 else None
