@@ -12,7 +12,14 @@ import torch
 from torch import nn
 
 from model.config import ModelConfig
-from model.point_ops import ball_query, farthest_point_sample, index_points, square_distance, three_nn_interpolate
+from model.point_ops import (
+    ball_query,
+    farthest_point_sample,
+    group_points,
+    index_points,
+    square_distance,
+    three_nn_interpolate,
+)
 
 
 def _conv_stack(conv: type[nn.Module], norm: type[nn.Module], in_channel: int, widths: Sequence[int]) -> nn.Sequential:
@@ -43,16 +50,17 @@ class SetAbstractionMSG(nn.Module):
         xyz_t = xyz.transpose(1, 2)
         centres = index_points(xyz_t, farthest_point_sample(xyz_t, self.npoint, self.fps_start))  # [B,S,3]
         sqdist = square_distance(centres, xyz_t)  # [B,S,N], one for all radii
-        source = torch.cat([feats, xyz], dim=1).transpose(1, 2)  # [B,N,C+3]: one gather per branch
+        source = torch.cat([feats, xyz], dim=1)  # [B,C+3,N]: one gather per branch
+        centres = centres.transpose(1, 2)  # [B,3,S]
         outputs = []
         for radius, nsample, branch in zip(self.radii, self.nsamples, self.branches):
             idx = ball_query(radius, nsample, sqdist)  # [B,S,K]
-            grouped = index_points(source, idx)  # [B,S,K,C+3]
-            grouped[..., -3:] -= centres.unsqueeze(2)  # xyz relative to the centre, as the original
-            # [B,C+3,S,K] as a channels-last view: the 1x1 convs run on it without a transposing copy, and
-            # max-with-indices has a 2x cheaper backward than amax (same values and gradient as the original).
-            outputs.append(branch(grouped.permute(0, 3, 1, 2)).max(dim=3).values)  # [B,C',S]
-        return centres.transpose(1, 2), torch.cat(outputs, dim=1)
+            # Gathered straight into [B,C+3,S,K] (contiguous, channels first): BatchNorm's CPU kernel for
+            # channels-last inputs loses precision (docs/fidelity.md), and no transposing copy is needed.
+            grouped = group_points(source, idx)
+            grouped[:, -3:] -= centres.unsqueeze(3)  # xyz relative to the centre, as the original
+            outputs.append(branch(grouped).max(dim=3).values)  # [B,C',S]
+        return centres, torch.cat(outputs, dim=1)
 
 
 class PointNet2Encoder(nn.Module):
