@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from model.config import ModelConfig
+from model.group_norm_bn import GroupedBatchNorm
 from model.point_ops import (
     ball_query,
     farthest_point_sample,
@@ -42,7 +43,7 @@ class SetAbstractionMSG(nn.Module):
     ) -> None:
         super().__init__()
         self.npoint, self.radii, self.nsamples, self.fps_start = npoint, tuple(radii), tuple(nsamples), fps_start
-        self.branches = nn.ModuleList(_conv_stack(nn.Conv2d, nn.BatchNorm2d, in_channel + 3, m) for m in mlps)
+        self.branches = nn.ModuleList(_conv_stack(nn.Conv2d, GroupedBatchNorm, in_channel + 3, m) for m in mlps)
         self.out_channels = sum(m[-1] for m in mlps)
 
     def forward(self, xyz: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +90,7 @@ class FeaturePropagation(nn.Module):
 
     def __init__(self, in_channel: int, mlp: Sequence[int], eps: float = 0.01) -> None:
         super().__init__()
-        self.mlp = _conv_stack(nn.Conv1d, nn.BatchNorm1d, in_channel, mlp)
+        self.mlp = _conv_stack(nn.Conv1d, GroupedBatchNorm, in_channel, mlp)
         self.eps = eps
 
     def forward(
