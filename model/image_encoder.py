@@ -20,7 +20,9 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or in_channel != width:
-            self.downsample = nn.Sequential(nn.Conv2d(in_channel, width, 1, stride, bias=False), GroupedBatchNorm(width))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channel, width, 1, stride, bias=False), GroupedBatchNorm(width)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
