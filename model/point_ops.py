@@ -35,8 +35,8 @@ def square_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a [B,N,M,3] difference tensor), clamped at 0 against rounding."""
     a, b = a.to(_coordinate_dtype(a)), b.to(_coordinate_dtype(a))
     with torch.autocast(a.device.type, enabled=False):  # coordinates stay fp32 under bf16 autocast
-        ab = torch.baddbmm(b.pow(2).sum(-1).unsqueeze(1), a, b.transpose(1, 2), alpha=-2.0)
-    return (ab + a.pow(2).sum(-1).unsqueeze(2)).clamp_min_(0.0)
+        ab = torch.baddbmm(a.pow(2).sum(-1).unsqueeze(2), a, b.transpose(1, 2), alpha=-2.0)
+    return (ab + b.pow(2).sum(-1).unsqueeze(1)).clamp_min_(0.0)
 
 
 @torch.no_grad()
