@@ -96,7 +96,7 @@ class GroupedBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"GroupedBatchNorm: batch of {n} samples does not split into {groups} groups")
         # [B·G, C, *] -> [B, G·C, *]: channel g·C + c holds channel c of group g, so one kernel normalises
         # every group over its own B samples (a view for contiguous inputs)
-        grouped = x.reshape(n // groups, groups * c, *x.shape[2:])
+        grouped = x.reshape(n // groups, groups * c, *x.shape[2:]).contiguous()
         stat_dtype = self.running_mean.dtype if self.running_mean is not None else x.dtype
         mean = torch.zeros(groups * c, dtype=stat_dtype, device=x.device) if tracking else None
         var = torch.zeros(groups * c, dtype=stat_dtype, device=x.device) if tracking else None

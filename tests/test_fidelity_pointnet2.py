@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from model.point_ops import ball_query, farthest_point_sample, index_points, square_distance
 from model.pointnet2 import FeaturePropagation, SetAbstractionMSG
 
 # ---- the transcription ---------------------------------------------------------------------------------------
@@ -251,8 +252,6 @@ def test_ball_query_on_a_quantised_grid_picks_the_original_neighbourhoods():
     """On a grid many distances equal a radius up to fp32 rounding, so the neighbourhoods depend on how the
     squared distance is rounded; the project adds the terms in the original's order (with |b|² added first, 1.7%
     of the neighbourhoods differed: 213 of 12,288 for 8 clouds)."""
-    from model.point_ops import ball_query, farthest_point_sample, index_points, square_distance
-
     xyz = _cloud(4, 2048, torch.float32).transpose(1, 2)
     grid = (xyz * 20).round() / 20
     centres = index_points(grid, farthest_point_sample(grid, 512, "first"))
