@@ -1,11 +1,14 @@
 """Model speed on CPU, measured side by side in one run (6 images x 3 point clouds, `tiny` backbone).
 
-    python benchmarks/bench_model.py [--repeats 3] [--threads 2]
+    python benchmarks/bench_model.py [--repeats 3] [--threads 2] [--batchnorm-sizes demo,paper]
 
 Rows: point encoder forward+backward (ours vs the original-style ops), the full training step (ours: pairs
 batched, vectorised LLM input; original: three forward passes, per-sample loop) with the max abs difference of
 their outputs, bf16 autocast, metrics on 1000 x 2048 (vectorised vs per-sample scikit-learn), achieved GFLOP/s
 of the step against this machine's dense matmul, and peak RSS of a step. Model sizes: configs/demo.yaml.
+Then the cost of `released` BatchNorm statistics per point cloud against joint statistics over all B·K clouds
+(training step, same model, `per_cloud_batchnorm` flipped) at demo size (6 images) and paper size
+(configs/agpil/full_seen.yaml with the `tiny` backbone, 2 images), each x 3 clouds.
 """
 
 from __future__ import annotations
@@ -60,10 +63,46 @@ def matmul_gflops(dtype: torch.dtype) -> float:
     return 2 * 2048**3 / seconds / 1e9
 
 
+def batchnorm_cost(model_cfg, images: int, repeats: int) -> tuple[float, float]:
+    """Training-step seconds of one `released` model with BatchNorm statistics joint over the B·K clouds and
+    per cloud (the original's K forwards), run alternately."""
+    net = build_model(model_cfg).train()
+    k, n, size = 3, model_cfg.num_points, model_cfg.image_size
+    image, points, labels = torch.randn(images, 3, size, size), torch.randn(images, k, 3, n), torch.rand(images, k, n)
+    points = points / points.norm(dim=2, keepdim=True).amax(-1, keepdim=True)
+    text = ["Where should I hold this to pour tea?"] * images
+
+    def step(per_cloud: bool):
+        def run():
+            net.per_cloud_batchnorm = per_cloud
+            net.zero_grad(set_to_none=True)
+            heatmap_loss(net(image, points, text), labels).backward()
+
+        return run
+
+    return compare(step(False), step(True), repeats)
+
+
+def batchnorm_rows(sizes: list[str], overrides: list[str], repeats: int) -> list[tuple[str, float, float]]:
+    configs = {"demo": (REPO / "configs" / "demo.yaml", 6), "paper": (REPO / "configs/agpil/full_seen.yaml", 2)}
+    rows = []
+    for size in sizes:
+        path, images = configs[size]
+        cfg = load(ExperimentConfig, str(path), ["model.backbone=tiny", "model.backbone_dtype=fp32", *overrides])
+        joint, per_cloud = batchnorm_cost(cfg.model, images, repeats)
+        rows.append((f"{size} step: joint vs per-cloud BN ({images}x3)", joint, per_cloud))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--batchnorm-sizes",
+        default="demo,paper",
+        help="comma-separated sizes (demo, paper) for the per-cloud vs joint BatchNorm rows; empty for none",
+    )
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -125,6 +164,8 @@ def main() -> None:
             np.mean([((p >= t) & bin_).sum() / ((p >= t) | bin_).sum() for t in np.linspace(0, 1, 20)])
 
     rows.append(("metrics 1000x2048", timed(sklearn_metrics, 1), timed(lambda: per_sample(pred, gt), args.repeats)))
+    sizes = [size for size in args.batchnorm_sizes.split(",") if size]
+    rows += batchnorm_rows(sizes, ["model.fps_start=first"], args.repeats)
     ref_auc = np.array([roc_auc_score(g >= 0.5, p) for p, g in zip(pred[:100], gt[:100])])
     auc_diff = float(np.abs(per_sample(pred[:100], gt[:100])["auc"] - ref_auc).max())
 

@@ -12,7 +12,9 @@ from typing import Literal
 @dataclass
 class ModelConfig:
     fidelity: Literal["released", "corrected"] = "released"
-    """`released` reproduces the original code's quirks (spec §1.5); `corrected` fixes them."""
+    """`released` reproduces the original code's quirks (spec §1.5) and, in training, its per-cloud BatchNorm
+    statistics (docs/fidelity.md); `corrected` fixes the quirks and takes BatchNorm statistics jointly over all
+    clouds of a batch."""
     num_points: int = 2048
     """N_raw: points per cloud. `released` ties the head's BatchNorm1d to it."""
     image_size: int = 224

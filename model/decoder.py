@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from model.group_norm_bn import GroupedBatchNorm
+
 
 class AffordanceDecoder(nn.Module):
     def __init__(self, dim: int, released: bool) -> None:
@@ -16,7 +18,7 @@ class AffordanceDecoder(nn.Module):
         self.k_instr, self.v_instr = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.k_sem, self.v_sem = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.norm = nn.LayerNorm(dim)
-        self.fuse = nn.Sequential(nn.Conv1d(2 * dim, dim, 1), nn.BatchNorm1d(dim), nn.ReLU(inplace=True))
+        self.fuse = nn.Sequential(nn.Conv1d(2 * dim, dim, 1), GroupedBatchNorm(dim), nn.ReLU(inplace=True))
         self.scale = 1.0 / math.sqrt(dim)
         self.released = released
 

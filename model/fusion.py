@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from model.group_norm_bn import GroupedBatchNorm
+
 
 class SelfAttention(nn.Module):
     """IAGNet's `Inherent_relation`: multi-head self-attention without output projection, post-LN residual.
@@ -33,8 +35,8 @@ class Fusion(nn.Module):
     def __init__(self, in_channel: int, hidden: int, dim: int, heads: int, released: bool) -> None:
         super().__init__()
         self.shared_mlp = nn.Sequential(
-            nn.Conv1d(in_channel, hidden, 1), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-            nn.Conv1d(hidden, dim, 1), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+            nn.Conv1d(in_channel, hidden, 1), GroupedBatchNorm(hidden), nn.ReLU(inplace=True),
+            nn.Conv1d(hidden, dim, 1), GroupedBatchNorm(dim), nn.ReLU(inplace=True),
         )  # fmt: skip
         self.image_attention = SelfAttention(dim, heads, released)
         self.point_attention = SelfAttention(dim, heads, released)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from model.config import ModelConfig
+from model.group_norm_bn import GroupedBatchNorm
 from model.pointnet2 import FeaturePropagation
 
 
@@ -25,7 +26,7 @@ class HeatmapHead(nn.Module):
         self.released = released
         # quirk 6: BatchNorm1d over the point axis (num_points "channels"); corrected: over the hidden channels
         self.linear1 = nn.Linear(cfg.emb_dim, cfg.head_hidden)
-        self.norm = nn.BatchNorm1d(cfg.num_points if released else cfg.head_hidden)
+        self.norm = GroupedBatchNorm(cfg.num_points if released else cfg.head_hidden)
         self.linear2 = nn.Linear(cfg.head_hidden, 1)
 
     def forward(

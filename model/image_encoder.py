@@ -7,18 +7,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from model.group_norm_bn import GroupedBatchNorm
+
 
 class BasicBlock(nn.Module):
     def __init__(self, in_channel: int, width: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channel, width, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = GroupedBatchNorm(width)
         self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
+        self.bn2 = GroupedBatchNorm(width)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or in_channel != width:
-            self.downsample = nn.Sequential(nn.Conv2d(in_channel, width, 1, stride, bias=False), nn.BatchNorm2d(width))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channel, width, 1, stride, bias=False), GroupedBatchNorm(width)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -32,7 +36,7 @@ class ResNet18Encoder(nn.Module):
     def __init__(self, width: int = 64) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = GroupedBatchNorm(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         widths = [width, 2 * width, 4 * width, 8 * width]

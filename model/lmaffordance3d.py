@@ -3,10 +3,14 @@
     image ──ResNet18──┐
     points ─PointNet++┴─ Fusion ─ F_S ─ language adapter (up, backbone, down) ─ decoder ─ F_A ─ head ─ [B,N]
 
-K point clouds per image run as one batch: the image branch and the tokenisation run once per image.
+K point clouds per image run as one batch: the image branch and the tokenisation run once per image. The original
+runs one forward per cloud; in `released` fidelity every BatchNorm still sees what it saw there (statistics per
+cloud, running statistics updated once per cloud, the image branch's K times): model/group_norm_bn.py.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -14,6 +18,7 @@ from torch import nn
 from model.config import ModelConfig
 from model.decoder import AffordanceDecoder
 from model.fusion import Fusion
+from model.group_norm_bn import batchnorm_groups, deferred_batchnorm_updates
 from model.head import HeatmapHead
 from model.image_encoder import NO_WEIGHTS, ResNet18Encoder, load_torchvision_weights
 from model.language import LanguageAdapter
@@ -39,6 +44,9 @@ class LMAffordance3D(nn.Module):
         self.head = HeatmapHead(cfg, self.point_encoder.channels)
         if pretrained and cfg.resnet_weights not in ("", NO_WEIGHTS):
             load_torchvision_weights(self.image_encoder, cfg.resnet_weights)
+        self.per_cloud_batchnorm = released
+        """Training-mode BatchNorm statistics per point cloud as the original's K forwards (`released`), or joint
+        over all B·K clouds with one running-statistics update per step (`corrected`; a benchmark may flip it)."""
 
     @property
     def backbone_id(self) -> str:
@@ -52,15 +60,24 @@ class LMAffordance3D(nn.Module):
         b, k, _, n = points.shape
         if len(text) != b:
             raise ValueError(f"{len(text)} instructions for {b} images")
-        image_feats = self.image_encoder(image).flatten(2).repeat_interleave(k, dim=0)  # [BK,C,Ni]
-        ids, lengths = self.language.tokenize(text, image.device)
+        per_cloud = self.per_cloud_batchnorm and self.training and k > 1
+        with deferred_batchnorm_updates() if per_cloud else contextlib.nullcontext():
+            with batchnorm_groups(1, repeats=k) if per_cloud else contextlib.nullcontext():
+                image_feats = self.image_encoder(image).flatten(2).repeat_interleave(k, dim=0)  # [BK,C,Ni]
+            with batchnorm_groups(k) if per_cloud else contextlib.nullcontext():
+                probs = self._clouds(image_feats, points.reshape(b * k, 3, n), text, k)
+        probs = probs.view(b, k, n)
+        return probs[:, 0] if single else probs
+
+    def _clouds(self, image_feats: torch.Tensor, points: torch.Tensor, text: list[str], k: int) -> torch.Tensor:
+        """Everything after the image encoder, on B·K samples (sample b·K + j is cloud j of image b) -> [BK,N]."""
+        ids, lengths = self.language.tokenize(text, image_feats.device)
         ids, lengths = ids.repeat_interleave(k, dim=0), lengths.repeat_interleave(k, dim=0)
-        levels = self.point_encoder(points.reshape(b * k, 3, n))
+        levels = self.point_encoder(points)
         spatial = self.fusion(levels[-1][1], image_feats)  # F_S [BK,Ns,C]
         semantic, instructional, mask = self.language(spatial, ids, lengths)
         decoded = self.decoder(spatial, instructional, semantic, mask)  # F_A
-        probs = self.head(levels, spatial, decoded).view(b, k, n)
-        return probs[:, 0] if single else probs
+        return self.head(levels, spatial, decoded)
 
     def frozen_keys(self) -> set[str]:
         """State-dict keys never trained, so never saved: the frozen backbone's parameters and buffers."""

@@ -18,13 +18,25 @@ def index_points(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(points, 1, flat).reshape(*idx.shape, channels)
 
 
+def _coordinate_dtype(xyz: torch.Tensor) -> torch.dtype:
+    """Coordinates are compared in fp32 whatever the compute precision (fp64 stays fp64, for exact checks)."""
+    return torch.float64 if xyz.dtype == torch.float64 else torch.float32
+
+
+def group_points(feats: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """feats [B,C,N], idx [B,...] -> [B,C,...], channels first (the layout the 1x1 convs and BatchNorm take)."""
+    batch, channels = feats.shape[:2]
+    flat = idx.reshape(batch, 1, -1).expand(-1, channels, -1)
+    return torch.gather(feats, 2, flat).reshape(batch, channels, *idx.shape[1:])
+
+
 def square_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a [B,N,3], b [B,M,3] -> squared distances [B,N,M] as |a|^2 + |b|^2 - 2ab (one batched matmul instead of
     a [B,N,M,3] difference tensor), clamped at 0 against rounding."""
-    a, b = a.float(), b.float()
+    a, b = a.to(_coordinate_dtype(a)), b.to(_coordinate_dtype(a))
     with torch.autocast(a.device.type, enabled=False):  # coordinates stay fp32 under bf16 autocast
-        ab = torch.baddbmm(b.pow(2).sum(-1).unsqueeze(1), a, b.transpose(1, 2), alpha=-2.0)
-    return (ab + a.pow(2).sum(-1).unsqueeze(2)).clamp_min_(0.0)
+        ab = torch.baddbmm(a.pow(2).sum(-1).unsqueeze(2), a, b.transpose(1, 2), alpha=-2.0)
+    return (ab + b.pow(2).sum(-1).unsqueeze(1)).clamp_min_(0.0)
 
 
 @torch.no_grad()
@@ -35,11 +47,11 @@ def farthest_point_sample(xyz: torch.Tensor, npoint: int, start: Literal["random
     Coordinates are held as three [B,N] planes so each pick is a few in-place elementwise ops on contiguous
     rows (2x faster than a batched mat-vec with an inner dimension of 3) with the original's exact differences."""
     batch, n, _ = xyz.shape
-    planes = xyz.float().permute(2, 0, 1).contiguous()  # [3,B,N]
+    planes = xyz.to(_coordinate_dtype(xyz)).permute(2, 0, 1).contiguous()  # [3,B,N]
     flat = planes.view(3, batch * n)
     row_start = torch.arange(batch, device=xyz.device) * n
     picked = torch.empty(batch, npoint, dtype=torch.long, device=xyz.device)
-    nearest = torch.full((batch, n), float("inf"), device=xyz.device)
+    nearest = torch.full((batch, n), float("inf"), dtype=planes.dtype, device=xyz.device)
     if start == "random":
         farthest = torch.randint(0, n, (batch,), device=xyz.device)
     else:

@@ -12,7 +12,15 @@ import torch
 from torch import nn
 
 from model.config import ModelConfig
-from model.point_ops import ball_query, farthest_point_sample, index_points, square_distance, three_nn_interpolate
+from model.group_norm_bn import GroupedBatchNorm
+from model.point_ops import (
+    ball_query,
+    farthest_point_sample,
+    group_points,
+    index_points,
+    square_distance,
+    three_nn_interpolate,
+)
 
 
 def _conv_stack(conv: type[nn.Module], norm: type[nn.Module], in_channel: int, widths: Sequence[int]) -> nn.Sequential:
@@ -35,7 +43,7 @@ class SetAbstractionMSG(nn.Module):
     ) -> None:
         super().__init__()
         self.npoint, self.radii, self.nsamples, self.fps_start = npoint, tuple(radii), tuple(nsamples), fps_start
-        self.branches = nn.ModuleList(_conv_stack(nn.Conv2d, nn.BatchNorm2d, in_channel + 3, m) for m in mlps)
+        self.branches = nn.ModuleList(_conv_stack(nn.Conv2d, GroupedBatchNorm, in_channel + 3, m) for m in mlps)
         self.out_channels = sum(m[-1] for m in mlps)
 
     def forward(self, xyz: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,16 +51,17 @@ class SetAbstractionMSG(nn.Module):
         xyz_t = xyz.transpose(1, 2)
         centres = index_points(xyz_t, farthest_point_sample(xyz_t, self.npoint, self.fps_start))  # [B,S,3]
         sqdist = square_distance(centres, xyz_t)  # [B,S,N], one for all radii
-        source = torch.cat([feats, xyz], dim=1).transpose(1, 2)  # [B,N,C+3]: one gather per branch
+        source = torch.cat([feats, xyz], dim=1)  # [B,C+3,N]: one gather per branch
+        centres = centres.transpose(1, 2)  # [B,3,S]
         outputs = []
         for radius, nsample, branch in zip(self.radii, self.nsamples, self.branches):
             idx = ball_query(radius, nsample, sqdist)  # [B,S,K]
-            grouped = index_points(source, idx)  # [B,S,K,C+3]
-            grouped[..., -3:] -= centres.unsqueeze(2)  # xyz relative to the centre, as the original
-            # [B,C+3,S,K] as a channels-last view: the 1x1 convs run on it without a transposing copy, and
-            # max-with-indices has a 2x cheaper backward than amax (same values and gradient as the original).
-            outputs.append(branch(grouped.permute(0, 3, 1, 2)).max(dim=3).values)  # [B,C',S]
-        return centres.transpose(1, 2), torch.cat(outputs, dim=1)
+            # Gathered straight into [B,C+3,S,K] (contiguous, channels first): BatchNorm's CPU kernel for
+            # channels-last inputs loses precision (docs/fidelity.md), and no transposing copy is needed.
+            grouped = group_points(source, idx)
+            grouped[:, -3:] -= centres.unsqueeze(3)  # xyz relative to the centre, as the original
+            outputs.append(branch(grouped).max(dim=3).values)  # [B,C',S]
+        return centres, torch.cat(outputs, dim=1)
 
 
 class PointNet2Encoder(nn.Module):
@@ -81,7 +90,7 @@ class FeaturePropagation(nn.Module):
 
     def __init__(self, in_channel: int, mlp: Sequence[int], eps: float = 0.01) -> None:
         super().__init__()
-        self.mlp = _conv_stack(nn.Conv1d, nn.BatchNorm1d, in_channel, mlp)
+        self.mlp = _conv_stack(nn.Conv1d, GroupedBatchNorm, in_channel, mlp)
         self.eps = eps
 
     def forward(
