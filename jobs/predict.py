@@ -15,7 +15,6 @@ Writes OUT/<name>.npy (one value per input point), OUT/<name>_Pred.ply (grey -> 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -113,13 +112,16 @@ def _exported(folder: Path):
     """An exported folder, computing under the training precision its config.json records (fp32 if none)."""
     from jobs.evaluation.inference import in_precision
     from jobs.precision import from_meta
-    from model.pretrained import from_pretrained
+    from model.pretrained import BadModelFolder, from_pretrained, read_json
 
+    model = from_pretrained(folder, fps_start="first")  # checks config.json and the weights first
     try:
-        precision = from_meta(json.loads((folder / "config.json").read_text()))
+        precision = from_meta(read_json(folder / "config.json"))
+    except BadModelFolder:
+        raise
     except ValueError as e:
         raise UserError(f"{folder / 'config.json'}: {e}") from None
-    return in_precision(from_pretrained(folder, fps_start="first"), precision)
+    return in_precision(model, precision)
 
 
 if __name__ == "__main__":

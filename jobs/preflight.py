@@ -73,9 +73,8 @@ def pairs_available(manifest: dict[str, Any], pairs: int, shards: str) -> None:
 
 
 def model_files(model: Any) -> None:
-    """Local weights a ModelConfig names: model.resnet_weights, model.backbone_path, a non-preset backbone."""
-    if model.resnet_weights and not _remote(model.resnet_weights) and not Path(model.resnet_weights).is_file():
-        raise UserError(f"model.resnet_weights {model.resnet_weights}: no such file")
+    """Local weights a ModelConfig names: model.backbone_path, a non-preset backbone. (model.resnet_weights is
+    training's alone, checked by jobs.training.pretrained_check: a trained model carries its image encoder.)"""
     if model.backbone_path and not Path(model.backbone_path).is_dir():
         raise UserError(f"model.backbone_path {model.backbone_path}: no such folder")
     if model.backbone not in PRESET_BACKBONES and not Path(model.backbone).is_dir():

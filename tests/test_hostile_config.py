@@ -56,7 +56,7 @@ def test_missing_data_shards_is_one_line_before_anything_starts(tmp_path, capsys
 @pytest.mark.slow
 def test_missing_resnet_weights_is_one_line_before_anything_starts(shards, tmp_path, capsys) -> None:
     args = tiny_overrides(**{"data.shards": str(shards), "workdir": str(tmp_path)})
-    _refused(capsys, [*args, f"model.resnet_weights={tmp_path / 'r18.pth'}"], "model.resnet_weights", "no such file")
+    _refused(capsys, [*args, f"model.resnet_weights={tmp_path / 'r18.pth'}"], "model.resnet_weights", "does not exist")
 
 
 @pytest.fixture(scope="module")
