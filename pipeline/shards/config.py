@@ -11,8 +11,6 @@ class ShardConfig:
     """Samples per tar; choose so a split has >= train workers × loader processes shards."""
     max_bad_fraction: float = 0.01
     """Exit non-zero when more than this fraction of raw records is quarantined."""
-    image_size: int = 0
-    """0 keeps the original JPEG bytes; > 0 re-encodes each image once at this square size."""
     min_shards: int = 4
     """Warn when a split has fewer shards (train workers × loader processes)."""
 
