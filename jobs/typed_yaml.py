@@ -23,25 +23,56 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the dataclass schema."""
 
 
+BASE_KEY = "base"
+"""A config file may name another (`base: recipe.yaml`, relative to itself) whose values it extends."""
+
+
 def load(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
     """Read `path` (or start from defaults), apply `overrides`, and build `cls`."""
     data: dict[str, Any] = {}
     where = "<defaults>"
     if path is not None:
         where = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        data = read_layers(Path(path))
     for item in overrides:
         apply_override(data, item)
     return build(cls, data, where)
+
+
+def read_layers(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping of `path`, on top of its `base:` file's (recursively): sections merge key by key."""
+    data = _read_mapping(path)
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: {BASE_KEY} must be a file name, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise ConfigError(f"{path}: {BASE_KEY} {base} leads back to itself")
+    return _merge(read_layers(base_path, (*seen, path.resolve())), data)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(under)
+    for key, value in over.items():
+        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both_sections else value
+    return merged
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

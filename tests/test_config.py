@@ -56,3 +56,24 @@ def test_flatten_gives_dotted_keys():
     flat = flatten(to_dict(ExperimentConfig()))
     assert flat["train.lr"] == pytest.approx(1e-4)
     assert flat["model.sa1_radii"] == [0.1, 0.2, 0.4]
+
+
+def test_a_config_extends_its_base_section_by_section(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "base.yaml").write_text("train: {lr: 0.001, epochs: 7}\ndata: {view: full}\n")
+    (tmp_path / "exp.yaml").write_text("base: recipes/base.yaml\ntrain: {epochs: 3}\n")
+    cfg = load(ExperimentConfig, tmp_path / "exp.yaml", ["train.seed=5"])
+    assert (cfg.train.lr, cfg.train.epochs, cfg.train.seed, cfg.data.view) == (0.001, 3, 5, "full")
+
+
+def test_a_base_chain_that_leads_back_to_itself_is_an_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="leads back to itself"):
+        load(ExperimentConfig, tmp_path / "a.yaml")
+
+
+def test_a_missing_base_names_the_file(tmp_path):
+    (tmp_path / "exp.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml: cannot read config file"):
+        load(ExperimentConfig, tmp_path / "exp.yaml")
