@@ -194,4 +194,3 @@ def original_step(net, loss_fn, image, points, labels, text) -> torch.Tensor:
         total = total + loss_fn(net(image, points[:, k], text), labels[:, k])
     total.backward()
     return total
-

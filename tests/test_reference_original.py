@@ -83,7 +83,7 @@ def spec_set_abstraction(sa: SetAbstractionMSG, xyz: torch.Tensor, feats: torch.
         clouds = []
         for b in range(len(pts)):
             rows = []
-            for s, centre in enumerate(centres[b]):
+            for centre in centres[b]:
                 nb = spec_ball_query(pts[b], centre.detach().numpy(), radius, k)
                 rows.append(torch.cat([feats[b, nb], xyz[b, nb] - centre], dim=1))  # [K,C+3]
             clouds.append(torch.stack(rows))
