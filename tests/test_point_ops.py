@@ -101,3 +101,25 @@ def test_farthest_point_sample_compiled_on_gpu_returns_the_cpu_loops_indices():
 def test_farthest_point_sample_refuses_an_unknown_impl():
     with pytest.raises(ValueError, match="impl must be 'loop' or 'compiled'"):
         farthest_point_sample(torch.zeros(1, 4, 3), 2, "first", impl="kernel")
+
+
+@pytest.mark.slow  # compiles the FPS chunk (shared with the test above when run in the same process)
+def test_model_fps_impl_compiled_reaches_the_point_encoder_with_the_loops_result(monkeypatch):
+    from tiny import tiny_model_config
+
+    from model.pointnet2 import PointNet2Encoder
+
+    torch.manual_seed(0)
+    loop = PointNet2Encoder(tiny_model_config(fps_impl="loop")).eval()
+    compiled = PointNet2Encoder(tiny_model_config(fps_impl="compiled")).eval()
+    compiled.load_state_dict(loop.state_dict())
+    assert {sa.fps_impl for sa in (compiled.sa1, compiled.sa2, compiled.sa3)} == {"compiled"}
+    xyz = torch.randn(2, 3, 256, generator=torch.Generator().manual_seed(8))
+    makers, chunked = [], point_ops._fps_chunked
+    monkeypatch.setattr(point_ops, "_fps_chunked", lambda *a: makers.append(a[-1]) or chunked(*a))
+    with torch.no_grad():
+        expected = loop(xyz)
+        assert makers == []
+        for (xyz_a, feats_a), (xyz_b, feats_b) in zip(expected, compiled(xyz)):
+            assert torch.equal(xyz_a, xyz_b) and torch.equal(feats_a, feats_b)
+    assert makers == [point_ops._compiled_chunk] * 3  # one compiled FPS per set-abstraction level
