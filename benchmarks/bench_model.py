@@ -1,20 +1,30 @@
-"""Model speed on CPU, measured side by side in one run (6 images x 3 point clouds, `tiny` backbone).
+"""Model speed on CPU against the original (benchmarks/reference_original.py), measured side by side in one run.
 
-    python benchmarks/bench_model.py [--repeats 3] [--threads 2] [--batchnorm-sizes demo,paper]
+    python benchmarks/bench_model.py [--rounds 5] [--threads 2] [--only ROW ...] [--tiny] [overrides ...]
 
-Rows: point encoder forward+backward (ours vs the original-style ops), the full training step (ours: pairs
-batched, vectorised LLM input; original: three forward passes, per-sample loop) with the max abs difference of
-their outputs, bf16 autocast, metrics on 1000 x 2048 (vectorised vs per-sample scikit-learn), achieved GFLOP/s
-of the step against this machine's dense matmul, and peak RSS of a step. Model sizes: configs/demo.yaml.
-Then the cost of `released` BatchNorm statistics per point cloud against joint statistics over all B·K clouds
-(training step, same model, `per_cloud_batchnorm` flipped) at demo size (6 images) and paper size
-(configs/agpil/full_seen.yaml with the `tiny` backbone, 2 images), each x 3 clouds.
+Every ratio is the median of `--rounds` alternating rounds (reference, ours, reference, ...) after one warm-up
+round, same weights and inputs. Rows (`--only` names):
+- demo-eval: the demo model (configs/demo.yaml, `tiny` backbone, 6 images x 3 clouds, eval-mode BatchNorm): point
+  encoder forward+backward, the training step (ours: pairs batched, vectorised LLM input; original: three forward
+  passes, per-sample loop) with the max abs difference of their outputs, bf16 autocast, metrics on 1000 x 2048
+  (vectorised vs per-sample scikit-learn), achieved GFLOP/s of the step against this machine's dense matmul, peak RSS.
+- paper-encoder: the paper's PointNet++ MSG, 18 clouds x 2048 points, forward+backward, training-mode BatchNorm.
+- paper-step / demo-step: a whole training step (training mode) at paper sizes (224 px, ResNet18 width 64, paper
+  PointNet++ and fusion widths, `tiny` backbone) and at demo sizes; demo-step adds the step's share of this
+  machine's fp32 2048² matmul rate (FLOPs counted with FlopCounterMode, the matmul timed in the same run).
+- batchnorm: `released` BatchNorm statistics per point cloud (the original's K forwards) against joint statistics
+  over all B·K clouds, whole training step, same model with `per_cloud_batchnorm` flipped, at demo size (6 images)
+  and paper size (2 images), each x 3 clouds ("reference" column: joint, "ours": per cloud).
+- gpu-fps: farthest-point sampling 18 x 2048 -> 512 on the GPU, `fps_impl` loop vs compiled (skipped without one).
+`--tiny` shrinks every size for a smoke run (numbers meaningless). Overrides apply to the demo model.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,97 +39,111 @@ from reference_original import three_nn_interpolate as gathered  # noqa: E402
 import model.pointnet2  # noqa: E402
 from jobs.config import ExperimentConfig  # noqa: E402
 from jobs.typed_yaml import load  # noqa: E402
+from model.config import ModelConfig  # noqa: E402
 from model.lmaffordance3d import build_model  # noqa: E402
 from model.loss import heatmap_loss  # noqa: E402
 from model.metrics import per_sample  # noqa: E402
+from model.point_ops import farthest_point_sample  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
+def timed(fn, rounds: int) -> float:
+    """Median of `rounds` runs after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(rounds):
         start = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
-def compare(reference, ours, repeats: int) -> tuple[float, float]:
-    """Best-of-`repeats` times of two functions run alternately, so a noisy neighbour hits both alike."""
-    best = [float("inf"), float("inf")]
-    for _ in range(repeats + 1):  # the first round is a warm-up (allocator, oneDNN primitives)
+def compare(reference, ours, rounds: int) -> tuple[float, float]:
+    """Medians of `rounds` alternating runs of two functions (a noisy neighbour hits both alike), after one warm-up
+    round (allocator, oneDNN primitives)."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for r in range(rounds + 1):
         for i, fn in enumerate((reference, ours)):
             start = time.perf_counter()
             fn()
-            best[i] = min(best[i], time.perf_counter() - start) if _ else best[i]
-    return best[0], best[1]
+            if r:
+                times[i].append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
-def matmul_gflops(dtype: torch.dtype) -> float:
+def matmul_gflops(dtype: torch.dtype, rounds: int) -> float:
     a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-    seconds = timed(lambda: a @ b, 3)
+    seconds = timed(lambda: a @ b, max(rounds, 3))
     return 2 * 2048**3 / seconds / 1e9
 
 
-def batchnorm_cost(model_cfg, images: int, repeats: int) -> tuple[float, float]:
-    """Training-step seconds of one `released` model with BatchNorm statistics joint over the B·K clouds and
-    per cloud (the original's K forwards), run alternately."""
-    net = build_model(model_cfg).train()
-    k, n, size = 3, model_cfg.num_points, model_cfg.image_size
-    image, points, labels = torch.randn(images, 3, size, size), torch.randn(images, k, 3, n), torch.rand(images, k, n)
+# The smoke sizes of `--tiny` (those of the tests' tiny model).
+TINY = dict(
+    num_points=256, image_size=64, resnet_width=8, emb_dim=32, num_heads=2, fusion_hidden=32,
+    sa1_npoint=64, sa1_radii=(0.2, 0.4), sa1_nsample=(8, 16), sa1_mlps=((8, 16), (8, 16)),
+    sa2_npoint=32, sa2_radii=(0.4, 0.8), sa2_nsample=(8, 16), sa2_mlps=((16, 32), (16, 32)),
+    sa3_npoint=16, sa3_radii=(0.6, 1.0), sa3_nsample=(8, 8), sa3_mlps=((32, 32), (32, 32)),
+    fp3_mlp=(32, 32), fp2_mlp=(32, 32), fp1_mlp=(32, 32), head_hidden=16, max_txt_len=16,
+)  # fmt: skip
+# Both sides: the `tiny` backbone in fp32, FPS from a random start as the original.
+BENCH = ["model.backbone=tiny", "model.fps_start=random", "model.backbone_dtype=fp32"]
+
+
+def demo_config(args: argparse.Namespace) -> ModelConfig:
+    cfg = load(ExperimentConfig, str(REPO / "configs" / "demo.yaml"), BENCH + args.overrides).model
+    return dataclasses.replace(cfg, **TINY) if args.tiny else cfg
+
+
+def paper_config(args: argparse.Namespace) -> ModelConfig:
+    """The paper's model (ModelConfig defaults: 224 px, ResNet18 width 64, paper PointNet++) on `tiny`."""
+    cfg = ModelConfig(backbone="tiny", backbone_dtype="fp32", fps_start="random")
+    return dataclasses.replace(cfg, **TINY) if args.tiny else cfg
+
+
+def images(args: argparse.Namespace) -> int:
+    return 2 if args.tiny else 6
+
+
+def inputs(cfg: ModelConfig, b: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """image [b,3,S,S], unit-ball points [b,k,3,N], labels [b,k,N], b instructions."""
+    image = torch.randn(b, 3, cfg.image_size, cfg.image_size)
+    points = torch.randn(b, k, 3, cfg.num_points)
     points = points / points.norm(dim=2, keepdim=True).amax(-1, keepdim=True)
-    text = ["Where should I hold this to pour tea?"] * images
-
-    def step(per_cloud: bool):
-        def run():
-            net.per_cloud_batchnorm = per_cloud
-            net.zero_grad(set_to_none=True)
-            heatmap_loss(net(image, points, text), labels).backward()
-
-        return run
-
-    return compare(step(False), step(True), repeats)
+    return image, points, torch.rand(b, k, cfg.num_points), ["Where should I hold this to pour tea?"] * b
 
 
-def batchnorm_rows(sizes: list[str], overrides: list[str], repeats: int) -> list[tuple[str, float, float]]:
-    configs = {"demo": (REPO / "configs" / "demo.yaml", 6), "paper": (REPO / "configs/agpil/full_seen.yaml", 2)}
-    rows = []
-    for size in sizes:
-        path, images = configs[size]
-        cfg = load(ExperimentConfig, str(path), ["model.backbone=tiny", "model.backbone_dtype=fp32", *overrides])
-        joint, per_cloud = batchnorm_cost(cfg.model, images, repeats)
-        rows.append((f"{size} step: joint vs per-cloud BN ({images}x3)", joint, per_cloud))
-    return rows
+def describe(cfg: ModelConfig) -> str:
+    return f"image {cfg.image_size}px, ResNet width {cfg.resnet_width}, emb {cfg.emb_dim}, SA1 {cfg.sa1_mlps}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--batchnorm-sizes",
-        default="demo,paper",
-        help="comma-separated sizes (demo, paper) for the per-cloud vs joint BatchNorm rows; empty for none",
-    )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        help="config overrides, e.g. model.image_size=224 model.resnet_width=64 model.sa3_mlps=[[128,256],[128,256]]",
-    )
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def print_rows(rows: list[tuple[str, float, float]]) -> None:
+    print(f"{'measurement':<52}{'reference s':>12}{'ours s':>10}{'ratio':>9}")
+    for name, ref, new in rows:
+        print(f"{name:<52}{ref:>12.3f}{new:>10.3f}{ref / new:>8.2f}x")
+
+
+def useful_flops(step) -> int:
+    """FLOPs of one call of `step`, counted with the gathered 3-NN interpolation, whose matmul-free form has no
+    multiplications by the dense interpolation matrix's zeros."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dense_interpolation, model.pointnet2.three_nn_interpolate = model.pointnet2.three_nn_interpolate, gathered
+    try:
+        with FlopCounterMode(display=False) as counter:
+            step()
+    finally:
+        model.pointnet2.three_nn_interpolate = dense_interpolation
+    return counter.get_total_flops()
+
+
+def demo_eval_table(args: argparse.Namespace) -> None:
+    """The demo-size table: eval-mode BatchNorm, so both step patterns see identical statistics."""
     torch.manual_seed(0)
-    fixed = ["model.backbone=tiny", "model.fps_start=first", "model.backbone_dtype=fp32"]
-    cfg = load(ExperimentConfig, str(REPO / "configs" / "demo.yaml"), fixed + args.overrides)
-    net = build_model(cfg.model).eval()  # eval-mode BN: both step patterns see identical statistics
-    b, k, n = 6, 3, cfg.model.num_points
-    image = torch.randn(b, 3, cfg.model.image_size, cfg.model.image_size)
-    points = torch.randn(b, k, 3, n)
-    points = points / points.norm(dim=2, keepdim=True).amax(-1, keepdim=True)
-    labels = torch.rand(b, k, n)
-    text = ["Where should I hold this to pour tea?"] * b
+    cfg = demo_config(args)
+    net = build_model(cfg).eval()  # eval-mode BN: both step patterns see identical statistics
+    b, k, n = images(args), 3, cfg.num_points
+    image, points, labels, text = inputs(cfg, b, k)
     rows = []
 
     def encoder():
@@ -130,7 +154,7 @@ def main() -> None:
         with original_ops():
             encoder()
 
-    rows.append(("point encoder fwd+bwd (18 clouds)", *compare(encoder_original, encoder, args.repeats)))
+    rows.append((f"point encoder fwd+bwd ({b * k} clouds)", *compare(encoder_original, encoder, args.rounds)))
 
     def step():
         heatmap_loss(net(image, points, text), labels).backward()
@@ -139,11 +163,15 @@ def main() -> None:
         with original_ops():
             original_step(net, heatmap_loss, image, points, labels, text)
 
-    theirs_step, ours_step = compare(step_original, step, args.repeats)
-    with original_ops(), torch.no_grad():
-        reference = torch.stack([net(image, points[:, i], text) for i in range(k)], 1)
+    theirs_step, ours_step = compare(step_original, step, args.rounds)
+    diff = 0.0
     with torch.no_grad():
-        diff = float((net(image, points, text) - reference).abs().max())
+        for i in range(k):  # one cloud per image at a time, so both draw the same random FPS starts
+            torch.manual_seed(i)
+            ours_i = net(image, points[:, i], text)
+            torch.manual_seed(i)
+            with original_ops():
+                diff = max(diff, float((ours_i - net(image, points[:, i], text)).abs().max()))
     rows.append(("training step fp32", theirs_step, ours_step))
 
     def step_bf16():
@@ -151,10 +179,11 @@ def main() -> None:
             probs = net(image, points, text)
         heatmap_loss(probs.float(), labels).backward()
 
-    rows.append(("training step: fp32 vs bf16 autocast", *compare(step, step_bf16, args.repeats)))
+    rows.append(("training step: fp32 vs bf16 autocast", *compare(step, step_bf16, args.rounds)))
 
     rng = np.random.default_rng(0)
-    pred, gt = rng.random((1000, 2048)), rng.random((1000, 2048)) ** 3
+    samples = 50 if args.tiny else 1000
+    pred, gt = rng.random((samples, 2048)), rng.random((samples, 2048)) ** 3
     from sklearn.metrics import roc_auc_score
 
     def sklearn_metrics():
@@ -163,38 +192,151 @@ def main() -> None:
             roc_auc_score(bin_, p)
             np.mean([((p >= t) & bin_).sum() / ((p >= t) | bin_).sum() for t in np.linspace(0, 1, 20)])
 
-    rows.append(("metrics 1000x2048", timed(sklearn_metrics, 1), timed(lambda: per_sample(pred, gt), args.repeats)))
-    sizes = [size for size in args.batchnorm_sizes.split(",") if size]
-    rows += batchnorm_rows(sizes, ["model.fps_start=first"], args.repeats)
+    ours_metrics = timed(lambda: per_sample(pred, gt), args.rounds)
+    rows.append((f"metrics {samples}x2048", timed(sklearn_metrics, 1), ours_metrics))
     ref_auc = np.array([roc_auc_score(g >= 0.5, p) for p, g in zip(pred[:100], gt[:100])])
     auc_diff = float(np.abs(per_sample(pred[:100], gt[:100])["auc"] - ref_auc).max())
 
-    from torch.utils.flop_counter import FlopCounterMode
-
-    # Useful FLOPs: count with the gathered 3-NN interpolation, whose matmul-free form has no multiplications
-    # by the dense interpolation matrix's zeros.
-    dense_interpolation, model.pointnet2.three_nn_interpolate = model.pointnet2.three_nn_interpolate, gathered
-    with FlopCounterMode(display=False) as counter:
-        step()
-    model.pointnet2.three_nn_interpolate = dense_interpolation
-    flops = counter.get_total_flops()
+    flops = useful_flops(step)
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-    print(
-        f"torch {torch.__version__}, {args.threads} threads, batch {b} images x {k} clouds x {n} points, "
-        f"image {cfg.model.image_size}px, ResNet width {cfg.model.resnet_width}, emb {cfg.model.emb_dim}\n"
-    )
-    print(f"{'measurement':<40}{'reference s':>12}{'ours s':>10}{'speed-up':>10}")
-    for name, ref, new in rows:
-        print(f"{name:<40}{ref:>12.3f}{new:>10.3f}{ref / new:>9.2f}x")
+    print(f"demo-eval: batch {b} images x {k} clouds x {n} points, {describe(cfg)}, eval-mode BatchNorm")
+    print_rows(rows)
     print(f"\nmax |ours - original| over the outputs: {diff:.2e}; AUC vs scikit-learn: {auc_diff:.1e}")
-    fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
+    fp32, bf16 = matmul_gflops(torch.float32, args.rounds), matmul_gflops(torch.bfloat16, args.rounds)
     achieved = flops / ours_step / 1e9
     print(f"training step: {flops / 1e9:.1f} GFLOP, {achieved:.1f} GFLOP/s fp32 = {100 * achieved / fp32:.0f}% of the "
           f"2048^2 matmul's {fp32:.0f} GFLOP/s (bf16 matmul: {bf16:.0f} GFLOP/s)")  # fmt: skip
-    print(f"peak RSS after a step: {peak / 2**20:.2f} GiB (before the last step {peak_before / 2**20:.2f} GiB)")
+    print(f"peak RSS after a step: {peak / 2**20:.2f} GiB (before the last step {peak_before / 2**20:.2f} GiB)\n")
+
+
+# ---- training-mode rows against the original at paper and demo sizes (issue 20) -------------------------------
+
+
+def paper_encoder_table(args: argparse.Namespace) -> None:
+    """The paper's PointNet++ MSG, 6 x 3 clouds, forward + backward with training-mode BatchNorm."""
+    cfg = paper_config(args)
+    encoder = build_model(cfg).point_encoder.train()
+    b, k = images(args), 3
+    _, points, _, _ = inputs(cfg, b, k)
+    clouds = points.reshape(b * k, 3, cfg.num_points)
+
+    def ours():
+        encoder(clouds)[-1][1].sum().backward()
+
+    def original():
+        with original_ops():
+            ours()
+
+    print(f"paper-encoder: {b * k} clouds x {cfg.num_points} points, SA1 {cfg.sa1_mlps}, training-mode BatchNorm")
+    print_rows([(f"point encoder fwd+bwd, paper MSG ({b * k} clouds)", *compare(original, ours, args.rounds))])
+    print()
+
+
+def step_table(args: argparse.Namespace, size: str) -> None:
+    """A whole training step in training mode, ours (pairs batched) vs the original (three forward passes); at
+    demo size also its share of the fp32 matmul rate."""
+    cfg = paper_config(args) if size == "paper" else demo_config(args)
+    net = build_model(cfg).train()
+    b, k = images(args), 3
+    image, points, labels, text = inputs(cfg, b, k)
+
+    def ours():
+        heatmap_loss(net(image, points, text), labels).backward()
+
+    def original():
+        with original_ops():
+            original_step(net, heatmap_loss, image, points, labels, text)
+
+    theirs_s, ours_s = compare(original, ours, args.rounds)
+    print(f"{size}-step: batch {b} images x {k} clouds x {cfg.num_points} points, {describe(cfg)}, training mode")
+    print_rows([(f"training step fp32, {size} size, training mode", theirs_s, ours_s)])
+    if size == "demo":
+        flops, fp32 = useful_flops(ours), matmul_gflops(torch.float32, args.rounds)
+        achieved = flops / ours_s / 1e9
+        print(f"demo-size step at {100 * achieved / fp32:.0f} % of this machine's fp32 matmul rate: {flops / 1e9:.1f} "
+              f"GFLOP in {ours_s:.3f} s = {achieved:.1f} GFLOP/s; 2048² fp32 matmul {fp32:.0f} GFLOP/s")  # fmt: skip
+    print()
+
+
+def gpu_fps_table(args: argparse.Namespace) -> None:
+    """Farthest-point sampling on the GPU: the eager loop (launch-bound) vs the compiled path, same indices."""
+    name = "GPU FPS 18 x 2048 -> 512: fps_impl loop vs compiled"
+    if not torch.cuda.is_available():
+        print(f"gpu-fps: {name}: skipped: no GPU\n")
+        return
+    xyz = torch.rand(18, 2048, 3, device="cuda")
+
+    def run(impl: str):
+        def fps():
+            picks = farthest_point_sample(xyz, 512, "first", impl)
+            torch.cuda.synchronize()
+            return picks
+
+        return fps
+
+    loop, compiled = run("loop"), run("compiled")
+    same = torch.equal(loop(), compiled())  # also compiles, before the timed rounds
+    print(f"gpu-fps: {torch.cuda.get_device_name()}, indices equal: {same}")
+    print_rows([(name, *compare(loop, compiled, args.rounds))])
+    print()
+
+
+def batchnorm_table(args: argparse.Namespace) -> None:
+    """What per-cloud BatchNorm statistics cost against joint ones: one released model, the switch flipped."""
+    rows = []
+    for size, cfg in (("demo", demo_config(args)), ("paper", paper_config(args))):
+        b = images(args) if size == "demo" else 2
+        net = build_model(cfg).train()
+        image, points, labels, text = inputs(cfg, b, 3)
+
+        def step(per_cloud: bool, net=net, image=image, points=points, labels=labels, text=text):
+            def run():
+                net.per_cloud_batchnorm = per_cloud
+                net.zero_grad(set_to_none=True)
+                heatmap_loss(net(image, points, text), labels).backward()
+
+            return run
+
+        rows.append((f"{size} step: joint vs per-cloud BN ({b}x3)", *compare(step(False), step(True), args.rounds)))
+    print("batchnorm: training step, BatchNorm statistics joint over B·K clouds vs per cloud (released)")
+    print_rows(rows)
+    print()
+
+
+ROWS = {
+    "demo-eval": demo_eval_table,
+    "paper-encoder": paper_encoder_table,
+    "paper-step": lambda args: step_table(args, "paper"),
+    "demo-step": lambda args: step_table(args, "demo"),
+    "batchnorm": batchnorm_table,
+    "gpu-fps": gpu_fps_table,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", "--repeats", type=int, default=5, help="timed alternating rounds (median)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", action="append", choices=sorted(ROWS), help="run only these rows (repeatable)")
+    parser.add_argument("--tiny", action="store_true", help="smoke run at tiny sizes (timings meaningless)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="demo-model overrides, e.g. model.image_size=224 model.resnet_width=64 "
+        "model.sa3_mlps=[[128,256],[128,256]]",
+    )
+    args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, medians of {args.rounds} alternating rounds\n")
+    for name, table in ROWS.items():
+        if args.only is None or name in args.only:
+            torch.manual_seed(0)
+            table(args)
 
 
 if __name__ == "__main__":

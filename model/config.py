@@ -48,6 +48,9 @@ class ModelConfig:
     head_hidden: int = 64
     fps_start: Literal["random", "first"] = "random"
     """Farthest-point sampling start index: `random` as the original, `first` for determinism."""
+    fps_impl: Literal["loop", "compiled"] = "loop"
+    """Farthest-point sampling: `loop` (eager, one small kernel per op and pick: best on CPU) or `compiled`
+    (torch.compile, 8 picks per call: for GPUs, where the loop is launch-bound; same indices)."""
     # Language backbone (DESIGN.md presets).
     backbone: str = "llava-1.6-vicuna-7b"
     """Preset (`tiny`, `minilm`, `llava-1.6-vicuna-7b`) or a local Hugging Face model path."""

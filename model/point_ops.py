@@ -6,6 +6,7 @@ ball query and 3-NN interpolation are single tensor expressions.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -39,23 +40,43 @@ def square_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (ab + b.pow(2).sum(-1).unsqueeze(1)).clamp_min_(0.0)
 
 
+FpsImpl = Literal["loop", "compiled"]
+FPS_CHUNK = 8
+"""Picks per call of the compiled FPS function: one Python call and guard check per 8 picks, and a graph small
+enough to compile in seconds."""
+
+
 @torch.no_grad()
 @torch.autocast("cpu", enabled=False)
 @torch.autocast("cuda", enabled=False)
-def farthest_point_sample(xyz: torch.Tensor, npoint: int, start: Literal["random", "first"] = "random") -> torch.Tensor:
+def farthest_point_sample(
+    xyz: torch.Tensor, npoint: int, start: Literal["random", "first"] = "random", impl: FpsImpl = "loop"
+) -> torch.Tensor:
     """xyz [B,N,3] -> indices [B,npoint]; `random` starts at a random point as the original, `first` at 0.
-    Coordinates are held as three [B,N] planes so each pick is a few in-place elementwise ops on contiguous
-    rows (2x faster than a batched mat-vec with an inner dimension of 3) with the original's exact differences."""
+    `impl="loop"`: eager ops per pick (the CPU path). `impl="compiled"`: the same arithmetic through
+    torch.compile, `FPS_CHUNK` picks per call, for GPUs where the loop's small kernels are launch-bound; it returns
+    the same indices (tests/test_point_ops.py checks it on CPU with inductor)."""
     batch, n, _ = xyz.shape
-    planes = xyz.to(_coordinate_dtype(xyz)).permute(2, 0, 1).contiguous()  # [3,B,N]
-    flat = planes.view(3, batch * n)
-    row_start = torch.arange(batch, device=xyz.device) * n
-    picked = torch.empty(batch, npoint, dtype=torch.long, device=xyz.device)
-    nearest = torch.full((batch, n), float("inf"), dtype=planes.dtype, device=xyz.device)
     if start == "random":
         farthest = torch.randint(0, n, (batch,), device=xyz.device)
     else:
         farthest = torch.zeros(batch, dtype=torch.long, device=xyz.device)
+    planes = xyz.to(_coordinate_dtype(xyz)).permute(2, 0, 1).contiguous()  # [3,B,N]
+    if impl == "loop":
+        return _fps_loop(planes, npoint, farthest)
+    if impl == "compiled":
+        return _fps_chunked(planes, npoint, farthest, _compiled_chunk)
+    raise ValueError(f"farthest_point_sample: impl must be 'loop' or 'compiled', got {impl!r}")
+
+
+def _fps_loop(planes: torch.Tensor, npoint: int, farthest: torch.Tensor) -> torch.Tensor:
+    """Coordinates as three [B,N] planes so each pick is a few in-place elementwise ops on contiguous rows (2x
+    faster than a batched mat-vec with an inner dimension of 3) with the original's exact differences."""
+    _, batch, n = planes.shape
+    flat = planes.view(3, batch * n)
+    row_start = torch.arange(batch, device=planes.device) * n
+    picked = torch.empty(batch, npoint, dtype=torch.long, device=planes.device)
+    nearest = torch.full((batch, n), float("inf"), dtype=planes.dtype, device=planes.device)
     diff, distance = torch.empty_like(planes), torch.empty_like(nearest)
     for i in range(npoint):
         picked[:, i] = farthest
@@ -64,6 +85,48 @@ def farthest_point_sample(xyz: torch.Tensor, npoint: int, start: Literal["random
         torch.minimum(nearest, distance, out=nearest)
         farthest = nearest.argmax(-1)
     return picked
+
+
+def fps_chunk(
+    planes: torch.Tensor, nearest: torch.Tensor, farthest: torch.Tensor, steps: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`steps` picks from `farthest` on: planes [3,B,N], nearest [B,N] (squared distance to the picked set),
+    farthest [B] -> (nearest, next pick, picks [B,steps]). The arithmetic of `_fps_loop`: per coordinate
+    difference, square, the three squares summed in x, y, z order, minimum, first index of the maximum."""
+    picks = []
+    for _ in range(steps):
+        picks.append(farthest)
+        centre = torch.gather(planes, 2, farthest.view(1, -1, 1).expand(3, -1, 1))  # [3,B,1]
+        diff = planes - centre
+        nearest = torch.minimum(nearest, (diff * diff).sum(0))
+        farthest = nearest.argmax(-1)
+    return nearest, farthest, torch.stack(picks, 1)
+
+
+@functools.cache
+def _compiled_chunk(steps: int):
+    def chunk(planes: torch.Tensor, nearest: torch.Tensor, farthest: torch.Tensor):
+        return fps_chunk(planes, nearest, farthest, steps)
+
+    # dynamic: one compilation serves every level's and batch's shapes; emulate_precision_casts turns off
+    # Triton's multiply-add fusion, which would round the squared distances differently from the eager path
+    # (inductor's C++ backend already compiles with -ffp-contract=off).
+    return torch.compile(chunk, fullgraph=True, dynamic=True, options={"emulate_precision_casts": True})
+
+
+def _eager_chunk(steps: int):
+    return functools.partial(fps_chunk, steps=steps)
+
+
+def _fps_chunked(planes: torch.Tensor, npoint: int, farthest: torch.Tensor, make_chunk) -> torch.Tensor:
+    """`npoint` picks in calls of `make_chunk(FPS_CHUNK)` (and one of the remainder)."""
+    _, batch, n = planes.shape
+    nearest = torch.full((batch, n), float("inf"), dtype=planes.dtype, device=planes.device)
+    picked = []
+    for done in range(0, npoint, FPS_CHUNK):
+        nearest, farthest, picks = make_chunk(min(FPS_CHUNK, npoint - done))(planes, nearest, farthest)
+        picked.append(picks)
+    return torch.cat(picked, 1)
 
 
 @torch.no_grad()

@@ -45,11 +45,13 @@ class SetAbstractionMSG(nn.Module):
         self.npoint, self.radii, self.nsamples, self.fps_start = npoint, tuple(radii), tuple(nsamples), fps_start
         self.branches = nn.ModuleList(_conv_stack(nn.Conv2d, GroupedBatchNorm, in_channel + 3, m) for m in mlps)
         self.out_channels = sum(m[-1] for m in mlps)
+        self.fps_impl = "loop"  # set from ModelConfig.fps_impl by PointNet2Encoder
 
     def forward(self, xyz: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """xyz [B,3,N], feats [B,C,N] -> centres [B,3,S], features [B,C_out,S]."""
         xyz_t = xyz.transpose(1, 2)
-        centres = index_points(xyz_t, farthest_point_sample(xyz_t, self.npoint, self.fps_start))  # [B,S,3]
+        picks = farthest_point_sample(xyz_t, self.npoint, self.fps_start, self.fps_impl)
+        centres = index_points(xyz_t, picks)  # [B,S,3]
         sqdist = square_distance(centres, xyz_t)  # [B,S,N], one for all radii
         source = torch.cat([feats, xyz], dim=1)  # [B,C+3,N]: one gather per branch
         centres = centres.transpose(1, 2)  # [B,3,S]
@@ -77,6 +79,8 @@ class PointNet2Encoder(nn.Module):
             cfg.sa3_npoint, cfg.sa3_radii, cfg.sa3_nsample, self.sa2.out_channels, cfg.sa3_mlps, cfg.fps_start
         )
         self.channels = (3, self.sa1.out_channels, self.sa2.out_channels, self.sa3.out_channels)
+        for sa in (self.sa1, self.sa2, self.sa3):
+            sa.fps_impl = cfg.fps_impl
 
     def forward(self, xyz: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         levels = [(xyz, xyz)]

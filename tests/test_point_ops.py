@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from model import point_ops
 from model.point_ops import ball_query, farthest_point_sample, index_points, square_distance, three_nn_interpolate
 
 
@@ -63,3 +64,62 @@ def test_index_points_gathers_per_batch():
     points = torch.arange(24.0).view(2, 4, 3)
     idx = torch.tensor([[3, 0], [1, 1]])
     assert index_points(points, idx).tolist() == [[[9, 10, 11], [0, 1, 2]], [[15, 16, 17], [15, 16, 17]]]
+
+
+def _fps_clouds() -> list[torch.Tensor]:
+    """Random clouds, one with every point twice (every distance ties: the first index must win), one with a
+    batch of 1 and a pick count that is not a multiple of the compiled path's chunk."""
+    g = torch.Generator().manual_seed(4)
+    half = torch.randn(2, 150, 3, generator=g)
+    return [torch.randn(3, 300, 3, generator=g), torch.cat([half, half], 1), torch.randn(1, 64, 3, generator=g)]
+
+
+def test_farthest_point_sample_chunked_steps_equal_the_loop():
+    for xyz, npoint in zip(_fps_clouds(), (37, 40, 64)):
+        start = torch.randint(0, xyz.shape[1], (xyz.shape[0],), generator=torch.Generator().manual_seed(1))
+        planes = xyz.permute(2, 0, 1).contiguous()
+        chunked = point_ops._fps_chunked(planes, npoint, start, point_ops._eager_chunk)
+        assert torch.equal(chunked, point_ops._fps_loop(planes, npoint, start))
+
+
+@pytest.mark.slow  # inductor compiles two C++ graphs (a minute or more on a loaded 2-core machine)
+def test_farthest_point_sample_compiled_returns_the_loops_indices_on_cpu():
+    for i, (xyz, npoint) in enumerate(zip(_fps_clouds(), (37, 40, 64))):
+        torch.manual_seed(i)
+        loop = farthest_point_sample(xyz, npoint, "random", impl="loop")
+        torch.manual_seed(i)
+        assert torch.equal(farthest_point_sample(xyz, npoint, "random", impl="compiled"), loop)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_farthest_point_sample_compiled_on_gpu_returns_the_cpu_loops_indices():
+    for xyz, npoint in zip(_fps_clouds(), (37, 40, 64)):
+        cpu = farthest_point_sample(xyz, npoint, "first", impl="loop")
+        assert torch.equal(farthest_point_sample(xyz.cuda(), npoint, "first", impl="compiled").cpu(), cpu)
+
+
+def test_farthest_point_sample_refuses_an_unknown_impl():
+    with pytest.raises(ValueError, match="impl must be 'loop' or 'compiled'"):
+        farthest_point_sample(torch.zeros(1, 4, 3), 2, "first", impl="kernel")
+
+
+@pytest.mark.slow  # compiles the FPS chunk (shared with the test above when run in the same process)
+def test_model_fps_impl_compiled_reaches_the_point_encoder_with_the_loops_result(monkeypatch):
+    from tiny import tiny_model_config
+
+    from model.pointnet2 import PointNet2Encoder
+
+    torch.manual_seed(0)
+    loop = PointNet2Encoder(tiny_model_config(fps_impl="loop")).eval()
+    compiled = PointNet2Encoder(tiny_model_config(fps_impl="compiled")).eval()
+    compiled.load_state_dict(loop.state_dict())
+    assert {sa.fps_impl for sa in (compiled.sa1, compiled.sa2, compiled.sa3)} == {"compiled"}
+    xyz = torch.randn(2, 3, 256, generator=torch.Generator().manual_seed(8))
+    makers, chunked = [], point_ops._fps_chunked
+    monkeypatch.setattr(point_ops, "_fps_chunked", lambda *a: makers.append(a[-1]) or chunked(*a))
+    with torch.no_grad():
+        expected = loop(xyz)
+        assert makers == []
+        for (xyz_a, feats_a), (xyz_b, feats_b) in zip(expected, compiled(xyz)):
+            assert torch.equal(xyz_a, xyz_b) and torch.equal(feats_a, feats_b)
+    assert makers == [point_ops._compiled_chunk] * 3  # one compiled FPS per set-abstraction level
