@@ -26,9 +26,6 @@ from jobs.stages import StageLog
 from model.metrics import KEYS
 
 log = logging.getLogger("lma3d.demo")
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"
-PIAD_SAMPLE = REPO / "tests" / "fixtures" / "piad"
 MODEL_NAME = "lma3d-demo"
 
 
@@ -52,11 +49,13 @@ def _synthetic_sample(raw: Path) -> dict[str, str]:
 
 def _piad_sample() -> dict[str, str]:
     """The real PIAD sample shipped in tests/fixtures: PIAD has no text, so its reader's template instruction."""
+    from jobs.resources import PIAD_SAMPLE, project_file
     from pipeline.formats.piad import instruction
 
+    sample = project_file(PIAD_SAMPLE)
     return {
-        "image": str(PIAD_SAMPLE / "Img_Test_Bag_lift_1.jpg"),
-        "points": str(PIAD_SAMPLE / "Point_Test_Bag_1.txt"),
+        "image": str(sample / "Img_Test_Bag_lift_1.jpg"),
+        "points": str(sample / "Point_Test_Bag_1.txt"),
         "instruction": instruction("Bag", "lift"),
     }
 
@@ -67,14 +66,16 @@ def main(argv: list[str]) -> int:
         prog="lma3d demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workdir", default="work", help="where everything is written (default ./work)")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="experiment YAML (default configs/demo.yaml)")
+    parser.add_argument("--config", help="experiment YAML (default: the shipped configs/demo.yaml)")
     parser.add_argument("--train-images", type=int, default=480, help="synthetic train images (default 480)")
     parser.add_argument("--test-samples", type=int, default=120, help="synthetic test triplets (default 120)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="delete the work dir's previous demo and start over")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=4")
     args = parser.parse_args(argv)
+    from jobs.resources import project_file
 
+    args.config = str(Path(args.config).resolve()) if args.config else str(project_file("configs/demo.yaml"))
     work = Path(args.workdir).resolve()
     if args.fresh and work.exists():
         shutil.rmtree(work)

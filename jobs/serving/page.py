@@ -21,10 +21,12 @@ class Asset:
 
 
 def sample_dir() -> Path | None:
-    """$LMA3D_SAMPLE_DIR, else tests/fixtures/piad of the repository this package runs from (an editable install,
-    a Ray job's working_dir) or of the current folder; None when none holds the sample."""
+    """$LMA3D_SAMPLE_DIR, else the PIAD sample this package ships (jobs.resources: the repository or the installed
+    share folder), else tests/fixtures/piad of the current folder; None when none holds the sample."""
+    from jobs.resources import INSTALLED_ROOT, PIAD_SAMPLE, SOURCE_ROOT
+
     candidates = [Path(os.environ["LMA3D_SAMPLE_DIR"])] if os.environ.get("LMA3D_SAMPLE_DIR") else []
-    candidates += [root / "tests" / "fixtures" / "piad" for root in (Path(__file__).resolve().parents[2], Path.cwd())]
+    candidates += [root / PIAD_SAMPLE for root in (SOURCE_ROOT, INSTALLED_ROOT, Path.cwd())]
     for folder in candidates:
         if all((folder / name).is_file() for name in SAMPLE_FILES.values()):
             return folder
