@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import NUM_POINTS, tiny_overrides
+from tiny import synth_shards, tiny_overrides
 
 from jobs.evaluation.consolidate import UnsafeCheckpoint, safe_load
 from jobs.train import main as train_main
@@ -57,16 +57,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory, ray_local) -> Path:
-    from pipeline.shards.config import ShardConfig
-    from pipeline.shards.job import run as shard
-    from pipeline.synth.config import SynthConfig
-    from pipeline.synth.generate import generate
-
-    root = tmp_path_factory.mktemp("data")
-    generate(SynthConfig(out=str(root / "raw"), train_images=12, test_samples=4, points_per_object=3,
-                         num_points=NUM_POINTS, image_size=64))  # fmt: skip
-    shard(root / "raw", "agpil", root / "shards", ShardConfig(samples_per_shard=6), num_points=NUM_POINTS)
-    return root / "shards"
+    return synth_shards(tmp_path_factory.mktemp("data"))
 
 
 def _plant(file: Path, marker: Path) -> None:

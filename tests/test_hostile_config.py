@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import NUM_POINTS, tiny_overrides
+from tiny import synth_shards, tiny_overrides
 
 from jobs.entry import entry, stage
 from jobs.train import main as train_main
@@ -61,16 +61,7 @@ def test_missing_resnet_weights_is_one_line_before_anything_starts(shards, tmp_p
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory, ray_local) -> Path:
-    from pipeline.shards.config import ShardConfig
-    from pipeline.shards.job import run as shard
-    from pipeline.synth.config import SynthConfig
-    from pipeline.synth.generate import generate
-
-    root = tmp_path_factory.mktemp("data")
-    generate(SynthConfig(out=str(root / "raw"), train_images=12, test_samples=4, points_per_object=3,
-                         num_points=NUM_POINTS, image_size=64))  # fmt: skip
-    shard(root / "raw", "agpil", root / "shards", ShardConfig(samples_per_shard=6), num_points=NUM_POINTS)
-    return root / "shards"
+    return synth_shards(tmp_path_factory.mktemp("data"))
 
 
 @pytest.mark.slow

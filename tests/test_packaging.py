@@ -34,8 +34,8 @@ def test_a_non_editable_install_finds_its_configs_and_sample_from_any_folder(tmp
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)], check=True,
                    capture_output=True, timeout=600)  # fmt: skip
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    site = Path(subprocess.check_output([venv / "bin" / "python", "-c", "import site; print(site.getsitepackages()[0])"],
-                                        text=True).strip())  # fmt: skip
+    where = "import site; print(site.getsitepackages()[0])"
+    site = Path(subprocess.check_output([venv / "bin" / "python", "-c", where], text=True).strip())
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(next(wheels.glob("*.whl")))],
                    check=True, capture_output=True, timeout=600)  # fmt: skip
     # --target puts the data files under site/share: move them where a normal install puts them (the prefix).

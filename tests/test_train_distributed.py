@@ -7,16 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 from servers import find_postgres, mlflow_server, postgres_server
-from tiny import NUM_POINTS, tiny_overrides
+from tiny import synth_shards, tiny_overrides
 
 from jobs.config import ExperimentConfig
 from jobs.training.launcher import launch
 from jobs.training.schedule import original_lr
 from jobs.typed_yaml import load
-from pipeline.shards.config import ShardConfig
-from pipeline.shards.job import run as shard
-from pipeline.synth.config import SynthConfig
-from pipeline.synth.generate import generate
 
 pytestmark = pytest.mark.slow
 TRAIN_IMAGES = 24
@@ -24,12 +20,7 @@ TRAIN_IMAGES = 24
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, ray_local) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    synth = SynthConfig(out=str(root / "raw"), train_images=TRAIN_IMAGES, test_samples=6, points_per_object=3,
-                        num_points=NUM_POINTS, image_size=64)  # fmt: skip
-    generate(synth)
-    shard(root / "raw", "agpil", root / "shards", ShardConfig(samples_per_shard=6), num_points=NUM_POINTS)
-    return root / "shards"
+    return synth_shards(tmp_path_factory.mktemp("data"), train_images=TRAIN_IMAGES, test_samples=6)
 
 
 def _config(shards: Path, workdir: Path, **train) -> ExperimentConfig:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from model.config import ModelConfig
 
 NUM_POINTS = 256
@@ -29,3 +31,17 @@ def _yaml(value) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(_yaml(v) for v in value) + "]"
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def synth_shards(root: Path, train_images: int = 12, test_samples: int = 4, samples_per_shard: int = 6) -> Path:
+    """A tiny synthetic AGPIL dataset in root/raw, sharded by the real shard job into root/shards (needs Ray)."""
+    from pipeline.shards.config import ShardConfig
+    from pipeline.shards.job import run as shard
+    from pipeline.synth.config import SynthConfig
+    from pipeline.synth.generate import generate
+
+    generate(SynthConfig(out=str(root / "raw"), train_images=train_images, test_samples=test_samples,
+                         points_per_object=3, num_points=NUM_POINTS, image_size=64))  # fmt: skip
+    cfg = ShardConfig(samples_per_shard=samples_per_shard)
+    shard(root / "raw", "agpil", root / "shards", cfg, num_points=NUM_POINTS)
+    return root / "shards"
