@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from jobs.config import add_config_args, resolve_config
-from jobs.entry import entry
+from jobs.entry import UserError, entry
 
 
 @entry("train")
@@ -32,8 +32,21 @@ def main(argv: list[str]) -> int:
     cfg = resolve_config(args)
 
     from jobs.training.launcher import launch
+    from pipeline.loaders.reading import corrupt_shard_line, read_manifest
 
-    summary = launch(cfg, address=args.address, resume=args.resume, overwrite=args.overwrite, run_name=args.run_name)
+    try:
+        read_manifest(cfg.data.shards)  # validated here, in seconds, before Ray starts
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    try:
+        summary = launch(
+            cfg, address=args.address, resume=args.resume, overwrite=args.overwrite, run_name=args.run_name
+        )
+    except Exception as error:
+        line = corrupt_shard_line(error)  # a corrupt shard a loader met (data.on_corrupt_shard: fail): one line
+        if line:
+            raise UserError(line) from None
+        raise
     print(summary.report())
     return 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +30,21 @@ class EvalReport:
 
 
 def read_manifest(shards: str) -> dict:
-    """The shard folder's manifest ({} for a remote folder, which the readers check themselves)."""
-    if "://" in shards:
-        return {}
-    path = Path(shards, "manifest.json")
-    if not path.is_file():
-        raise UserError(f"{shards}: no manifest.json (not an lma3d shard folder; run lma3d shard first)")
-    return json.loads(path.read_text())
+    """The shard folder's manifest, validated (pipeline.shards.manifest): a bad one is one line, exit 2."""
+    from pipeline.shards.manifest import read_manifest as read_validated
+
+    try:
+        return read_validated(shards)
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(str(error)) from None
+
+
+def _corrupt_or(error: Exception) -> Exception:
+    """A corrupt test shard (raised in a Ray task) as its one line; anything else unchanged."""
+    from pipeline.loaders.reading import corrupt_shard_line
+
+    line = corrupt_shard_line(error)
+    return UserError(line) if line else error
 
 
 def check_fit(manifest: dict, source: ModelSource, shards: str) -> None:
@@ -69,12 +76,22 @@ def evaluate(
 
         check_tracking_uri(tracking_uri)  # before the long part: an unreachable server is an error now
     started = ensure_ray(address)
+    on_corrupt = cfg.data.on_corrupt_shard
     try:
-        result = run_eval(shards, source.model, source.weights, cfg.eval, source.model.image_size)
+        try:
+            result = run_eval(shards, source.model, source.weights, cfg.eval, source.model.image_size, on_corrupt)
+        except Exception as error:
+            raise _corrupt_or(error) from None
+        skipped = int(manifest["splits"].get("test", {}).get("samples", 0)) - len(result.predictions)
+        if skipped > 0:
+            log.warning("%d test samples of corrupt shards skipped (data.on_corrupt_shard: skip)", skipped)
         out_dir = Path(out or Path(cfg.workdir, "eval", source.name))
-        info = _info(source, shards, cfg) | {"shards_fingerprint": manifest.get("fingerprint")}
+        info = _info(source, shards, cfg) | {"shards_fingerprint": manifest.get("fingerprint"), "skipped": skipped}
         files = write_outputs(out_dir, result.predictions, result.metrics, info)
-        viz_files = _render(shards, result, out_dir / "viz", cfg.eval.viz_samples, source.model.image_size)
+        try:
+            viz_files = _render(shards, result, out_dir / "viz", cfg.eval.viz_samples, source.model.image_size)
+        except Exception as error:
+            raise _corrupt_or(error) from None
     finally:
         if started:
             import ray
@@ -105,7 +122,7 @@ def _render(shards: str, result: EvalResult, out_dir: Path, count: int, image_si
     keys = predictions.keys[:count]
     if not keys:
         return []
-    inputs = viz_inputs(shards, keys, image_size)
+    inputs = viz_inputs(shards, keys, image_size, on_corrupt="skip")  # the evaluation itself already read them
     paths: list[Path] = []
     for key in keys:
         sample = inputs.get(key)

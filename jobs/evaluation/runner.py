@@ -109,9 +109,15 @@ class Predictor:
 
 
 def predict_shards(
-    shards: str, model_cfg: ModelConfig, weights: dict[str, torch.Tensor], cfg: EvalConfig, image_size: int
+    shards: str,
+    model_cfg: ModelConfig,
+    weights: dict[str, torch.Tensor],
+    cfg: EvalConfig,
+    image_size: int,
+    on_corrupt: str = "fail",
 ) -> PoolOutput:
-    """Every test sample of `shards` predicted once through the actor pool, merged by key."""
+    """Every test sample of `shards` predicted once through the actor pool, merged by key. Test shards are
+    verified as they are read (`on_corrupt`: data.on_corrupt_shard)."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -123,7 +129,7 @@ def predict_shards(
     previous = context.execution_options.preserve_order
     context.execution_options.preserve_order = True
     try:
-        dataset = read_test_shards(shards).map_batches(
+        dataset = read_test_shards(shards, on_corrupt).map_batches(
             Predictor,
             fn_constructor_kwargs={
                 "package": [package],
@@ -162,13 +168,18 @@ def actor_cpus(cfg: EvalConfig, cluster_cpus: float) -> float:
 
 
 def run_eval(
-    shards: str, model_cfg: ModelConfig, weights: dict[str, torch.Tensor], cfg: EvalConfig, image_size: int
+    shards: str,
+    model_cfg: ModelConfig,
+    weights: dict[str, torch.Tensor],
+    cfg: EvalConfig,
+    image_size: int,
+    on_corrupt: str = "fail",
 ) -> EvalResult:
     """predict_shards + the exact metrics (model.metrics.evaluate) on the merged predictions."""
     from model.metrics import evaluate
 
     start = time.perf_counter()
-    pool = predict_shards(shards, model_cfg, weights, cfg, image_size)
+    pool = predict_shards(shards, model_cfg, weights, cfg, image_size, on_corrupt)
     inferred = time.perf_counter()
     if pool.duplicates:
         log.warning("%d duplicate test rows dropped (a key occurs twice in %s)", pool.duplicates, shards)
@@ -188,7 +199,7 @@ def run_eval(
     return EvalResult(p, metrics, pool.duplicates, timings)
 
 
-def viz_inputs(shards: str, keys: list[str], image_size: int) -> dict[str, dict[str, Any]]:
+def viz_inputs(shards: str, keys: list[str], image_size: int, on_corrupt: str = "fail") -> dict[str, dict[str, Any]]:
     """Decoded inputs (normalised points [N,3], ImageNet-normalised image, instruction) of a few test keys."""
     from pipeline.loaders.raydata import decode_test_batch, read_test_shards
 
@@ -201,7 +212,9 @@ def viz_inputs(shards: str, keys: list[str], image_size: int) -> dict[str, dict[
 
     parts = [
         b
-        for b in read_test_shards(shards).map_batches(keep, batch_format="numpy").iter_batches(batch_format="numpy")
+        for b in read_test_shards(shards, on_corrupt)
+        .map_batches(keep, batch_format="numpy")
+        .iter_batches(batch_format="numpy")
         if len(next(iter(b.values())))
     ]
     if not parts:

@@ -111,10 +111,17 @@ def parse_item(root: str | Path, item: RawItem, num_points: int = 2048) -> Recor
         return Rejection(key=module.item_key(root, item), split=item.split, sources=item.paths, reason=str(e))
 
 
+def item_key(root: str | Path, item: RawItem) -> str:
+    """The key a record of `item` gets (from its file names, before any file is read)."""
+    return _module(item.format).item_key(Path(root), item)
+
+
 def iter_records(root: str | Path, fmt: str = "auto", num_points: int = 2048) -> Iterator[Record | Rejection]:
     """list_items then parse_item, in list order."""
     for item in list_items(root, fmt):
         yield parse_item(root, item, num_points)
 
 
-__all__ = ["CODES", "FORMATS", "KINDS", "RawItem", "detect_format", "iter_records", "list_items", "parse_item"]
+__all__ = [
+    "CODES", "FORMATS", "KINDS", "RawItem", "detect_format", "item_key", "iter_records", "list_items", "parse_item",
+]  # fmt: skip
