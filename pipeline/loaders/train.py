@@ -80,7 +80,7 @@ class TrainStream(torch.utils.data.IterableDataset):
                     if keep is None or (counter - 1) % streams == keep:
                         produced += 1
                         yield sample
-            if produced == 0:  # every shard of this stream skipped as corrupt: cycling again cannot help
+            if produced == 0 and all(e.name in policy.corrupt for e in names):  # skip mode, nothing left
                 raise ValueError(
                     f"{self.cfg.shards}: no readable train samples left for loader stream {stream} "
                     f"({len(policy.corrupt)} corrupt shards skipped)"
