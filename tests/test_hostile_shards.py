@@ -290,3 +290,61 @@ def test_on_corrupt_shard_skip_drops_and_counts_the_bad_shards(shards):
     from pipeline.loaders.raydata import read_test_shards
 
     assert len(read_test_shards(shards, "skip").take_all()) == TEST - 4
+
+
+@pytest.fixture(scope="module")
+def train_shards(tmp_path_factory, ray_local) -> Path:
+    from tiny import NUM_POINTS
+
+    from pipeline.synth.config import SynthConfig
+    from pipeline.synth.generate import generate
+
+    root = tmp_path_factory.mktemp("train")
+    generate(SynthConfig(out=str(root / "raw"), train_images=24, test_samples=6, points_per_object=3,
+                         num_points=NUM_POINTS, image_size=64))  # fmt: skip
+    run(root / "raw", "agpil", root / "shards", ShardConfig(samples_per_shard=6), num_points=NUM_POINTS)
+    return root / "shards"
+
+
+def _train_overrides(shards: Path, workdir: Path, *extra: str) -> list[str]:
+    from tiny import tiny_overrides
+
+    overrides = tiny_overrides(**{"data.shards": str(shards), "workdir": str(workdir)})
+    return overrides + ["data.batch_size=2", "data.num_workers=0", "train.num_workers=1", "train.precision=fp32",
+                        "train.max_steps=3", "train.log_every=1", "train.val_every=0", "mlflow.system_metrics=false",
+                        *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_training_with_skip_logs_the_corrupt_shard_count_to_mlflow(train_shards, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from jobs.config import ExperimentConfig
+    from jobs.training.launcher import launch
+    from jobs.typed_yaml import load
+
+    shards = tmp_path / "shards"
+    shutil.copytree(train_shards, shards)
+    bad = entry(shards, "train", 2)["name"]
+    overwrite(shards / bad, 700, b"\x00" * 32)
+    cfg = load(ExperimentConfig, None, _train_overrides(shards, tmp_path / "work", "data.on_corrupt_shard=skip"))
+    summary = launch(cfg, run_name="skip")
+    assert summary.last_step == 3
+    history = MlflowClient(cfg.tracking_uri).get_metric_history(summary.run_id, "data/corrupt_shards")
+    assert sorted(m.step for m in history) == [1, 2, 3] and {m.value for m in history} <= {0.0, 1.0}
+    assert history[-1].value == 1.0  # 4 shards of 6 read in the first 3 steps x 2 images (+ the shuffle buffer)
+
+
+@pytest.mark.slow
+def test_training_on_a_corrupt_shard_exits_2_with_one_line_naming_it(train_shards, tmp_path, capsys):
+    from jobs.train import main as train_main
+
+    shards = tmp_path / "shards"
+    shutil.copytree(train_shards, shards)
+    bad = entry(shards, "train", 0)["name"]
+    overwrite(shards / bad, 700, b"\x00" * 32)
+    before = snapshot(tmp_path, skip=tmp_path / "work")
+    assert train_main(_train_overrides(shards, tmp_path / "work", "--run-name", "fail")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"lma3d train: error: corrupt shard {bad}: sha256 differs from the manifest"
+    assert snapshot(tmp_path, skip=tmp_path / "work") == before
