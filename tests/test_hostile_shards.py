@@ -348,3 +348,29 @@ def test_training_on_a_corrupt_shard_exits_2_with_one_line_naming_it(train_shard
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"lma3d train: error: corrupt shard {bad}: sha256 differs from the manifest"
     assert snapshot(tmp_path, skip=tmp_path / "work") == before
+
+
+@pytest.mark.slow
+def test_eval_on_flipped_test_arrays_exits_2_with_one_line_naming_the_shard(train_shards, tmp_path, capsys):
+    import torch
+    from tiny import tiny_model_config
+
+    from jobs.eval import main as eval_main
+    from model.lmaffordance3d import build_model
+    from model.pretrained import save_pretrained
+
+    shards = tmp_path / "shards"
+    shutil.copytree(train_shards, shards)
+    name = entry(shards, "test")["name"]
+    for offset, size in member_offsets(shards / name, ".label.npy"):
+        overwrite(shards / name, offset + size - 8, b"\x7f" * 8)
+    torch.manual_seed(7)
+    save_pretrained(build_model(tiny_model_config(), pretrained=False), tmp_path / "model")
+    before = snapshot(tmp_path, skip=tmp_path / "out")
+    args = ["--checkpoint", str(tmp_path / "model"), "--shards", str(shards), "--out", str(tmp_path / "out"),
+            "--no-mlflow", f"workdir={tmp_path / 'work'}", "eval.num_actors=1", "eval.cpus_per_actor=0.5"]  # fmt: skip
+    assert eval_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"lma3d eval: error: corrupt shard {name}: sha256 differs from the manifest"
+    assert not (tmp_path / "out" / "metrics.json").exists()  # no MAE of 6.49, no metrics at all
+    assert snapshot(tmp_path, skip=tmp_path / "out") == before
