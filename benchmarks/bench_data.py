@@ -7,23 +7,29 @@
    every raw byte once.
 3. loader: train batches (3 point clouds per image) with 0/1/2 loader processes vs a tight loop that only
    decodes the same JPEGs and reads the same point arrays; peak RSS and PSS of a loader process.
+4. verification: reading every train shard with and without the sha256 / count / value checks, and the train
+   loader (1 process) with and without them (without = the same tar parse, no hashing, no checks, no bank hash);
+   the goal is <= 5 % of loader throughput.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import psutil
 
 from pipeline.formats import iter_records, list_items
-from pipeline.loaders import train_loader
+from pipeline.loaders import bank as bank_module
+from pipeline.loaders import reading, train_loader
 from pipeline.loaders.bank import PointBank
 from pipeline.loaders.config import DataConfig
-from pipeline.loaders.reading import BadData, iter_samples, read_manifest, shard_paths
+from pipeline.loaders.reading import iter_samples, read_manifest, shard_paths
 from pipeline.loaders.transforms import decode_image, normalize_points
 from pipeline.record import Rejection
 from pipeline.shards.config import ShardConfig
@@ -61,8 +67,8 @@ def decode_floor(shards: Path, image_size: int, samples: int, pairs: int) -> flo
     bank = PointBank(shards / "points.arrow")
     rng = np.random.default_rng(0)
     start, seen = time.perf_counter(), 0
-    for path, _ in shard_paths(shards, manifest, "train"):
-        for raw in iter_samples(path, BadData(1.0)):
+    for entry in shard_paths(shards, manifest, "train"):
+        for raw in iter_samples(entry):
             decode_image(raw["jpg"], image_size)
             for index in rng.integers(0, len(bank), pairs):
                 normalize_points(bank.cloud(int(index), "grasp")[0])
@@ -85,6 +91,55 @@ def loader_rate(cfg: DataConfig, image_size: int) -> tuple[float, int, float, fl
                 except psutil.Error:
                     pass
     return time.perf_counter() - start, images, rss / 2**20, pss / 2**20
+
+
+def unverified_read(entry: reading.ShardEntry, num_points: int | None = None) -> list[dict]:
+    """The loaders' tar parse with nothing checked: no hashing, no count, key or value checks."""
+    with open(entry.path, "rb", buffering=reading.READ_CHUNK) as raw:
+        samples, _ = reading._parse(raw, entry)
+    return samples
+
+
+@contextlib.contextmanager
+def verification_off(shards: Path) -> Iterator[None]:
+    """Readers without verification: read_shard swapped for the unchecked parse, the bank taken as verified."""
+    manifest = read_manifest(shards)
+    PointBank(shards / "points.arrow", manifest["point_bank"])  # registers the bank as verified in this process
+    original = reading.read_shard
+    reading.read_shard = unverified_read
+    try:
+        yield
+    finally:
+        reading.read_shard = original
+        bank_module._VERIFIED.clear()
+
+
+def shard_read_rate(shards: Path, verified: bool) -> float:
+    """MB/s reading every train shard into samples (no decode)."""
+    manifest = read_manifest(shards)
+    entries = shard_paths(shards, manifest, "train")
+    read = reading.read_shard if verified else unverified_read
+    start = time.perf_counter()
+    for entry in entries:
+        read(entry, manifest["config"]["num_points"])
+    return sum(e.bytes for e in entries) / 2**20 / (time.perf_counter() - start)
+
+
+def verification_rows(shards: Path, image_size: int) -> list[tuple[str, float, float, str]]:
+    rows = []
+    off, on = shard_read_rate(shards, False), shard_read_rate(shards, True)
+    rows.append(("shard read MB/s: unverified vs verified", off, on, f"{100 * (1 - on / off):.1f}% cost"))
+    cfg = DataConfig(shards=str(shards), batch_size=6, num_workers=1, shuffle_buffer=200)
+    with verification_off(shards):
+        seconds, images, _, _ = loader_rate(cfg, image_size)
+    plain = images / seconds
+    bank_module._VERIFIED.clear()
+    seconds, images, _, _ = loader_rate(cfg, image_size)
+    checked = images / seconds
+    rows.append(
+        ("loader img/s, 1 proc: unverified vs verified", plain, checked, f"{100 * (1 - checked / plain):.1f}% cost")
+    )
+    return rows
 
 
 def main() -> None:
@@ -128,6 +183,7 @@ def main() -> None:
         if workers:
             note += f"; loader process RSS {rss:.0f} MiB, PSS {pss:.0f} MiB"
         rows.append((f"loader img/s (3 pairs), {workers} procs vs decode floor", floor_rate, rate, note))
+    rows += verification_rows(work / "shards", 224)
 
     print(f"dataset: {args.images} train images, {manifest['splits']['test']['samples']} test triplets, "
           f"{manifest['point_bank']['clouds']} train clouds, {mb:.0f} MiB raw\n")  # fmt: skip

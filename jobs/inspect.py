@@ -2,17 +2,22 @@
 
     lma3d inspect work/raw/Full_view/Seen
     lma3d inspect data/PIAD/Seen --format piad --json
-    lma3d inspect shards/full_seen            (a folder with manifest.json: its counts and shard totals)
+    lma3d inspect shards/full_seen            (a shard folder: its manifest totals, every shard verified)
 
 Reads every record once with the same checks as `lma3d shard`: rejected records are counted per reason
 code and the first few are shown. Exit 0 when the dataset could be read (even with rejections), 2 for a
 missing root or list file.
+
+A shard folder (one with manifest.json) is verified whole: the manifest against its schema, then every shard
+and points.arrow against their sha256, sample counts, keys and values, as the loaders check them. Every bad
+shard is listed; exit 2 when there is any (or when the manifest itself is invalid).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +42,37 @@ def main(argv: list[str]) -> int:
     if not root.is_dir():
         raise FileNotFoundError(f"{root} does not exist or is not a folder")
     if (root / "manifest.json").is_file():
-        try:
-            manifest = json.loads((root / "manifest.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{root / 'manifest.json'} is not readable JSON: {e}") from None
-        summary = manifest_summary(manifest if isinstance(manifest, dict) else {})
-        print(json.dumps(summary, indent=2) if args.json else render_manifest(root, summary))
-        return 0
+        return inspect_shards(root, args.json)
     try:
         stats = dataset_stats(root, args.format, args.num_points, args.examples)
     except ValueError as e:  # unknown format, misaligned lists, refused pickle: one clear line
         raise UserError(str(e)) from None
     print(json.dumps(stats, indent=2) if args.json else render_stats(stats))
+    return 0
+
+
+def inspect_shards(root: Path, as_json: bool) -> int:
+    from pipeline.loaders.verify import verify_folder
+    from pipeline.shards.manifest import read_manifest
+
+    try:
+        summary = manifest_summary(read_manifest(root))
+        verified = verify_folder(root)
+    except ValueError as e:  # the manifest or sizes.json breaks the schema: nothing in the folder can be trusted
+        raise UserError(str(e)) from None
+    if as_json:
+        print(json.dumps(summary | {"verification": verified}, indent=2))
+    else:
+        print(render_manifest(root, summary))
+        rows = [[b["name"], b["reason"]] for b in verified["bad"]]
+        print(f"\nverified {verified['shards']} shards ({verified['samples']} samples) and points.arrow "
+              f"({verified['point_bank'] or 'none'})")  # fmt: skip
+        if rows:
+            print("\n" + table("corrupt", ["file", "problem"], rows))
+    if verified["bad"]:
+        names = ", ".join(b["name"] for b in verified["bad"])
+        print(f"lma3d inspect: error: {len(verified['bad'])} corrupt in {root}: {names}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -13,9 +13,10 @@ Without --address / RAY_ADDRESS a local Ray cluster is started; MLflow defaults 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from jobs.config import add_config_args, resolve_config
-from jobs.entry import entry
+from jobs.entry import UserError, entry
 
 
 @entry("train")
@@ -32,8 +33,22 @@ def main(argv: list[str]) -> int:
     cfg = resolve_config(args)
 
     from jobs.training.launcher import launch
+    from pipeline.loaders.reading import corrupt_shard_line, read_manifest
 
-    summary = launch(cfg, address=args.address, resume=args.resume, overwrite=args.overwrite, run_name=args.run_name)
+    if Path(cfg.data.shards, "manifest.json").is_file():  # (a missing folder is reported as before)
+        try:
+            read_manifest(cfg.data.shards)  # a tampered manifest is one line here, in seconds, before Ray starts
+        except ValueError as error:
+            raise UserError(str(error)) from None
+    try:
+        summary = launch(
+            cfg, address=args.address, resume=args.resume, overwrite=args.overwrite, run_name=args.run_name
+        )
+    except Exception as error:
+        line = corrupt_shard_line(error)  # a corrupt shard a loader met (data.on_corrupt_shard: fail): one line
+        if line:
+            raise UserError(line) from None
+        raise
     print(summary.report())
     return 0
 

@@ -123,7 +123,7 @@ def dataset_stats(root: str | Path, fmt: str = "auto", num_points: int = 2048, m
 def manifest_summary(manifest: dict[str, Any]) -> dict[str, Any]:
     """A shard manifest read generically: its "counts", shard totals per split, and its scalar fields."""
     summary: dict[str, Any] = {k: v for k, v in manifest.items() if isinstance(v, str | int | float | bool)}
-    summary["counts"] = manifest.get("counts", {})
+    summary["counts"] = manifest.get("counts", manifest.get("splits", {}))
     shards = manifest.get("shards")
     totals: dict[str, dict[str, int]] = {}
     if isinstance(shards, dict):

@@ -113,16 +113,26 @@ def test_cli_misaligned_lists_are_one_line_and_exit_2(tmp_path: Path, capsys: py
 
 
 def test_cli_reads_a_shard_folder_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A shard folder is now verified against its manifest's schema and hashes, so it is a real one (written
+    # with the shard job's tar writer), not a free-form JSON document.
+    from pipeline.shards.samples import write_tar
+
+    meta = json.dumps({"object": "Bag", "affordance": "grasp", "instruction": "grasp it"}).encode()
+    samples = [(f"Train_Bag_grasp_{i}", {"jpg": b"\xff\xd8 not decoded by inspect", "json": meta}) for i in (1, 2)]
+    size, sha = write_tar(tmp_path / "train" / "shard-000000.tar", samples)
+    counts = {"train": {"samples": 2, "shards": 1, "objects": {"Bag": 2}, "affordances": {"grasp": 2}}}
     manifest = {
-        "format": "agpil",
-        "counts": {"train": {"image": 10, "rejected": 1}, "test": {"triplet": 4}},
-        "shards": {"train": [{"name": "shard-000000.tar", "samples": 6}, {"name": "shard-000001.tar", "samples": 4}]},
-    }
+        "format_version": 2, "source_format": "agpil", "config": {"num_points": 16}, "splits": counts,
+        "point_bank": None, "read": 2, "written": 2, "quarantined": 0,
+        "shards": [{"name": "train/shard-000000.tar", "split": "train", "samples": 2, "sha256": sha, "bytes": size}],
+    }  # fmt: skip
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "sizes.json").write_text(json.dumps({"train/shard-000000.tar": 2}))
     assert main([str(tmp_path), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["counts"] == manifest["counts"]
-    assert summary["shard_totals"] == {"train": {"shards": 2, "samples": 10}}
+    assert summary["counts"] == counts
+    assert summary["shard_totals"] == {"train": {"shards": 1, "samples": 2, "bytes": size}}
+    assert summary["verification"] == {"shards": 1, "samples": 2, "bad": [], "point_bank": None}
     assert main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "train.image" in out and "shard totals" in out
+    assert "train.samples" in out and "shard totals" in out

@@ -13,11 +13,12 @@ from jobs.shard import main as shard_main
 from pipeline.formats import iter_records
 from pipeline.loaders import eval_loader, train_loader
 from pipeline.loaders.config import DataConfig
-from pipeline.loaders.reading import BadData, iter_samples
+from pipeline.loaders.reading import CorruptShard, ShardPolicy, iter_samples
 from pipeline.loaders.transforms import normalize_points
 from pipeline.record import Rejection
 from pipeline.shards.config import ShardConfig
 from pipeline.shards.job import run
+from pipeline.shards.manifest import shard_entries
 
 N = 64
 
@@ -42,8 +43,8 @@ def test_round_trip_gives_the_raw_values_for_every_sample(sharded):
     tree, out, manifest = sharded
     records = {r.key: r for r in iter_records(tree.root, "agpil", num_points=N)}
     seen = 0
-    for shard in manifest["shards"]:
-        for sample in iter_samples(out / shard["name"], BadData(0.0)):
+    for entry in shard_entries(manifest, out):
+        for sample in iter_samples(entry):
             record = records[sample["__key__"]]
             meta = json.loads(sample["json"])
             assert sample["jpg"] == record.image
@@ -192,15 +193,18 @@ def test_points_are_centred_in_the_unit_sphere():
     assert np.sqrt((out**2).sum(0)).max() == pytest.approx(1.0)
 
 
-def test_truncated_shard_is_skipped_counted_and_named(sharded, tmp_path, caplog):
+def test_truncated_shard_is_a_corrupt_shard_named_in_one_line(sharded, tmp_path, caplog):
+    # Before verification a truncated tar gave "1 bad" and its first samples; now the whole shard is corrupt.
     _, out, manifest = sharded
-    path = out / manifest["shards"][0]["name"]
-    broken = tmp_path / "broken.tar"
-    broken.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2 + 100])
-    bad = BadData(1.0)
-    samples = list(iter_samples(broken, bad, manifest["shards"][0]["samples"]))
-    assert bad.bad == 1 and len(samples) < manifest["shards"][0]["samples"]
-    assert "broken.tar" in caplog.text
-    with pytest.raises(RuntimeError, match="max_bad_fraction"):
-        strict = BadData(0.0, min_seen=1)
-        list(iter_samples(broken, strict, manifest["shards"][0]["samples"]))
+    entry = shard_entries(manifest, out)[0]
+    broken = tmp_path / "train"
+    broken.mkdir()
+    data = entry.path.read_bytes()
+    (broken / entry.path.name).write_bytes(data[: len(data) // 2 + 100])
+    entry = type(entry)(**{**entry.__dict__, "path": broken / entry.path.name})
+    with pytest.raises(CorruptShard, match=f"corrupt shard {entry.name}: ") as error:
+        list(iter_samples(entry))
+    assert "\n" not in str(error.value)
+    skipping = ShardPolicy("skip")
+    assert list(iter_samples(entry, skipping)) == [] and list(skipping.corrupt) == [entry.name]
+    assert entry.name in caplog.text

@@ -31,8 +31,16 @@ class EvalReport:
 
 
 def read_manifest(shards: str) -> dict:
-    """The shard folder's manifest ({} for a remote folder, which the readers check themselves)."""
+    """The shard folder's manifest, validated (pipeline.shards.manifest via jobs.preflight): one line, exit 2."""
     return preflight.shard_folder(shards, "--shards", ("test",))
+
+
+def _corrupt_or(error: Exception) -> Exception:
+    """A corrupt test shard (raised in a Ray task) as its one line; anything else unchanged."""
+    from pipeline.loaders.reading import corrupt_shard_line
+
+    line = corrupt_shard_line(error)
+    return UserError(line) if line else error
 
 
 def check_fit(manifest: dict, source: ModelSource, shards: str) -> None:
@@ -65,15 +73,26 @@ def evaluate(
 
         check_tracking_uri(tracking_uri)  # before the long part: an unreachable server is an error now
     started = ensure_ray(address)
+    on_corrupt = cfg.data.on_corrupt_shard
     try:
         with stage("Ray Data evaluation"):
-            result = run_eval(
-                shards, source.model, source.weights, cfg.eval, source.model.image_size, source.precision
-            )
+            try:
+                result = run_eval(
+                    shards, source.model, source.weights, cfg.eval, source.model.image_size, source.precision,
+                    on_corrupt,
+                )  # fmt: skip
+            except Exception as error:
+                raise _corrupt_or(error) from None
+        skipped = int(manifest["splits"].get("test", {}).get("samples", 0)) - len(result.predictions)
+        if skipped > 0:
+            log.warning("%d test samples of corrupt shards skipped (data.on_corrupt_shard: skip)", skipped)
         out_dir = Path(out or Path(cfg.workdir, "eval", source.name))
-        info = _info(source, shards, cfg) | {"shards_fingerprint": manifest.get("fingerprint")}
+        info = _info(source, shards, cfg) | {"shards_fingerprint": manifest.get("fingerprint"), "skipped": skipped}
         files = write_outputs(out_dir, result.predictions, result.metrics, info)
-        viz_files = _render(shards, result, out_dir / "viz", cfg.eval.viz_samples, source.model.image_size)
+        try:
+            viz_files = _render(shards, result, out_dir / "viz", cfg.eval.viz_samples, source.model.image_size)
+        except Exception as error:
+            raise _corrupt_or(error) from None
     finally:
         if started:
             import ray
@@ -108,7 +127,8 @@ def _render(shards: str, result: EvalResult, out_dir: Path, count: int, image_si
     rows = pick_samples(predictions.objects, predictions.affordances, count)
     if not rows:
         return []
-    inputs = viz_inputs(shards, [predictions.keys[r] for r in rows], image_size)
+    keys = [predictions.keys[r] for r in rows]
+    inputs = viz_inputs(shards, keys, image_size, on_corrupt="skip")  # the evaluation itself already read them
     scores = per_sample(predictions.pred[rows], predictions.gt[rows])
     paths: list[Path] = []
     for i, row in enumerate(rows):

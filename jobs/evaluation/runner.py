@@ -116,8 +116,10 @@ def predict_shards(
     cfg: EvalConfig,
     image_size: int,
     precision: str = "fp32",
+    on_corrupt: str = "fail",
 ) -> PoolOutput:
-    """Every test sample of `shards` predicted once through the actor pool, merged by key."""
+    """Every test sample of `shards` predicted once through the actor pool, merged by key. Test shards are
+    verified as they are read (`on_corrupt`: data.on_corrupt_shard)."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -129,7 +131,7 @@ def predict_shards(
     previous = context.execution_options.preserve_order
     context.execution_options.preserve_order = True
     try:
-        dataset = read_test_shards(shards).map_batches(
+        dataset = read_test_shards(shards, on_corrupt).map_batches(
             Predictor,
             fn_constructor_kwargs={
                 "package": [package],
@@ -174,12 +176,13 @@ def run_eval(
     cfg: EvalConfig,
     image_size: int,
     precision: str = "fp32",
+    on_corrupt: str = "fail",
 ) -> EvalResult:
     """predict_shards (under the training `precision`) + the exact metrics (model.metrics.evaluate)."""
     from model.metrics import evaluate
 
     start = time.perf_counter()
-    pool = predict_shards(shards, model_cfg, weights, cfg, image_size, precision)
+    pool = predict_shards(shards, model_cfg, weights, cfg, image_size, precision, on_corrupt)
     inferred = time.perf_counter()
     if pool.duplicates:
         log.warning("%d duplicate test rows dropped (a key occurs twice in %s)", pool.duplicates, shards)
@@ -199,7 +202,7 @@ def run_eval(
     return EvalResult(p, metrics, pool.duplicates, timings)
 
 
-def viz_inputs(shards: str, keys: list[str], image_size: int) -> dict[str, dict[str, Any]]:
+def viz_inputs(shards: str, keys: list[str], image_size: int, on_corrupt: str = "fail") -> dict[str, dict[str, Any]]:
     """Decoded inputs (normalised points [N,3], ImageNet-normalised image, instruction) of a few test keys."""
     from pipeline.loaders.raydata import decode_test_batch, read_test_shards
 
@@ -212,7 +215,9 @@ def viz_inputs(shards: str, keys: list[str], image_size: int) -> dict[str, dict[
 
     parts = [
         b
-        for b in read_test_shards(shards).map_batches(keep, batch_format="numpy").iter_batches(batch_format="numpy")
+        for b in read_test_shards(shards, on_corrupt)
+        .map_batches(keep, batch_format="numpy")
+        .iter_batches(batch_format="numpy")
         if len(next(iter(b.values())))
     ]
     if not parts:

@@ -59,7 +59,6 @@ class TrainJob:
         self.device = configure_worker(train)
         seed_everything(train.seed + rank)  # the original seeds 42 + rank
         from model.lmaffordance3d import build_model
-
         from pipeline.loaders import train_loader
 
         self.model = build_model(self.cfg.model, device=self.device, pretrained=True)
@@ -72,6 +71,7 @@ class TrainJob:
                 "fewer workers, a smaller data.batch_size or more data"
             )
         self.total_steps = self.steps_per_epoch * train.epochs
+        self.corrupt_sets: list[set[str]] = []
         if train.max_steps:
             self.total_steps = min(self.total_steps, train.max_steps)
         self.engine = build_engine(self.model, self.cfg, world, self.steps_per_epoch)
@@ -125,12 +125,13 @@ class TrainJob:
 
     def _epoch(self, epoch: int, skip: int, bar: Any) -> None:
         from model.loss import heatmap_loss
-
         from pipeline.loaders import train_loader
 
         train, engine = self.cfg.train, self.engine
         micro_per_epoch = self.steps_per_epoch * train.grad_accum
-        loader = iter(train_loader(self.cfg.data, self.cfg.model.image_size, self.rank, self.world, epoch))
+        data = train_loader(self.cfg.data, self.cfg.model.image_size, self.rank, self.world, epoch)
+        self.corrupt_sets.append(data.corrupt_shards)  # the loader's own set, filled as it runs
+        loader = iter(data)
         for _ in range(skip):  # data position of a mid-epoch checkpoint: same order, consumed batches dropped
             next(loader)
         set_train_mode(engine.module, train.norm_eval)
@@ -166,6 +167,8 @@ class TrainJob:
 
     def _log(self, window: Window, lr: float, epoch: int) -> None:
         metrics = window.reduced(self.world) | {"train/lr": lr}
+        if self.cfg.data.on_corrupt_shard == "skip":
+            metrics["data/corrupt_shards"] = float(self._corrupt_shards())
         grad_norm = _grad_norm(self.engine)
         if grad_norm is not None:
             metrics["train/grad_norm"] = grad_norm
@@ -180,6 +183,16 @@ class TrainJob:
             f"{grad_norm:.3f}" if grad_norm is not None else "-", metrics["perf/samples_per_s"],
             100 * metrics["perf/data_wait_frac"], memory,
         )  # fmt: skip
+
+    def _corrupt_shards(self) -> int:
+        """Distinct shards skipped as corrupt so far, over every rank and epoch (a collective: every rank logs
+        at the same steps)."""
+        names = set().union(*self.corrupt_sets)
+        if self.world > 1:
+            gathered: list[set[str] | None] = [None] * self.world
+            torch.distributed.all_gather_object(gathered, names)
+            names = set().union(*gathered)
+        return len(names)
 
     def _validate(self, epoch: int) -> dict[str, float]:
         metrics, tables = validate(self.engine, self.cfg, self.rank, self.world)

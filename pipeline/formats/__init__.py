@@ -128,6 +128,11 @@ def unexpected_reason(error: BaseException, paths: tuple[str, ...] | list[str]) 
     return f"parse_error: {', '.join(paths)}: {type(error).__name__}: {message}"
 
 
+def item_key(root: str | Path, item: RawItem) -> str:
+    """The key a record of `item` gets (from its file names, before any file is read)."""
+    return _module(item.format).item_key(Path(root), item)
+
+
 def iter_records(root: str | Path, fmt: str = "auto", num_points: int = 2048) -> Iterator[Record | Rejection]:
     """list_items then parse_item, in list order."""
     for item in list_items(root, fmt):
@@ -135,6 +140,6 @@ def iter_records(root: str | Path, fmt: str = "auto", num_points: int = 2048) ->
 
 
 __all__ = [
-    "CODES", "FORMATS", "KINDS", "RawItem", "detect_format", "iter_records", "list_items", "parse_item",
+    "CODES", "FORMATS", "KINDS", "RawItem", "detect_format", "item_key", "iter_records", "list_items", "parse_item",
     "unexpected_reason",
 ]  # fmt: skip

@@ -23,7 +23,11 @@ class DataConfig:
     shuffle_buffer: int = 500
     seed: int = 42
     max_bad_fraction: float = 0.01
-    """Stop with an error when more than this fraction of samples read is corrupt."""
+    """Stop with an error when more than this fraction of samples read does not decode (in verified shards)."""
+    on_corrupt_shard: Literal["fail", "skip"] = "fail"
+    """A shard or points.arrow whose sha256, sample count, keys or values differ from the manifest: `fail` stops
+    the job with one line naming it; `skip` drops its samples, logs it and counts it (MLflow
+    `data/corrupt_shards` in training)."""
 
     def __post_init__(self) -> None:
         if self.pairs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.loaders.config import DataConfig
-from pipeline.loaders.reading import BadData, iter_samples, read_manifest, shard_paths
+from pipeline.loaders.reading import BadData, policy_for, read_manifest, shard_paths
 from pipeline.loaders.train import collate
 from pipeline.loaders.transforms import decode_image, normalize_points
 
@@ -42,9 +42,10 @@ def decode_test_sample(raw: dict, image_size: int) -> dict:
 class EvalLoader:
     def __init__(self, cfg: DataConfig, image_size: int, rank: int, world_size: int) -> None:
         self.cfg, self.image_size, self.rank, self.world = cfg, image_size, rank, world_size
-        manifest = read_manifest(cfg.shards)
-        self.shards = shard_paths(cfg.shards, manifest, "test")
-        self.total = sum(n for _, n in self.shards)
+        self.manifest = read_manifest(cfg.shards)
+        self.shards = shard_paths(cfg.shards, self.manifest, "test")
+        self.total = sum(e.samples for e in self.shards)
+        self.corrupt_shards: dict[str, str] = {}
         self.per_rank = math.ceil(self.total / world_size)
         self.batches = math.ceil(self.per_rank / cfg.eval_batch_size)
 
@@ -53,10 +54,13 @@ class EvalLoader:
 
     def __iter__(self) -> Iterator[dict]:
         bad = BadData(self.cfg.max_bad_fraction)
+        policy = policy_for(self.manifest, self.cfg.on_corrupt_shard)
+        self.corrupt_shards = policy.corrupt
         mine: list[dict] = []
         index = 0
-        for path, expected in self.shards:
-            for raw in iter_samples(path, bad, expected):
+        for entry in self.shards:
+            path = entry.path
+            for raw in policy.samples(entry):
                 if index % self.world == self.rank:
                     try:
                         mine.append(decode_test_sample(raw, self.image_size) | {"valid": True})
@@ -83,10 +87,11 @@ class EvalLoader:
             mine = []
 
     def _first(self) -> dict:
-        for path, _ in self.shards:
-            for raw in iter_samples(path, BadData(1.0)):
+        policy = policy_for(self.manifest, "skip")
+        for entry in self.shards:
+            for raw in policy.samples(entry):
                 return decode_test_sample(raw, self.image_size)
-        raise ValueError(f"{self.cfg.shards}: no test samples")
+        raise ValueError(f"{self.cfg.shards}: no readable test samples")
 
     @staticmethod
     def _collate(samples: list[dict]) -> dict:

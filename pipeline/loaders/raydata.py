@@ -1,5 +1,10 @@
-"""The test shards as a Ray Data dataset (`ray.data.read_webdataset`, members left as bytes) and the batch
-decode the evaluation job's actors run: the same transforms as the eval loader (`decode_test_sample`)."""
+"""The test shards as a Ray Data dataset (one read task per shard, members left as bytes) and the batch decode
+the evaluation job's actors run: the same transforms as the eval loader (`decode_test_sample`).
+
+Each read task reads its shard through the verifying reader (reading.read_shard: sha256 while streaming,
+count, keys, values) and emits its samples only once the shard proved whole, so a corrupt test shard never
+reaches a metric: with `on_corrupt_shard: fail` the task raises CorruptShard (the evaluation job turns it
+into one line), with `skip` it emits nothing and logs the shard."""
 
 from __future__ import annotations
 
@@ -9,19 +14,36 @@ from typing import Any
 import numpy as np
 
 from pipeline.loaders.eval import decode_test_sample
-from pipeline.loaders.reading import read_manifest, shard_paths
+from pipeline.loaders.reading import ShardPolicy, read_manifest, shard_paths
+from pipeline.shards.manifest import ShardEntry
 
 
-def read_test_shards(shards: str | Path) -> Any:
+def _read_shard_rows(row: dict[str, Any], on_corrupt: str, num_points: int) -> list[dict[str, Any]]:
+    """Ray Data flat_map: one manifest entry -> its verified samples as rows (member bytes)."""
+    entry = ShardEntry(
+        name=str(row["name"]), path=Path(row["path"]), split=str(row["split"]),
+        samples=int(row["samples"]), bytes=int(row["bytes"]), sha256=str(row["sha256"]),
+    )  # fmt: skip
+    return [{k: v for k, v in s.items() if k != "__url__"} for s in ShardPolicy(on_corrupt, num_points).samples(entry)]
+
+
+def read_test_shards(shards: str | Path, on_corrupt: str = "fail") -> Any:
     """Raw test samples in manifest order: columns `__key__`, `jpg`, `points.npy`, `label.npy`, `json` (bytes)."""
     import ray.data
 
     manifest = read_manifest(shards)
-    paths = [str(p) for p, n in shard_paths(shards, manifest, "test") if n > 0]
-    if not paths:
+    entries = [e for e in shard_paths(shards, manifest, "test") if e.samples > 0]
+    if not entries:
         raise ValueError(f"{shards}: no test samples in the manifest")
+    rows = [
+        {"name": e.name, "path": str(e.path.resolve()), "split": e.split, "samples": e.samples, "bytes": e.bytes,
+         "sha256": e.sha256}
+        for e in entries
+    ]  # fmt: skip
+    kwargs = {"on_corrupt": on_corrupt, "num_points": int(manifest["config"]["num_points"])}
     # A light read (tar bytes only): a quarter CPU, so the model actors never starve it of a slot.
-    return ray.data.read_webdataset(paths, decoder=None, override_num_blocks=len(paths), num_cpus=0.25)
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    return dataset.flat_map(_read_shard_rows, fn_kwargs=kwargs, num_cpus=0.25)
 
 
 def _bytes(value: Any) -> bytes:

@@ -1,29 +1,200 @@
-"""Reading shard tars as WebDataset samples, with corrupt shards and samples skipped, counted and warned
-about (rate-limited, naming the shard), until more than `max_bad_fraction` of what was read is bad."""
+"""Reading shard tars as WebDataset samples, verified while they stream.
+
+A shard is read once: its bytes go through a hashing file wrapper into a streaming tar parser, and its samples
+are held (a shard is tens of MB) until the digest at EOF equals the manifest's sha256; only then are they
+handed out. The same pass checks what the writer checked: the sample count, unique keys, members of a known
+kind, and the values (labels in [0, 1], coordinates finite, N points). Any failure makes the whole shard a
+CorruptShard naming it: a truncated tar, a flipped header, a repeated key and a flipped array byte alike;
+never "some samples and carry on". `data.on_corrupt_shard` decides what a reader does with one: `fail` (the
+job stops with that line) or `skip` (its samples are dropped, the shard is counted and logged once).
+
+Per-sample decode failures in a verified shard (e.g. a JPEG PIL cannot decode) remain BadData: skipped,
+counted and warned about until more than `max_bad_fraction` of what was read is bad.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
+import re
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from webdataset.tariterators import group_by_keys, tar_file_iterator
+import numpy as np
+
+from pipeline.shards.manifest import READ_CHUNK, ShardEntry, read_manifest, split_entries
 
 log = logging.getLogger("lma3d.loader")
+MEMBERS = ("jpg", "points.npy", "label.npy", "json")
+META_FIELDS = ("object", "affordance", "instruction")
 
 
-def read_manifest(shards: str | Path) -> dict:
-    path = Path(shards, "manifest.json")
-    if not path.is_file():
-        raise FileNotFoundError(f"{shards}: no manifest.json (not an lma3d shard folder; run lma3d shard first)")
-    return json.loads(path.read_text())
+class CorruptShard(ValueError):
+    """A shard whose bytes, structure or values differ from what the manifest promises."""
+
+    def __init__(self, shard: str, reason: str) -> None:
+        super().__init__(f"corrupt shard {shard}: {reason}")
+        self.shard, self.reason = shard, reason
+
+    def __reduce__(self):  # crosses Ray task boundaries with its fields
+        return CorruptShard, (self.shard, self.reason)
 
 
-def shard_paths(shards: str | Path, manifest: dict, split: str) -> list[tuple[Path, int]]:
-    """(path, samples) of a split's shards, in manifest (= name) order."""
-    return [(Path(shards, s["name"]), int(s["samples"])) for s in manifest["shards"] if s["split"] == split]
+_CORRUPT_LINE = re.compile(r"CorruptShard: (corrupt shard [^\n]+)")
+
+
+def corrupt_shard_line(error: BaseException) -> str | None:
+    """The one line of a CorruptShard behind `error`, however it travelled: raised here, re-raised by a torch
+    loader worker as RuntimeError text, or inside a Ray task's error (which keeps only the traceback text)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, CorruptShard):
+            return str(current)
+        match = _CORRUPT_LINE.search(str(current))
+        if match:
+            return match.group(1).strip()
+        todo += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    return None
+
+
+class HashingReader:
+    """A read-only file wrapper that hashes every byte handed out, and can drain the rest to EOF."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw, self.digest, self.read_bytes = raw, hashlib.sha256(), 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.digest.update(data)
+        self.read_bytes += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(READ_CHUNK):
+            pass
+
+
+def read_shard(entry: ShardEntry, num_points: int | None = None) -> list[dict]:
+    """Every sample of a shard (dicts of member bytes plus `__key__`, `__url__`), verified; else CorruptShard."""
+    try:
+        with open(entry.path, "rb", buffering=READ_CHUNK) as raw:
+            size = raw.seek(0, io.SEEK_END)
+            raw.seek(0)
+            if size != entry.bytes:
+                raise CorruptShard(entry.name, f"{size} bytes, the manifest says {entry.bytes}")
+            stream = HashingReader(raw)
+            samples, problem = _parse(stream, entry)
+            stream.drain()  # the tar end padding (and anything after a header tarfile took as the end)
+    except OSError as error:
+        raise CorruptShard(entry.name, f"unreadable: {error}") from None
+    if stream.digest.hexdigest() != entry.sha256:
+        raise CorruptShard(entry.name, "sha256 differs from the manifest" + (f" ({problem})" if problem else ""))
+    if problem:
+        raise CorruptShard(entry.name, problem)
+    if len(samples) != entry.samples:
+        raise CorruptShard(entry.name, f"{len(samples)} samples, the manifest says {entry.samples}")
+    for sample in samples:
+        problem = check_sample(sample, num_points)
+        if problem:
+            raise CorruptShard(entry.name, f"sample {sample['__key__']}: {problem}")
+    return samples
+
+
+def _parse(stream: HashingReader, entry: ShardEntry) -> tuple[list[dict], str]:
+    """(samples, first structural problem or ""): members grouped by key, in order; parsing stops at a problem
+    (the digest is still taken over every byte)."""
+    samples: list[dict] = []
+    seen: set[str] = set()
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for info in tar:
+                if not info.isfile():
+                    return samples, f"member {info.name!r} is not a regular file"
+                key, dot, ext = info.name.partition(".")
+                if not dot or "/" in info.name or ext not in MEMBERS:
+                    return samples, f"member {info.name!r} is not <key>.{{{','.join(MEMBERS)}}}"
+                if not samples or samples[-1]["__key__"] != key:
+                    if key in seen:
+                        return samples, f"key {key} occurs twice"
+                    seen.add(key)
+                    samples.append({"__key__": key, "__url__": str(entry.path)})
+                elif ext in samples[-1]:
+                    return samples, f"key {key} occurs twice (member {info.name})"
+                samples[-1][ext] = tar.extractfile(info).read()
+    except (tarfile.TarError, EOFError) as error:
+        return samples, f"unreadable tar: {error}"
+    return samples, ""
+
+
+def check_sample(sample: dict, num_points: int | None) -> str:
+    """The write-time checks on one sample's members ("" when it is good)."""
+    try:
+        meta = json.loads(sample["json"])
+    except (KeyError, ValueError) as error:
+        return f"no readable json member ({error})"
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(f), str) for f in META_FIELDS):
+        return "json member lacks a string object / affordance / instruction"
+    if ("points.npy" in sample) != ("label.npy" in sample):
+        return "points.npy and label.npy come together"
+    if "points.npy" not in sample:
+        return "" if "jpg" in sample else "neither an image nor points"
+    try:
+        xyz = np.load(io.BytesIO(sample["points.npy"]), allow_pickle=False)
+        label = np.load(io.BytesIO(sample["label.npy"]), allow_pickle=False)
+    except ValueError as error:
+        return f"unreadable array: {error}"
+    if xyz.dtype != np.float32 or xyz.ndim != 2 or xyz.shape[1] != 3:
+        return f"points.npy is {xyz.dtype} {xyz.shape}, expected float32 [N,3]"
+    if label.dtype != np.float32 or label.shape != xyz.shape[:1]:
+        return f"label.npy is {label.dtype} {label.shape}, expected float32 [{len(xyz)}]"
+    if num_points is not None and len(xyz) != num_points:
+        return f"{len(xyz)} points, the manifest says {num_points}"
+    if not np.isfinite(xyz).all():
+        return "non-finite coordinates"
+    if not ((label >= 0) & (label <= 1)).all():  # NaN fails both comparisons
+        return "labels outside [0, 1]"
+    return ""
+
+
+class ShardPolicy:
+    """`data.on_corrupt_shard`: `fail` raises the CorruptShard; `skip` drops the shard, logs it once and counts it."""
+
+    def __init__(self, on_corrupt: str = "fail", num_points: int | None = None) -> None:
+        if on_corrupt not in ("fail", "skip"):
+            raise ValueError(f"data.on_corrupt_shard must be fail or skip, got {on_corrupt!r}")
+        self.on_corrupt, self.num_points = on_corrupt, num_points
+        self.corrupt: dict[str, str] = {}
+
+    def samples(self, entry: ShardEntry) -> list[dict]:
+        if entry.name in self.corrupt:
+            return []
+        try:
+            return read_shard(entry, self.num_points)
+        except CorruptShard as error:
+            if self.on_corrupt == "fail":
+                raise
+            self.corrupt[entry.name] = error.reason
+            log.warning("%s; skipped (data.on_corrupt_shard: skip, %d corrupt so far)", error, len(self.corrupt))
+            return []
+
+
+def policy_for(manifest: dict, on_corrupt: str) -> ShardPolicy:
+    return ShardPolicy(on_corrupt, int(manifest["config"]["num_points"]))
+
+
+def shard_paths(shards: str | Path, manifest: dict, split: str) -> list[ShardEntry]:
+    """A split's shard entries in manifest order (validated names, inside the folder)."""
+    return split_entries(manifest, shards, split)
 
 
 class BadData:
@@ -51,27 +222,12 @@ class BadData:
             )
 
 
-def iter_samples(path: Path, bad: BadData, expected: int | None = None) -> Iterator[dict]:
-    """The samples of one tar as dicts of member bytes (`__key__`, `jpg`, `json`, ...). A truncated or
-    unreadable tar (or one with fewer samples than the manifest's `expected`) yields what it could and counts
-    one bad read."""
-    errors: list[BaseException] = []
-    count = 0
+def iter_samples(entry: ShardEntry, policy: ShardPolicy | None = None) -> Iterator[dict]:
+    """The verified samples of one shard, in order (none when `policy` skips it as corrupt)."""
+    yield from (policy or ShardPolicy()).samples(entry)
 
-    def handler(error: BaseException) -> bool:
-        errors.append(error)
-        return False  # stop this tar: what follows a broken header cannot be trusted
 
-    try:
-        with open(path, "rb") as stream:
-            files = ({**f, "__url__": str(path)} for f in tar_file_iterator(stream, handler=handler))
-            count = 0
-            for sample in group_by_keys(files, handler=handler):
-                count += 1
-                yield sample
-    except (OSError, ValueError) as error:
-        errors.append(error)
-    if not errors and expected is not None and count < expected:
-        errors.append(ValueError(f"truncated: {count} of {expected} samples"))
-    if errors:
-        bad.failed(str(path), errors[0])
+__all__ = [
+    "BadData", "CorruptShard", "HashingReader", "ShardEntry", "ShardPolicy", "check_sample", "corrupt_shard_line",
+    "iter_samples", "policy_for", "read_manifest", "read_shard", "shard_paths",
+]  # fmt: skip

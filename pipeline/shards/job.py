@@ -1,5 +1,9 @@
 """The sharding job: raw list -> parse + validate + write tars in Ray tasks -> manifest, sizes, quarantine.
 
+Duplicates are removed from the item list before anything is parsed: an item whose key, or whose source files,
+an earlier item already has is quarantined as `duplicate` (the first is kept), so every key occurs once in
+the shards and a cloud listed twice is stored once in points.arrow.
+
 Shard contents are fixed before any parsing: the samples of a split, in list order, cut every
 `samples_per_shard` items, so shard names and bytes do not depend on task scheduling. Each Ray task parses
 its items and writes its own tar; the train point clouds go through Ray tasks too and stream, in list order,
@@ -22,17 +26,19 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.formats import RawItem, detect_format, list_items, parse_item, unexpected_reason
+from pipeline.formats import RawItem, detect_format, item_key, list_items, parse_item, unexpected_reason
 from pipeline.formats.common import fallback_key
 from pipeline.ray_session import ensure_ray
 from pipeline.record import Rejection
 from pipeline.shards.bank import BANK_FILE, write_bank
 from pipeline.shards.config import ShardConfig
+from pipeline.shards.manifest import FORMAT_VERSION, file_sha256
 from pipeline.shards.samples import sample_members, write_tar
 
 log = logging.getLogger("lma3d.shard")
-FORMAT_VERSION = 1
 BANK_CHUNK = 64
+DUPLICATE = "duplicate"
+"""The quarantine reason code of an item whose key or source files an earlier item already has."""
 
 
 def shard_name(split: str, index: int) -> str:
@@ -102,6 +108,37 @@ def _bank_task(task: dict[str, Any], root: str, num_points: int) -> dict[str, An
     }  # fmt: skip
 
 
+def _source_files(root: Path, item: RawItem) -> tuple[str, ...] | None:
+    """The item's own files, normalised (None for LASO, whose items share the split's pickles)."""
+    if item.format == "laso":
+        return None
+    return tuple(os.path.normpath(p if os.path.isabs(p) else root / p) for p in item.paths)
+
+
+def drop_duplicates(root: Path, items: list[RawItem]) -> tuple[list[RawItem], list[dict]]:
+    """(items without duplicates, one `duplicate` quarantine line per dropped item), list order kept: an item
+    is a duplicate when an earlier item has its key, or its source files."""
+    kept: list[RawItem] = []
+    lines: list[dict] = []
+    keys: dict[str, RawItem] = {}
+    sources: dict[tuple[str, ...], RawItem] = {}
+    for item in items:
+        key, files = item_key(root, item), _source_files(root, item)
+        first = keys.get(key) or (sources.get(files) if files is not None else None)
+        if first is not None:
+            where = f"{(item.payload.get('lists') or [item.paths[0]])[0]}:{item.line}"
+            lines.append({
+                "key": key, "split": item.split, "sources": list(item.paths),
+                "reason": f"{DUPLICATE}: {where} repeats {item_key(root, first)} (line {first.line}), the first kept",
+            })  # fmt: skip
+            continue
+        keys[key] = item
+        if files is not None:
+            sources[files] = item
+        kept.append(item)
+    return kept, lines
+
+
 def fingerprint_source(root: Path, items: list[RawItem]) -> str:
     """sha256 over the list files' bytes and every listed file's path and size: cheap, and changes with the data."""
     digest = hashlib.sha256()
@@ -131,7 +168,10 @@ def run(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (pass --overwrite to replace it)")
     fmt = detect_format(source) if fmt == "auto" else fmt
-    items = list_items(source, fmt)
+    listed = list_items(source, fmt)
+    items, duplicates = drop_duplicates(source, listed)
+    if duplicates:
+        log.warning("%d duplicate items quarantined (first: %s)", len(duplicates), duplicates[0]["reason"])
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -139,11 +179,12 @@ def run(
     try:
         ray.data.DataContext.get_current().execution_options.preserve_order = True
         shards, quarantine = _write_shards(items, source, tmp, cfg, num_points)
+        quarantine = duplicates + quarantine
         bank = _write_points(items, source, tmp, num_points, quarantine)
     finally:
         if started:
             ray.shutdown()
-    manifest = _manifest(source, fmt, items, cfg, num_points, shards, bank, quarantine)
+    manifest = _manifest(source, fmt, listed, cfg, num_points, shards, bank, quarantine)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (tmp / "sizes.json").write_text(json.dumps({s["name"]: s["samples"] for s in shards}, indent=2))
     (tmp / "quarantine.jsonl").write_text("".join(json.dumps(q, sort_keys=True) + "\n" for q in quarantine))
@@ -204,7 +245,10 @@ def _write_points(items: list[RawItem], source: Path, tmp: Path, num_points: int
             yield list(zip(keys, objects, arrays["xyz"], arrays["labels"]))
 
     offsets = write_bank(tmp / BANK_FILE, batches(), num_points)
-    return {"file": BANK_FILE, "clouds": stats["written"], "read": stats["read"], "objects": offsets}
+    return {
+        "file": BANK_FILE, "clouds": stats["written"], "read": stats["read"], "objects": offsets,
+        "bytes": (tmp / BANK_FILE).stat().st_size, "sha256": file_sha256(tmp / BANK_FILE),
+    }  # fmt: skip
 
 
 def _manifest(source, fmt, items, cfg, num_points, shards, bank, quarantine) -> dict[str, Any]:

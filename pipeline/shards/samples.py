@@ -47,7 +47,11 @@ def sample_members(record: Record) -> dict[str, bytes]:
 
 
 def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> tuple[int, str]:
-    """Write samples (key, members) in the given order; returns (bytes, sha256)."""
+    """Write samples (key, members) in the given order; returns (bytes, sha256). A repeated key is refused
+    (readers take a tar with one as corrupt; the shard job drops duplicates before this)."""
+    keys = [key for key, _ in samples]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{path}: key {next(k for k in keys if keys.count(k) > 1)} would occur twice")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for key, members in samples:

@@ -1,0 +1,197 @@
+"""The one reader of a shard folder's manifest.json: validated against its schema before anything trusts it.
+
+A shard folder is shared storage: the manifest says which files to open, how many samples they hold and what
+their bytes hash to, so every field a reader acts on is checked here, with one line naming the field:
+- `format_version` is this code's; every shard entry has a name `<split>/shard-%06d.tar` of its own split that
+  resolves (symlinks followed) inside the folder, an int `samples` and `bytes` >= 0, a 64-hex `sha256`;
+- `splits.<split>.samples` / `.shards` are the sums over the entries, and sizes.json agrees entry by entry;
+- `point_bank` (when present) is points.arrow with its sha256, byte size, cloud count and object ranges.
+The bytes themselves are checked by the readers (reading.py) as they stream them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 2
+"""2: the point bank's sha256 and byte size are recorded (1 had neither: re-run lma3d shard)."""
+SHARD_NAME = re.compile(r"(?P<split>[a-z]+)/shard-\d{6}\.tar")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+BANK_FILE = "points.arrow"
+READ_CHUNK = 1 << 20
+
+
+class ManifestError(ValueError):
+    """manifest.json or sizes.json is not a valid lma3d shard manifest (one line naming the field)."""
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One verified-to-be-well-formed manifest entry: where the tar is and what its bytes must be."""
+
+    name: str
+    path: Path
+    split: str
+    samples: int
+    bytes: int
+    sha256: str
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read once in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buffer = bytearray(READ_CHUNK)
+        view = memoryview(buffer)
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def _int(value: Any, where: str, minimum: int = 0) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ManifestError(f"{where} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _dict(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ManifestError(f"{where} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _sha(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not SHA256.fullmatch(value):
+        raise ManifestError(f"{where} must be 64 lower-case hex digits, got {value!r}")
+    return value
+
+
+def _inside(folder: Path, name: str, where: str) -> Path:
+    """folder/name, refused unless it resolves (after symlinks) inside the folder."""
+    path = folder / name
+    resolved = path.resolve()
+    if not resolved.is_relative_to(folder.resolve()):
+        raise ManifestError(f"{where} {name!r} resolves outside the shard folder ({resolved})")
+    return path
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ManifestError(f"{path} is not readable JSON: {error}") from None
+
+
+def read_manifest(shards: str | Path) -> dict[str, Any]:
+    """The manifest of a shard folder, validated (see the module doc). FileNotFoundError without one,
+    ManifestError (a ValueError) when it, or sizes.json, breaks the schema."""
+    folder = Path(shards)
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{shards}: no manifest.json (not an lma3d shard folder; run lma3d shard first)")
+    manifest = _dict(_load_json(path), str(path))
+    validate(manifest, folder)
+    return manifest
+
+
+def validate(manifest: dict[str, Any], folder: Path) -> None:
+    where = folder / "manifest.json"
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ManifestError(
+            f"{where}: format_version {version!r}, this lma3d reads {FORMAT_VERSION} (re-run lma3d shard)"
+        )
+    entries = shard_entries(manifest, folder)
+    splits = _dict(manifest.get("splits"), f"{where}: splits")
+    for split in sorted({e.split for e in entries} | set(splits)):
+        mine = [e for e in entries if e.split == split]
+        counts = _dict(splits.get(split, {}), f"{where}: splits.{split}")
+        claimed = _int(counts.get("samples"), f"{where}: splits.{split}.samples")
+        if claimed != sum(e.samples for e in mine):
+            raise ManifestError(
+                f"{where}: splits.{split}.samples is {claimed} but its shards hold {sum(e.samples for e in mine)}"
+            )
+        if _int(counts.get("shards"), f"{where}: splits.{split}.shards") != len(mine):
+            raise ManifestError(f"{where}: splits.{split}.shards is {counts.get('shards')} but {len(mine)} are listed")
+    _check_sizes(folder, entries)
+    config = _dict(manifest.get("config"), f"{where}: config")
+    _int(config.get("num_points"), f"{where}: config.num_points", minimum=1)
+    bank = manifest.get("point_bank")
+    if bank is not None:
+        _check_bank(_dict(bank, f"{where}: point_bank"), folder, where)
+
+
+def _check_sizes(folder: Path, entries: list[ShardEntry]) -> None:
+    path = folder / "sizes.json"
+    if not path.is_file():
+        raise ManifestError(f"{folder}: no sizes.json next to manifest.json")
+    sizes = _dict(_load_json(path), str(path))
+    listed = {e.name: e.samples for e in entries}
+    for name in sorted(set(sizes) | set(listed)):
+        if sizes.get(name) != listed.get(name):
+            raise ManifestError(
+                f"{path}: {name} holds {sizes.get(name)!r} samples but manifest.json says {listed.get(name)!r}"
+            )
+
+
+def _check_bank(bank: dict, folder: Path, where: Path) -> None:
+    if bank.get("file") != BANK_FILE:
+        raise ManifestError(f"{where}: point_bank.file must be {BANK_FILE!r}, got {bank.get('file')!r}")
+    _sha(bank.get("sha256"), f"{where}: point_bank.sha256")
+    _int(bank.get("bytes"), f"{where}: point_bank.bytes")
+    clouds = _int(bank.get("clouds"), f"{where}: point_bank.clouds")
+    total = 0
+    for obj, span in _dict(bank.get("objects"), f"{where}: point_bank.objects").items():
+        if not (isinstance(span, list) and len(span) == 2):
+            raise ManifestError(f"{where}: point_bank.objects.{obj} must be [start, count], got {span!r}")
+        if _int(span[0], f"{where}: point_bank.objects.{obj} start") != total:
+            raise ManifestError(f"{where}: point_bank.objects.{obj} starts at {span[0]}, expected {total}")
+        total += _int(span[1], f"{where}: point_bank.objects.{obj} count", minimum=1)
+    if total != clouds:
+        raise ManifestError(f"{where}: point_bank.clouds is {clouds} but its objects hold {total}")
+    _inside(folder, BANK_FILE, f"{where}: point_bank.file")
+
+
+def shard_entries(manifest: dict[str, Any], folder: str | Path) -> list[ShardEntry]:
+    """Every shard entry, each checked: name pattern and split, inside the folder, counts, sha256; names unique."""
+    folder = Path(folder)
+    where = folder / "manifest.json"
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise ManifestError(f"{where}: shards must be a list, got {type(shards).__name__}")
+    entries: list[ShardEntry] = []
+    for i, raw in enumerate(shards):
+        at = f"{where}: shards[{i}]"
+        raw = _dict(raw, at)
+        name, split = raw.get("name"), raw.get("split")
+        match = SHARD_NAME.fullmatch(name) if isinstance(name, str) else None
+        if match is None:
+            raise ManifestError(f"{at}.name {name!r} is not <split>/shard-NNNNNN.tar")
+        if split != match["split"]:
+            raise ManifestError(f"{at}.split {split!r} does not match its name {name!r}")
+        path = _inside(folder, name, f"{at}.name")
+        entries.append(
+            ShardEntry(
+                name=name,
+                path=path,
+                split=split,
+                samples=_int(raw.get("samples"), f"{at}.samples"),
+                bytes=_int(raw.get("bytes"), f"{at}.bytes"),
+                sha256=_sha(raw.get("sha256"), f"{at}.sha256"),
+            )
+        )
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise ManifestError(f"{where}: shard {repeated[0]} is listed more than once")
+    return entries
+
+
+def split_entries(manifest: dict[str, Any], folder: str | Path, split: str) -> list[ShardEntry]:
+    """A split's shard entries in manifest (= name) order."""
+    return [e for e in shard_entries(manifest, folder) if e.split == split]
