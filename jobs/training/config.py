@@ -31,7 +31,12 @@ class TrainConfig:
     """Ray Train workers (one GPU each when use_gpu)."""
     use_gpu: bool = False
     cpus_per_worker: int = 1
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """How Ray places the workers over nodes (Ray's placement-group strategies): STRICT_SPREAD puts every worker
+    on its own node."""
     max_failures: int = 0
+    """Worker-group failures (a dead worker, an out-of-memory kill, a lost node) retried from the latest
+    checkpoint, counted over the whole job."""
     keep_checkpoints: int = 2
     checkpoint_every: int = 0
     """Checkpoint every N optimizer steps (0: at each epoch end)."""
