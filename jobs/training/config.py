@@ -44,7 +44,8 @@ class TrainConfig:
     """Validate on the test shards every N epochs (0: never)."""
     log_every: int = 20
     storage_path: str = ""
-    """Ray Train storage (default <workdir>/runs); a shared path or URI on a cluster."""
+    """Ray Train storage (default <workdir>/runs); on a cluster a shared absolute path or URI (s3://, gs://,
+    file:///), required there unless workdir is absolute (jobs/cluster_storage.py)."""
     run_name: str = ""
     seed: int = 42
     threads_per_worker: int = 0
