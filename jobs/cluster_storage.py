@@ -47,11 +47,11 @@ def check_train_outputs(cfg: Any, address: str | None) -> None:
     if _shared(cfg.workdir, uri=False):
         return
     if not storage:
-        raise _defaulted("train.storage_path", "<workdir>/runs", cfg.workdir,
-                         "set train.storage_path to shared storage (s3://..., gs://..., or a path mounted on every node)")  # fmt: skip
+        fix = "set train.storage_path to shared storage (s3://..., gs://..., or a path mounted on every node)"
+        raise _defaulted("train.storage_path", "<workdir>/runs", cfg.workdir, fix)
     if not (cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
-        raise _defaulted("mlflow.tracking_uri", "SQLite", cfg.workdir,
-                         "set mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to a tracking server or a shared store")  # fmt: skip
+        fix = "set mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to a tracking server or a shared store"
+        raise _defaulted("mlflow.tracking_uri", "SQLite", cfg.workdir, fix)
 
 
 def check_eval_outputs(cfg: Any, out: str | None, default_tracking: bool, address: str | None) -> None:
@@ -66,8 +66,8 @@ def check_eval_outputs(cfg: Any, out: str | None, default_tracking: bool, addres
     if not out:
         raise _defaulted("--out", "<workdir>/eval/<name>", cfg.workdir, "pass --out on shared storage")
     if default_tracking:
-        raise _defaulted("mlflow.tracking_uri", "SQLite", cfg.workdir,
-                         "set mlflow.tracking_uri (or MLFLOW_TRACKING_URI), or pass --no-mlflow")  # fmt: skip
+        fix = "set mlflow.tracking_uri (or MLFLOW_TRACKING_URI), or pass --no-mlflow"
+        raise _defaulted("mlflow.tracking_uri", "SQLite", cfg.workdir, fix)
 
 
 def filesystem(storage_path: str) -> tuple[Any, str]:

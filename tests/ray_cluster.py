@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -38,6 +40,7 @@ def _agent_ports() -> list[str]:
 class LocalRayCluster:
     def __init__(self, root: Path, num_cpus: int = 2, env: dict[str, str] | None = None) -> None:
         self.root = root
+        self.temp_dir = _short_temp_dir()
         self.num_cpus = num_cpus
         self.env = dict(env or {})
         """Extra environment for every node's processes, e.g. RAY_memory_usage_threshold."""
@@ -72,7 +75,7 @@ class LocalRayCluster:
         cmd = [
             str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
             f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-            f"--num-cpus={self.num_cpus}", f"--temp-dir={self.root / 'tmp'}", "--include-dashboard=true",
+            f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}", "--include-dashboard=true",
             f"--ray-client-server-port={free_port()}", *_agent_ports(),
         ]  # fmt: skip
         env = self.node_env()
@@ -128,13 +131,14 @@ class LocalRayCluster:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        for pid in _pids_of_session(sid) | _pids_mentioning(str(self.root)):
+        for pid in _pids_of_session(sid) | _pids_mentioning(str(self.root)) | _pids_mentioning(str(self.temp_dir)):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         self.proc.wait(timeout=10)
         self.proc = None
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 class LocalRayNode:
@@ -143,13 +147,14 @@ class LocalRayNode:
 
     def __init__(self, cluster: LocalRayCluster, root: Path, num_cpus: int) -> None:
         self.cluster, self.root, self.num_cpus = cluster, root, num_cpus
+        self.temp_dir = _short_temp_dir()
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         cmd = [
             str(VENV_BIN / "ray"), "start", "--block", f"--address={self.cluster.gcs_address}",
-            "--node-ip-address=127.0.0.1", f"--num-cpus={self.num_cpus}", f"--temp-dir={self.root / 'tmp'}",
+            "--node-ip-address=127.0.0.1", f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",
             *_agent_ports(),
         ]  # fmt: skip
         log_path = self.root / "node.log"
@@ -173,13 +178,19 @@ class LocalRayNode:
         if self.proc is None:
             return
         sid = os.getsid(self.proc.pid)
-        for pid in _pids_of_session(sid) | _pids_mentioning(str(self.root)):
+        for pid in _pids_of_session(sid) | _pids_mentioning(str(self.root)) | _pids_mentioning(str(self.temp_dir)):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         self.proc.wait(timeout=10)
         self.proc = None
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _short_temp_dir() -> Path:
+    """Ray's temp dir holds its AF_UNIX sockets, whose paths must fit in 107 bytes: not under a long tmp_path."""
+    return Path(tempfile.mkdtemp(prefix="lma3d-ray-"))
 
 
 def _pids_of_session(sid: int) -> set[int]:

@@ -36,11 +36,17 @@ def train_overrides(shards: Path, workdir: Path, **train) -> list[str]:
     return overrides + [f"train.{k}={v}" for k, v in train.items()]
 
 
-def run_driver(args: list[str], env: dict[str, str], fault: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    """`lma3d train ARGS` in its own process (tests/train_driver.py), with an optional injected fault."""
+def run_driver(
+    args: list[str], env: dict[str, str], log: Path, fault: dict | None = None, timeout: float = 600
+) -> tuple[int, str]:
+    """`lma3d train ARGS` in its own process (tests/train_driver.py), with an optional injected fault: (exit code,
+    the last line it printed to stderr). Its whole output is in `log`."""
     import json
 
     full_env = {**os.environ, **env, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
     full_env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, str(TESTS / "train_driver.py"), json.dumps(fault), *args]
-    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    with open(log, "w") as out, open(log.with_suffix(".err"), "w") as err:
+        code = subprocess.run(cmd, env=full_env, stdout=out, stderr=err, timeout=timeout, cwd=REPO).returncode
+    lines = log.with_suffix(".err").read_text(errors="replace").strip().splitlines()
+    return code, lines[-1] if lines else ""

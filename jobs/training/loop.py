@@ -60,7 +60,6 @@ class TrainJob:
         self.device = configure_worker(train)
         seed_everything(train.seed + rank)  # the original seeds 42 + rank
         from model.lmaffordance3d import build_model
-
         from pipeline.loaders import train_loader
 
         self.model = build_model(self.cfg.model, device=self.device, pretrained=True)
@@ -126,7 +125,6 @@ class TrainJob:
 
     def _epoch(self, epoch: int, skip: int, bar: Any) -> None:
         from model.loss import heatmap_loss
-
         from pipeline.loaders import train_loader
 
         train, engine = self.cfg.train, self.engine
@@ -262,8 +260,12 @@ class TrainJob:
             held = []
             while len(held) < int(fault["bytes"]) // 2**28 and psutil.virtual_memory().available > 2 * 2**30:
                 held.append(torch.ones(2**28, dtype=torch.uint8))  # touched pages: resident, as the monitor sees
-            time.sleep(120)  # Ray's memory monitor kills this process well before
-            raise RuntimeError(f"fault injection: {len(held) / 4:.1f} GiB held for 120 s, no memory monitor kill")
+            # Ray's memory monitor kills this process, or others of its node (it picks the newest first), well
+            # before; released after hold_s so that the retried worker group does not meet the same pressure.
+            time.sleep(float(fault.get("hold_s", 120)))
+            gib = len(held) / 4
+            del held
+            raise RuntimeError(f"fault injection: {gib:.1f} GiB held for {fault.get('hold_s', 120)} s, not killed")
         if kind == "hang":
             time.sleep(600)
             raise RuntimeError("fault injection: this worker's node was not killed within 600 s")
