@@ -40,7 +40,7 @@ def run_driver(
     args: list[str], env: dict[str, str], log: Path, fault: dict | None = None, timeout: float = 600
 ) -> tuple[int, str]:
     """`lma3d train ARGS` in its own process (tests/train_driver.py), with an optional injected fault: (exit code,
-    the last line it printed to stderr). Its whole output is in `log`."""
+    the lines of its own `lma3d train:` messages on stderr, among Ray's logs). Its whole output is in `log`(.err)."""
     import json
 
     full_env = {**os.environ, **env, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
@@ -48,5 +48,5 @@ def run_driver(
     cmd = [sys.executable, str(TESTS / "train_driver.py"), json.dumps(fault), *args]
     with open(log, "w") as out, open(log.with_suffix(".err"), "w") as err:
         code = subprocess.run(cmd, env=full_env, stdout=out, stderr=err, timeout=timeout, cwd=REPO).returncode
-    lines = log.with_suffix(".err").read_text(errors="replace").strip().splitlines()
-    return code, lines[-1] if lines else ""
+    lines = log.with_suffix(".err").read_text(errors="replace").splitlines()
+    return code, "\n".join(line for line in lines if line.startswith("lma3d train:"))
