@@ -29,6 +29,10 @@ class UserError(Exception):
     """Bad input from the user (a path, a flag, a file): reported as one line, exit code 2."""
 
 
+class JobFailed(Exception):
+    """The job ran and failed for a reason it can name (e.g. faults beyond train.max_failures): one line, exit 1."""
+
+
 @contextlib.contextmanager
 def stage(name: str) -> Iterator[None]:
     """Name the part of a job that runs inside: a failure escaping it is reported as `<name> failed`."""
@@ -105,6 +109,10 @@ def entry(verb: str) -> Callable[[Callable[[list[str] | None], int]], Callable[[
                 logging.getLogger(f"lma3d.{verb}").debug("user error", exc_info=True)
                 print(f"lma3d {verb}: error: {e}", file=sys.stderr)
                 return 2
+            except JobFailed as e:
+                logging.getLogger(f"lma3d.{verb}").debug("job failed", exc_info=True)
+                print(f"lma3d {verb}: {e}", file=sys.stderr)
+                return 1
             except Exception as e:  # noqa: BLE001 - infrastructure failure: one line here, the story in a file
                 print(failure_line(verb, e), file=sys.stderr)
                 return 1

@@ -8,6 +8,9 @@
 A run lives in <train.storage_path>/<run name> (default <workdir>/runs/<date>-<view>-<setting>-lr<lr>-bs<bs>).
 An existing run with checkpoints is resumed; one without is never overwritten unless --overwrite is given.
 Without --address / RAY_ADDRESS a local Ray cluster is started; MLflow defaults to sqlite:///<workdir>/mlflow.db.
+On a cluster (--address, RAY_ADDRESS, a submitted job) those defaults under a relative workdir are refused: set
+train.storage_path and mlflow.tracking_uri to shared storage. Faults (a dead worker, an out-of-memory kill, a lost
+node) are retried from the latest checkpoint up to train.max_failures times in all.
 """
 
 from __future__ import annotations

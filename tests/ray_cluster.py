@@ -1,4 +1,5 @@
-"""A real single-node Ray cluster for tests: `ray start --head` on 127.0.0.1 with token auth on.
+"""A real Ray cluster for tests: `ray start --head` on 127.0.0.1 with token auth on, plus optional worker nodes
+(`add_node`: a second raylet with its own temp dir and ports, joining with the same token).
 
 Stopped by signalling only the processes of its own session: `ray stop` would kill every Ray on the machine.
 """
@@ -7,10 +8,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -24,11 +27,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _agent_ports() -> list[str]:
+    """Free ports for every agent: the defaults (e.g. 52365) belong to any other local Ray on the machine, such as
+    the test session's own `ray.init()`, and a node whose agents cannot bind fails in odd ways."""
+    return [
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+    ]  # fmt: skip
+
+
 class LocalRayCluster:
-    def __init__(self, root: Path, num_cpus: int = 2) -> None:
+    def __init__(self, root: Path, num_cpus: int = 2, env: dict[str, str] | None = None) -> None:
         self.root = root
+        self.temp_dir = _short_temp_dir()
         self.num_cpus = num_cpus
+        self.env = dict(env or {})
+        """Extra environment for every node's processes, e.g. RAY_memory_usage_threshold."""
         self.dashboard_port = free_port()
+        self.gcs_port = free_port()
+        self.nodes: list[LocalRayNode] = []
         # Ray's default token file, which a local `ray.init()` also uses: a process caches the first token it
         # loads, so a test process that already ran a local Ray session can only talk to a cluster with this one.
         self.token_path = Path.home() / ".ray" / "auth_token"
@@ -36,7 +54,13 @@ class LocalRayCluster:
 
     @property
     def address(self) -> str:
+        """The dashboard / Jobs API URL (what `lma3d submit --address` takes)."""
         return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def gcs_address(self) -> str:
+        """What a driver's `ray.init(address=...)` and a joining node take."""
+        return f"127.0.0.1:{self.gcs_port}"
 
     def client_env(self) -> dict[str, str]:
         """What a client process needs to talk to this cluster with token auth."""
@@ -48,19 +72,13 @@ class LocalRayCluster:
             self.token_path.parent.mkdir(parents=True, exist_ok=True)
             self.token_path.write_text(secrets.token_hex(32))
             self.token_path.chmod(0o600)
-        env = {**os.environ, **self.client_env(), "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
-        env.pop("RAY_ADDRESS", None)
         cmd = [
             str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-            f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-            f"--num-cpus={self.num_cpus}", f"--temp-dir={self.root / 'tmp'}", "--include-dashboard=true",
-            # Free ports for every agent: the defaults (e.g. 52365) belong to any other local Ray on the machine,
-            # such as the test session's own `ray.init()`, and a head whose job agent cannot bind takes no jobs.
-            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-            f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
-            f"--object-manager-port={free_port()}",
+            f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+            f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}", "--include-dashboard=true",
+            f"--ray-client-server-port={free_port()}", *_agent_ports(),
         ]  # fmt: skip
+        env = self.node_env()
         log = open(self.root / "head.log", "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout
@@ -78,7 +96,33 @@ class LocalRayCluster:
         self.stop()
         raise TimeoutError(f"Ray dashboard not up at {self.address} after {timeout}s")
 
+    def node_env(self) -> dict[str, str]:
+        env = {**os.environ, **self.client_env(), **self.env, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
+        env.pop("RAY_ADDRESS", None)
+        return env
+
+    def add_node(self, name: str, num_cpus: int = 1, timeout: float = 60.0) -> LocalRayNode:
+        """A second raylet on 127.0.0.1 joining this head: its own temp dir, log and ports, the same token."""
+        node = LocalRayNode(self, self.root / name, num_cpus)
+        node.start(timeout)
+        self.nodes.append(node)
+        return node
+
+    def alive_nodes(self) -> int:
+        """Nodes the GCS counts as alive (asked through `ray list nodes`, so no Ray session is needed here)."""
+        import json
+
+        out = subprocess.run(
+            [str(VENV_BIN / "ray"), "list", "nodes", "--address", self.gcs_address, "--format", "json",
+             "--filter", "state=ALIVE"],
+            env=self.node_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        return len(json.loads(out.stdout or "[]")) if out.returncode == 0 else -1
+
     def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
+        self.nodes = []
         if self.proc is None:
             return
         sid = os.getsid(self.proc.pid)
@@ -87,13 +131,66 @@ class LocalRayCluster:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        for pid in _pids_of_session(sid) | _pids_mentioning(str(self.root)):
+        for pid in _pids_of_session(sid) | _pids_mentioning(str(self.root)) | _pids_mentioning(str(self.temp_dir)):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         self.proc.wait(timeout=10)
         self.proc = None
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+class LocalRayNode:
+    """A worker node of a LocalRayCluster; `kill()` SIGKILLs its raylet and every process it started, as a lost
+    machine would."""
+
+    def __init__(self, cluster: LocalRayCluster, root: Path, num_cpus: int) -> None:
+        self.cluster, self.root, self.num_cpus = cluster, root, num_cpus
+        self.temp_dir = _short_temp_dir()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            str(VENV_BIN / "ray"), "start", "--block", f"--address={self.cluster.gcs_address}",
+            "--node-ip-address=127.0.0.1", f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",
+            *_agent_ports(),
+        ]  # fmt: skip
+        log_path = self.root / "node.log"
+        log_path.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            cmd, env=self.cluster.node_env(), stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited {self.proc.returncode}: {log_path.read_text()}")
+            if "Ray runtime started" in log_path.read_text(errors="replace"):  # the raylet registered with the GCS
+                return
+            time.sleep(0.5)
+        self.kill()
+        raise TimeoutError(f"node {self.root.name} did not join {self.cluster.gcs_address} in {timeout}s")
+
+    def kill(self) -> None:
+        """SIGKILL, no clean shutdown: the GCS learns of the loss from missed health checks."""
+        if self.proc is None:
+            return
+        sid = os.getsid(self.proc.pid)
+        for pid in _pids_of_session(sid) | _pids_mentioning(str(self.root)) | _pids_mentioning(str(self.temp_dir)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=10)
+        self.proc = None
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _short_temp_dir() -> Path:
+    """Ray's temp dir holds its AF_UNIX sockets, whose paths must fit in 107 bytes: not under a long tmp_path."""
+    return Path(tempfile.mkdtemp(prefix="lma3d-ray-"))
 
 
 def _pids_of_session(sid: int) -> set[int]:

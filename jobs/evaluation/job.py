@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs import preflight
+from jobs.cluster_storage import check_eval_outputs
 from jobs.config import ExperimentConfig
 from jobs.entry import UserError, stage
 from jobs.evaluation import tracking
@@ -61,13 +62,14 @@ def evaluate(
     track: bool = True,
 ) -> EvalReport:
     shards = shards or cfg.data.shards
+    check_eval_outputs(cfg, out, False, address)
     manifest = read_manifest(shards)
     source = resolve(spec, cfg.tracking_uri, list(model_overrides))
     preflight.model_files(source.model)
     check_fit(manifest, source, shards)
-    tracking_uri = tracking.choose_tracking_uri(
-        cfg.tracking_uri, tracking.explicit_tracking(cfg.mlflow.tracking_uri), source.tracking_uri
-    )
+    explicit = tracking.explicit_tracking(cfg.mlflow.tracking_uri)
+    check_eval_outputs(cfg, out, track and not explicit and not source.tracking_uri, address)
+    tracking_uri = tracking.choose_tracking_uri(cfg.tracking_uri, explicit, source.tracking_uri)
     if track:
         from jobs.training.tracking import check_tracking_uri
 

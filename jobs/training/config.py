@@ -33,7 +33,12 @@ class TrainConfig:
     """Ray Train workers (one GPU each when use_gpu)."""
     use_gpu: bool = False
     cpus_per_worker: int = 1
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """How Ray places the workers over nodes (Ray's placement-group strategies): STRICT_SPREAD puts every worker
+    on its own node."""
     max_failures: int = 0
+    """Worker-group failures (a dead worker, an out-of-memory kill, a lost node) retried from the latest
+    checkpoint, counted over the whole job."""
     keep_checkpoints: int = 2
     checkpoint_every: int = 0
     """Checkpoint every N optimizer steps (0: at each epoch end)."""
@@ -41,7 +46,8 @@ class TrainConfig:
     """Validate on the test shards every N epochs (0: never)."""
     log_every: int = 20
     storage_path: str = ""
-    """Ray Train storage (default <workdir>/runs); a shared path or URI on a cluster."""
+    """Ray Train storage (default <workdir>/runs); on a cluster a shared absolute path or URI (s3://, gs://,
+    file:///), required there unless workdir is absolute (jobs/cluster_storage.py)."""
     run_name: str = ""
     seed: int = 42
     threads_per_worker: int = 0

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from jobs import preflight
+from jobs.cluster_storage import check_train_outputs, filesystem
 from jobs.config import ExperimentConfig
-from jobs.entry import UserError, causes, stage
-from jobs.training import tracking
+from jobs.entry import JobFailed, UserError, causes, stage
+from jobs.training import faults, tracking
 from jobs.training.pretrained_check import check_resnet_weights
 from jobs.typed_yaml import dump, flatten, to_dict
 
@@ -70,20 +71,12 @@ def decide_start(run_dir: str, exists: bool, has_checkpoints: bool, resume: str 
     return "fresh"
 
 
-def _fs(storage_path: str) -> tuple[Any, str]:
-    import pyarrow.fs
-
-    if "://" in storage_path:
-        return pyarrow.fs.FileSystem.from_uri(storage_path)
-    return pyarrow.fs.LocalFileSystem(), str(Path(storage_path).resolve())
-
-
 def inspect_run(storage_path: str, name: str) -> tuple[bool, list[dict[str, Any]]]:
     """(run dir exists, metadata of its checkpoints sorted by step) — checkpoints only count once Ray has
     registered one (its snapshot file exists)."""
     import pyarrow.fs
 
-    fs, root = _fs(storage_path)
+    fs, root = filesystem(storage_path)
     run_path = f"{root.rstrip('/')}/{name}"
     if fs.get_file_info(run_path).type == pyarrow.fs.FileType.NotFound:
         return False, []
@@ -118,7 +111,7 @@ def _registered_dirs(snapshot: str) -> set[str] | None:
 
 
 def delete_run(storage_path: str, name: str) -> None:
-    fs, root = _fs(storage_path)
+    fs, root = filesystem(storage_path)
     fs.delete_dir(f"{root.rstrip('/')}/{name}")
 
 
@@ -225,6 +218,7 @@ def launch(
     fault_injection: dict[str, Any] | None = None,
 ) -> TrainSummary:
     """Decide the run, attach MLflow, run TorchTrainer.fit() and summarise the result."""
+    check_train_outputs(cfg, address)
     cfg = absolute_paths(cfg)
     check_resnet_weights(cfg.model)
     name = run_name or cfg.train.run_name or default_run_name(cfg, dt.date.today())
@@ -248,18 +242,17 @@ def launch(
         log.info("resuming run %s from its latest checkpoint (step %d)", name, metas[-1]["step"])
     run_id = _mlflow_run(cfg, name, run_dir, mode, metas, resume_from)
     if mode == "overwrite":
-        log.warning("--overwrite: deleting %s", run_dir)
+        log.warning("starting run %s over: deleting %s", name, run_dir)
         delete_run(cfg.storage_path, name)
     from jobs.submission import runtime_env
     from pipeline.ray_session import ensure_ray
 
     ensure_ray(address, runtime_env() if address else None)
     _check_gpus(cfg, address)
-    trainer = _trainer(cfg, name, run_id, resume_from, fault_injection)
     summary = TrainSummary(name, run_dir, cfg.tracking_uri, cfg.experiment_name, run_id, mode)
     try:
         with stage("Ray Train (TorchTrainer.fit)"):
-            result = trainer.fit()
+            result = _fit(cfg, name, run_id, resume_from, fault_injection)
     except BaseException as e:
         _terminate(cfg.tracking_uri, run_id, "FAILED")
         refused = _refused_checkpoint(e)
@@ -305,11 +298,45 @@ def _check_gpus(cfg: ExperimentConfig, address: str | None) -> None:
         )
 
 
-def _trainer(cfg: ExperimentConfig, name: str, run_id: str, resume_from: str | None, fault: dict | None) -> Any:
+def _fit(cfg: ExperimentConfig, name: str, run_id: str, resume_from: str | None, fault: dict | None) -> Any:
+    """TorchTrainer.fit(), run again with the same RunConfig (so from the latest registered checkpoint) after a
+    system fault Ray did not retry, while the failures of all attempts stay within train.max_failures."""
+    budget, failures = cfg.train.max_failures, 0
+    counted = faults.count_attempts(cfg.storage_path, name)  # attempts of earlier jobs of a resumed run
+    while True:
+        trainer = _trainer(cfg, name, run_id, resume_from, fault, budget - failures)
+        try:
+            return trainer.fit()
+        except Exception as e:
+            attempts = faults.count_attempts(cfg.storage_path, name)
+            failures += max(1, attempts - counted)  # every attempt of a failed fit() failed
+            counted = attempts
+            if not faults.is_system_fault(e):
+                raise
+            if failures > budget:
+                raise JobFailed(
+                    f"training stopped: {faults.describe(e)}; {failures} failure(s) with train.max_failures="
+                    f"{budget}. Continue from the latest checkpoint with --resume latest"
+                ) from e
+            log.warning(
+                "%s and Ray did not retry it: re-running the run from its latest checkpoint (failure %d of "
+                "train.max_failures=%d)", faults.describe(e), failures, budget,
+            )  # fmt: skip
+
+
+def _trainer(
+    cfg: ExperimentConfig,
+    name: str,
+    run_id: str,
+    resume_from: str | None,
+    fault: dict | None,
+    max_failures: int,
+) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     from jobs.training.loop import train_func
+    from jobs.training.torch_backend import FaultTolerantTorchConfig
 
     train = cfg.train
     resources = {"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})}
@@ -328,13 +355,16 @@ def _trainer(cfg: ExperimentConfig, name: str, run_id: str, resume_from: str | N
         train_func,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
-            num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker=resources
+            num_workers=train.num_workers,
+            use_gpu=train.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=train.placement_strategy,
         ),
-        torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
+        torch_config=FaultTolerantTorchConfig(backend="nccl" if train.use_gpu else "gloo"),
         run_config=RunConfig(
             name=name,
             storage_path=cfg.storage_path,
-            failure_config=FailureConfig(max_failures=train.max_failures),
+            failure_config=FailureConfig(max_failures=max_failures),
             # Ray keeps the `keep_checkpoints` best by val/auc AND always the latest reported one (never
             # deleted), so the resume point is the newest checkpoint whatever its score.
             checkpoint_config=CheckpointConfig(

@@ -23,6 +23,7 @@ import torch
 from jobs.config import ExperimentConfig
 from jobs.log import setup_logging
 from jobs.training import checkpoint as ckpt
+from jobs.training import faults
 from jobs.training.engine import build_engine, compute_dtype, configure_worker, seed_everything, to_device
 from jobs.training.tracking import RunLogger
 from jobs.training.validate import validate
@@ -254,20 +255,37 @@ class TrainJob:
                 self.run.artifact(path, "weights/best")
 
     def _maybe_inject_fault(self) -> None:
-        """Test hook: SIGKILL this worker once (a marker file remembers) at a given step on a given rank, after
-        Ray has registered the last checkpoint (its controller collects reports every ~2 s; a crash inside
-        that window falls back to the checkpoint before, which would make the test's expectations racy)."""
+        """Test hook: once (a marker file remembers) at a given step on a given rank, after Ray has registered the
+        last checkpoint (its controller collects reports every ~2 s; a crash inside that window falls back to the
+        checkpoint before, which would make the test's expectations racy), fail the way a cluster fails:
+        `kind` "kill" (default) SIGKILLs this worker; "oom" fills `bytes` of host memory and holds it until Ray's
+        memory monitor kills the worker; "hang" blocks so that the test can kill this worker's node."""
         fault = self.config.get("fault_injection")
-        if fault and self.rank == fault["rank"] and self.step == fault["step"] and not Path(fault["marker"]).exists():
-            snapshot = Path(self.cfg.storage_path, self.config["run_name"], "checkpoint_manager_snapshot.json")
-            deadline = time.monotonic() + 60
-            while self.last_checkpoint and time.monotonic() < deadline:
-                if snapshot.exists() and self.last_checkpoint in snapshot.read_text():
-                    break
-                time.sleep(0.2)
-            Path(fault["marker"]).write_text(str(self.step))
-            log.warning("fault injection: SIGKILL rank %d at step %d", self.rank, self.step)
-            os.kill(os.getpid(), signal.SIGKILL)
+        if not fault or self.rank != fault["rank"] or self.step != fault["step"] or Path(fault["marker"]).exists():
+            return
+        snapshot = Path(self.cfg.storage_path, self.config["run_name"], "checkpoint_manager_snapshot.json")
+        deadline = time.monotonic() + 60
+        while self.last_checkpoint and time.monotonic() < deadline and "://" not in self.cfg.storage_path:
+            if snapshot.exists() and self.last_checkpoint in snapshot.read_text():
+                break
+            time.sleep(0.2)
+        kind = fault.get("kind", "kill")
+        Path(fault["marker"]).write_text(str(self.step))
+        log.warning("fault injection: %s on rank %d at step %d", kind, self.rank, self.step)
+        if kind == "oom":
+            held = []
+            while len(held) < int(fault["bytes"]) // 2**28 and psutil.virtual_memory().available > 2 * 2**30:
+                held.append(torch.ones(2**28, dtype=torch.uint8))  # touched pages: resident, as the monitor sees
+            # Ray's memory monitor kills this process, or others of its node (it picks the newest first), well
+            # before; released after hold_s so that the retried worker group does not meet the same pressure.
+            time.sleep(float(fault.get("hold_s", 120)))
+            gib = len(held) / 4
+            del held
+            raise RuntimeError(f"fault injection: {gib:.1f} GiB held for {fault.get('hold_s', 120)} s, not killed")
+        if kind == "hang":
+            time.sleep(600)
+            raise RuntimeError("fault injection: this worker's node was not killed within 600 s")
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def set_train_mode(module: torch.nn.Module, norm_eval: bool) -> None:
@@ -316,6 +334,8 @@ def train_func(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     setup_logging(rank)
+    if rank == 0:  # first thing: the driver's failure budget counts attempts, those dying in set-up too
+        faults.record_attempt(config["config"]["train"]["storage_path"], config["run_name"])
     job = TrainJob(config, rank, world)
     job.restore()
     job.fit()

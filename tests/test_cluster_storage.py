@@ -1,0 +1,109 @@
+"""A cluster never gets node-local storage by accident: with a cluster address (--address, RAY_ADDRESS, or inside a
+submitted job) an implicit <workdir>/runs, SQLite store or eval folder under a relative workdir is refused before
+anything starts; explicit shared locations are accepted, and train.storage_path as a URI trains and resumes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from train_data import build_shards, train_overrides
+
+from jobs.cluster_storage import check_eval_outputs, check_train_outputs
+from jobs.config import ExperimentConfig
+from jobs.entry import UserError
+from jobs.eval import main as eval_main
+from jobs.train import main as train_main
+from jobs.typed_yaml import load
+
+CLUSTER_ENV = ("RAY_ADDRESS", "RAY_JOB_SUBMISSION_ID", "MLFLOW_TRACKING_URI")
+
+
+@pytest.fixture
+def no_cluster_env(monkeypatch, tmp_path):
+    for key in CLUSTER_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)  # a relative workdir would land here: the test checks nothing did
+    return tmp_path
+
+
+def _cfg(*overrides: str) -> ExperimentConfig:
+    return load(ExperimentConfig, None, list(overrides))
+
+
+@pytest.mark.parametrize("env", ["RAY_ADDRESS", "RAY_JOB_SUBMISSION_ID"])
+def test_train_on_a_cluster_without_storage_path_is_refused_before_anything_starts(
+    no_cluster_env, monkeypatch, capsys, env
+):
+    monkeypatch.setenv(env, "127.0.0.1:1" if env == "RAY_ADDRESS" else "raysubmit_123")
+    code = train_main(["train.max_steps=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("lma3d train: error: train.storage_path is not set")
+    assert list(no_cluster_env.iterdir()) == []  # no work/, no runs/, no mlflow.db
+
+
+def test_train_with_an_address_and_shared_storage_but_default_mlflow_names_the_tracking_uri(no_cluster_env, capsys):
+    code = train_main(["--address", "127.0.0.1:1", "train.storage_path=s3://bucket/runs"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "mlflow.tracking_uri is not set" in err[0]
+    assert list(no_cluster_env.iterdir()) == []
+
+
+def test_a_relative_storage_path_on_a_cluster_is_refused(no_cluster_env):
+    with pytest.raises(UserError, match="train.storage_path 'runs' is relative"):
+        check_train_outputs(_cfg("train.storage_path=runs", "workdir=/shared/work"), "127.0.0.1:1")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["train.storage_path=s3://bucket/runs", "mlflow.tracking_uri=http://mlflow:5000"],
+        ["train.storage_path=gs://bucket/runs", "mlflow.tracking_uri=sqlite:////mnt/cluster_storage/mlflow.db"],
+        ["train.storage_path=/mnt/cluster_storage/runs", "mlflow.tracking_uri=http://mlflow:5000"],
+        ["workdir=/mnt/cluster_storage/work"],  # everything defaults under an absolute (mounted) workdir
+    ],
+)
+def test_explicit_shared_storage_on_a_cluster_is_accepted(no_cluster_env, overrides):
+    check_train_outputs(_cfg(*overrides), "127.0.0.1:1")
+
+
+def test_mlflow_tracking_uri_from_the_environment_counts_as_explicit(no_cluster_env, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    check_train_outputs(_cfg("train.storage_path=s3://bucket/runs"), "127.0.0.1:1")
+
+
+def test_without_a_cluster_the_workdir_defaults_stand(no_cluster_env):
+    check_train_outputs(_cfg(), None)
+    check_eval_outputs(_cfg(), None, True, None)
+
+
+def test_eval_on_a_cluster_without_out_is_refused_before_anything_starts(no_cluster_env, monkeypatch, capsys):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    code = eval_main(["--checkpoint", "/nonexistent/checkpoint", "--shards", "/nonexistent/shards"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("lma3d eval: error: --out is not set"), err
+    with pytest.raises(UserError, match="mlflow.tracking_uri is not set"):
+        check_eval_outputs(_cfg(), "/mnt/cluster_storage/eval", True, "127.0.0.1:1")
+    check_eval_outputs(_cfg(), "/mnt/cluster_storage/eval", False, "127.0.0.1:1")  # --no-mlflow, or URI recorded
+    with pytest.raises(UserError, match="--out 'eval' is relative"):
+        check_eval_outputs(_cfg("workdir=/mnt/w"), "eval", False, "127.0.0.1:1")
+
+
+@pytest.mark.slow
+def test_storage_path_as_a_file_uri_trains_checkpoints_and_resumes(tmp_path_factory, tmp_path, ray_local):
+    from jobs.training.launcher import launch
+
+    shards = build_shards(tmp_path_factory.mktemp("data"))
+    storage = tmp_path / "shared" / "runs"
+    uri = storage.as_uri()
+    assert uri.startswith("file:///")
+    cfg = load(ExperimentConfig, None, train_overrides(shards, tmp_path / "work", max_steps=2, checkpoint_every=1,
+                                                       storage_path=uri))  # fmt: skip
+    first = launch(cfg, run_name="uri")
+    assert first.last_step == 2 and first.run_dir == f"{uri}/uri"
+    assert sorted(p.name for p in storage.joinpath("uri").glob("checkpoint_step*")) == [
+        "checkpoint_step000000001", "checkpoint_step000000002"]  # fmt: skip
+    second = launch(replace(cfg, train=replace(cfg.train, max_steps=3)), run_name="uri")
+    assert second.mode == "resume" and second.run_id == first.run_id and second.last_step == 3
+    assert not Path(tmp_path / "work" / "runs").exists()  # nothing fell back to the workdir
