@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     from pipeline.shards.job import run
 
     try:
-        cfg = ShardConfig(args.samples_per_shard, args.max_bad_fraction, 0, args.min_shards)
+        cfg = ShardConfig(args.samples_per_shard, args.max_bad_fraction, min_shards=args.min_shards)
         with stage("Ray Data sharding"):
             manifest = run(args.source, args.format, args.out, cfg, args.num_points, args.overwrite, args.address)
     except (ValueError, FileExistsError) as e:
