@@ -22,11 +22,11 @@ from jobs import preflight
 from jobs.config import ExperimentConfig
 from jobs.entry import UserError, causes, stage
 from jobs.training import tracking
+from jobs.training.checkpoint import META_FILE
 from jobs.typed_yaml import dump, flatten, to_dict
 
 log = logging.getLogger("lma3d.train")
 
-META_FILE = "lma3d_meta.json"
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 # Secrets and endpoints the workers need to reach MLflow and its artifact store (passed via runtime_env).
 FORWARDED_ENV = (
