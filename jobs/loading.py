@@ -127,15 +127,12 @@ def resolve(spec: str, tracking_uri: str | None, overrides: list[str] = ()) -> R
 
 def _resolve(spec: str, tracking_uri: str | None, overrides: list[str]) -> Resolved:
     if spec.startswith("models:/"):
-        return _registry(spec, tracking_uri, overrides)
+        return _downloaded(spec, tracking_uri, overrides, "registry")
     match = RUN_ID.match(spec)
     if match and not Path(spec).exists():
         return _run(spec, match.group(1), tracking_uri, overrides)
     if MLFLOW_URI.match(spec):
-        with tempfile.TemporaryDirectory(prefix="lma3d-model-") as tmp:
-            resolved = _exported(spec, _download_model(spec, tracking_uri, Path(tmp)), overrides)
-        resolved.provenance.update(kind="mlflow", name=_safe_name(spec))
-        return resolved
+        return _downloaded(spec, tracking_uri, overrides, "mlflow")
     if "://" in spec and not spec.startswith("file://"):
         with tempfile.TemporaryDirectory(prefix="lma3d-ckpt-") as tmp:
             return _folder(spec, _download(spec, Path(tmp)), overrides)
@@ -300,8 +297,12 @@ def _safe_name(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", re.sub(r"^[a-z-]+:/+", "", spec))
 
 
-def _registry(spec: str, tracking_uri: str | None, overrides: list[str]) -> Resolved:
+def _downloaded(spec: str, tracking_uri: str | None, overrides: list[str], kind: str) -> Resolved:
+    """An MLflow model, downloaded to a temporary folder and read as an exported one; errors name the spec."""
     with tempfile.TemporaryDirectory(prefix="lma3d-model-") as tmp:
-        resolved = _exported(spec, _download_model(spec, tracking_uri, Path(tmp)), overrides)
-    resolved.provenance.update(kind="registry", name=_safe_name(spec))
+        try:
+            resolved = _exported(spec, _download_model(spec, tracking_uri, Path(tmp)), overrides)
+        except BadModelFolder as e:
+            raise UserError(f"{spec}: {str(e).replace(tmp, '<model>')}") from None
+    resolved.provenance.update(kind=kind, name=_safe_name(spec))
     return resolved
