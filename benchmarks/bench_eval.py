@@ -52,7 +52,10 @@ def make_shards(folder: Path, samples: int, image_size: int, per_shard: int) -> 
 
 def plain_loop(shards: Path, cfg, weights: dict, batch_size: int, threads: int) -> tuple[float, float, int]:
     """(seconds end to end, seconds of the loop alone, samples)."""
-    from jobs.evaluation.inference import build_inference_model, predict_loader
+    sys.path.insert(0, str(ROOT / "tests"))
+    from inprocess_eval import predict_loader
+
+    from jobs.loading import build_inference_model
     from pipeline.loaders import eval_loader
     from pipeline.loaders.config import DataConfig
 

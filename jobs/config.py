@@ -74,3 +74,9 @@ def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
         print(dump(cfg), end="")
         raise SystemExit(0)
     return cfg
+
+
+def model_overrides(args: argparse.Namespace) -> list[str]:
+    """The `model.*` overrides of the command line: what eval, export, predict and serve apply to the config
+    stored with the model they load (e.g. a local model.backbone_path)."""
+    return [item for item in [*args.overrides, *args.override_args] if item.startswith("model.")]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.config import add_config_args, resolve_config
+from jobs.config import add_config_args, model_overrides, resolve_config
 from jobs.entry import entry
 
 
@@ -42,12 +42,13 @@ def main(argv: list[str]) -> int:
     if args.votes is not None:
         args.overrides.append(f"eval.votes={args.votes}")
     cfg = resolve_config(args)
-    model_overrides = [o for o in [*args.overrides, *args.override_args] if o.startswith("model.")]
 
     from jobs.evaluation.job import evaluate
     from model.metrics import format_table
 
-    report = evaluate(cfg, args.checkpoint, args.shards, args.out, args.address, model_overrides, not args.no_mlflow)
+    report = evaluate(
+        cfg, args.checkpoint, args.shards, args.out, args.address, model_overrides(args), not args.no_mlflow
+    )
     print(format_table(report.result.metrics))
     print(f"\nresults: {report.out_dir}" + (f"   MLflow run: {report.run_id}" if report.run_id else ""))
     return 0

@@ -4,7 +4,8 @@
     lma3d export --checkpoint RUN_ID --out models/full-seen --register lma3d --alias champion
 
 DIR gets model.safetensors (the trainable weights, fp32) and config.json (model config, backbone id/path,
-where it came from). Loading it needs neither DeepSpeed nor Ray: model.pretrained.from_pretrained(DIR).
+where it came from). Loading it needs neither DeepSpeed nor Ray: jobs.loading.load(DIR) (what every verb
+uses), or model.pretrained.from_pretrained(DIR) with torch alone.
 Checkpoint files are only read with torch.load(weights_only=True); --register logs DIR as an MLflow pyfunc
 model (predict takes image / points / instruction), registers a version and points --alias at it.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.config import add_config_args, resolve_config
+from jobs.config import add_config_args, model_overrides, resolve_config
 from jobs.entry import UserError, entry
 
 
@@ -31,15 +32,14 @@ def main(argv: list[str]) -> int:
     if args.alias and not args.register:
         raise UserError("--alias needs --register NAME")
     cfg = resolve_config(args)
-    model_overrides = [o for o in [*args.overrides, *args.override_args] if o.startswith("model.")]
 
     from jobs.evaluation.export import export
 
-    report = export(cfg, args.checkpoint, args.out, model_overrides, args.register, args.alias)
+    report = export(cfg, args.checkpoint, args.out, model_overrides(args), args.register, args.alias)
     lines = [
         f"exported {args.checkpoint} -> {report.out_dir}",
         f"  {report.tensors} tensors, {report.parameters:,} trainable values (fp32), backbone "
-        f"{report.source.backbone_id or report.source.model.backbone}",
+        f"{report.source.provenance['backbone_id'] or report.source.config.backbone}",
     ]
     if report.registered:
         lines.append(f"  registered {report.registered['uri']} (version {report.registered['version']})")

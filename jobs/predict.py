@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
-from jobs.config import add_config_args, resolve_config
+from jobs.config import add_config_args, model_overrides, resolve_config
 from jobs.entry import UserError, entry
 
 log = logging.getLogger("lma3d.predict")
@@ -45,7 +44,6 @@ def main(argv: list[str]) -> int:
     if not args.batch and not (args.image and args.points and args.instruction):
         raise UserError("--image, --points and --instruction are all needed (or --batch)")
     cfg = resolve_config(args)
-    model_overrides = [o for o in [*args.overrides, *args.override_args] if o.startswith("model.")]
 
     from jobs.evaluation.predicting import BadInput, Item, items_from, predict_item, write_heatmap
 
@@ -57,7 +55,9 @@ def main(argv: list[str]) -> int:
         )
     except BadInput as e:
         raise UserError(str(e)) from None
-    model = _load(args.model, cfg.tracking_uri, model_overrides)
+    from jobs.loading import load
+
+    model = load(args.model, cfg.tracking_uri, model_overrides(args)).model
     failed = 0
     for item in items:
         try:
@@ -73,55 +73,6 @@ def main(argv: list[str]) -> int:
         print(f"lma3d predict: {failed} of {len(items)} inputs failed", file=sys.stderr)
         return 2
     return 0
-
-
-def _load(spec: str, tracking_uri: str, model_overrides: list[str]):
-    from model.pretrained import BadModelFolder
-
-    try:
-        return _load_model(spec, tracking_uri, model_overrides)
-    except BadModelFolder as e:  # a tampered or foreign model folder: one line naming the file and field
-        raise UserError(str(e)) from None
-
-
-def _load_model(spec: str, tracking_uri: str, model_overrides: list[str]):
-    """Exported folders and registered models load with safetensors only (model.pretrained.from_pretrained);
-    `model.*` overrides (e.g. a local backbone_path) go through the same resolution as lma3d eval. Every path
-    computes under the training precision the checkpoint or export records."""
-    if model_overrides:
-        from jobs.evaluation.inference import build_inference_model
-        from jobs.evaluation.sources import resolve
-
-        source = resolve(spec, tracking_uri, model_overrides)
-        return build_inference_model(source.model, source.weights, precision=source.precision)
-    if spec.startswith("models:/"):
-        from jobs.evaluation.sources import download_registered
-
-        with tempfile.TemporaryDirectory(prefix="lma3d-model-") as tmp:
-            return _exported(download_registered(spec, tracking_uri, Path(tmp)))
-    if Path(spec, "config.json").is_file() and Path(spec, "model.safetensors").is_file():
-        return _exported(Path(spec))
-    from jobs.evaluation.inference import build_inference_model
-    from jobs.evaluation.sources import resolve
-
-    source = resolve(spec, tracking_uri)
-    return build_inference_model(source.model, source.weights, precision=source.precision)
-
-
-def _exported(folder: Path):
-    """An exported folder, computing under the training precision its config.json records (fp32 if none)."""
-    from jobs.evaluation.inference import in_precision
-    from jobs.precision import from_meta
-    from model.pretrained import BadModelFolder, from_pretrained, read_json
-
-    model = from_pretrained(folder, fps_start="first")  # checks config.json and the weights first
-    try:
-        precision = from_meta(read_json(folder / "config.json"))
-    except BadModelFolder:
-        raise
-    except ValueError as e:
-        raise UserError(f"{folder / 'config.json'}: {e}") from None
-    return in_precision(model, precision)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 import threading
 from pathlib import Path
 
-from jobs.config import add_config_args, resolve_config
+from jobs.config import add_config_args, model_overrides, resolve_config
 from jobs.entry import UserError, entry
 
 FLAGS = {"host": str, "port": int, "replicas": int, "max_batch_size": int, "batch_wait_ms": float}
@@ -47,15 +47,14 @@ def main(argv: list[str]) -> int:
             args.overrides.append(f"serve.{name}={getattr(args, name)}")
     cfg = resolve_config(args)
     _check_spec(args.model)
-    model_overrides = [o for o in [*args.overrides, *args.override_args] if o.startswith("model.")]
-    return serve_until_stopped(args.model, cfg, model_overrides, args.address)
+    return serve_until_stopped(args.model, cfg, model_overrides(args), args.address)
 
 
 def _check_spec(spec: str) -> None:
     """A local folder that is not there fails here, before Ray starts; the rest is checked by the replicas."""
-    from jobs.evaluation.sources import RUN_ID
+    from jobs.loading import MLFLOW_URI, RUN_ID
 
-    if spec.startswith("models:/") or RUN_ID.match(spec) or ("://" in spec and not spec.startswith("file://")):
+    if MLFLOW_URI.match(spec) or RUN_ID.match(spec) or ("://" in spec and not spec.startswith("file://")):
         return
     if not Path(spec.removeprefix("file://")).is_dir():
         raise UserError(f"{spec}: no such folder (expected an exported model, a checkpoint, a run id or models:/…)")

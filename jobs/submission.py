@@ -10,8 +10,10 @@ from typing import Any
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# Never ship these in a working_dir: Ray refuses packages over 100 MiB (conventions §4 item 8).
-DEFAULT_EXCLUDES = [".git", ".venv", "work", "mlruns", "mlartifacts", "*.tar", "*.arrow", "*.db", "__pycache__"]
+RAYIGNORE = PROJECT_ROOT / ".rayignore"
+"""The one list of what a working_dir never ships (Ray refuses packages over 100 MiB; data and checkpoints live on
+shared storage). Ray applies it itself; infra/runtime_env.yaml's `excludes` repeat it for `ray job submit
+--runtime-env` (tests/test_runtime_env.py holds them equal)."""
 # Flags that belong to `submit` wherever they stand on the command line; value-taking ones first.
 SUBMIT_VALUE_FLAGS = ("--address", "--runtime-env", "--submission-id", "--working-dir", "--entrypoint-num-cpus")
 SUBMIT_BOOL_FLAGS = ("--no-wait",)
@@ -57,7 +59,7 @@ def runtime_env(path: str | None = None, working_dir: str | None = None) -> dict
     env["working_dir"] = working_dir or env.get("working_dir") or str(PROJECT_ROOT)
     if env["working_dir"] in (".", "./"):
         env["working_dir"] = str(PROJECT_ROOT)
-    env["excludes"] = sorted(set(env.get("excludes", [])) | set(DEFAULT_EXCLUDES))
+    env["excludes"] = sorted(set(env.get("excludes", [])) | set(working_dir_excludes()))
     env_vars = {k: str(v) for k, v in (env.get("env_vars") or {}).items() if v not in (None, "")}
     for key in (
         "MLFLOW_TRACKING_URI",
@@ -69,6 +71,13 @@ def runtime_env(path: str | None = None, working_dir: str | None = None) -> dict
             env_vars[key] = os.environ[key]
     env["env_vars"] = env_vars
     return env
+
+
+def working_dir_excludes(rayignore: Path = RAYIGNORE) -> list[str]:
+    """The patterns of .rayignore (gitignore syntax), comments and blank lines left out; [] when there is none."""
+    if not rayignore.is_file():
+        return []
+    return [line.strip() for line in rayignore.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
 def job_client(address: str | None):  # -> ray.job_submission.JobSubmissionClient

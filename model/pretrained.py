@@ -4,6 +4,11 @@ Loading needs neither DeepSpeed nor Ray, and never unpickles: safetensors only. 
 anything is built from it: config.json must be JSON with known model keys of the right types, and every tensor
 of model.safetensors must be one the config's model has, of its shape, and finite. Anything else is a
 BadModelFolder naming the file and the field.
+
+`config_from_dict` is the one converter from a stored mapping to a ModelConfig (exported folders, checkpoint
+metas, run configs, the eval actors' model package). `from_pretrained` is the pure-torch way to open a folder;
+the project's verbs open every kind of model (checkpoints, runs, registered models too) through jobs.loading.load,
+which reads folders with `read_pretrained` and builds with `instantiate`, the same two steps.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ def config_from_dict(values: dict, where: str = "config.json") -> ModelConfig:
                 for f in dataclasses.fields(ModelConfig)}  # fmt: skip
     unknown = sorted(set(values) - set(defaults))
     if unknown:
-        raise BadModelFolder(f"{where}: unknown key model.{unknown[0]} (valid keys: {', '.join(sorted(defaults))})")
+        names = ", ".join(f"model.{k}" for k in unknown)
+        raise BadModelFolder(f"{where}: unknown key(s) {names}; valid keys: {', '.join(sorted(defaults))}")
     hints = get_type_hints(ModelConfig)
     for key, value in values.items():
         if get_origin(hints[key]) is Literal and value not in get_args(hints[key]):
@@ -103,8 +109,16 @@ def check_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor], where: str
     return skeleton
 
 
-def save_pretrained(model: LMAffordance3D, out_dir: str | Path, weights: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write `weights` (default: the model's trainable state) as fp32 safetensors plus the config."""
+def save_pretrained(
+    model: LMAffordance3D,
+    out_dir: str | Path,
+    weights: dict[str, torch.Tensor] | None = None,
+    source: dict[str, Any] | None = None,
+    precision: str | None = None,
+) -> Path:
+    """Write `weights` (default: the model's trainable state) as fp32 safetensors plus the config; `source`
+    (where the weights came from, e.g. the checkpoint lma3d export read) and the training `precision` (what
+    inference computes under) are recorded in config.json."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -113,12 +127,18 @@ def save_pretrained(model: LMAffordance3D, out_dir: str | Path, weights: dict[st
     tensors = {k: (v.float() if v.is_floating_point() else v).contiguous().cpu() for k, v in state.items()}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": FORMAT})
     config = {"format": FORMAT, "backbone_id": model.backbone_id, "model": dataclasses.asdict(model.cfg)}
+    if source is not None:
+        config["source"] = source
+    if precision is not None:
+        config["precision"] = precision
     (out / "config.json").write_text(json.dumps(config, indent=2))
     return out
 
 
-def from_pretrained(path: str | Path, device: str | torch.device = "cpu", **overrides) -> LMAffordance3D:
-    """Rebuild the model from `config.json` (backbone from its preset/path) and load the trainable weights."""
+def read_pretrained(
+    path: str | Path, overrides: dict[str, Any] | None = None
+) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """The checked config (stored model keys, then `overrides`), the weights that fit it, and config.json."""
     path = Path(path)
     config_path, weights_path = path / "config.json", path / "model.safetensors"
     for needed in (config_path, weights_path):
@@ -127,14 +147,26 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu", **over
     config = read_json(config_path)
     if config.get("format") != FORMAT:
         raise BadModelFolder(f"{config_path}: format {config.get('format')!r}, expected {FORMAT!r}")
-    cfg = config_from_dict(config.get("model"), str(config_path))
-    try:
-        # resnet_weights "none": the image encoder's trained weights are in model.safetensors, no ImageNet file
-        cfg = dataclasses.replace(cfg, **{"resnet_weights": "none", **overrides})
-    except (TypeError, ValueError) as e:
-        raise BadModelFolder(f"{config_path}: with overrides {overrides}: {e}") from None
+    stored = config.get("model")
+    if not isinstance(stored, dict):
+        raise BadModelFolder(f"{config_path}: model must be a mapping, got {type(stored).__name__}")
+    # resnet_weights "none": the image encoder's trained weights are in model.safetensors, no ImageNet file
+    cfg = config_from_dict({**stored, "resnet_weights": "none", **(overrides or {})}, str(config_path))
     weights = read_weights(weights_path)
     check_weights(cfg, weights, str(weights_path))
+    return cfg, weights, config
+
+
+def instantiate(
+    cfg: ModelConfig, weights: dict[str, torch.Tensor], device: str | torch.device = "cpu"
+) -> LMAffordance3D:
+    """The model of `cfg` (backbone from its preset/path) with the trainable `weights` loaded (strict), in eval()."""
     model = build_model(cfg, device="cpu", pretrained=True)
-    model.load_trainable_state_dict(weights)
+    model.load_trainable_state_dict(weights, strict=True)
     return model.to(device).eval()
+
+
+def from_pretrained(path: str | Path, device: str | torch.device = "cpu", **overrides) -> LMAffordance3D:
+    """Rebuild the model from `config.json` (+ `overrides` of its model keys) and load the trainable weights."""
+    cfg, weights, _ = read_pretrained(path, overrides)
+    return instantiate(cfg, weights, device)

@@ -27,6 +27,7 @@ from pipeline.formats.common import (
     read_bytes,
     read_point_lines,
 )
+from pipeline.geometry import farthest_point_indices
 
 SUFFIXES = (".txt", ".npy", ".ply")
 _PLY_TYPES = {
@@ -185,18 +186,6 @@ def _ply_ascii(path: Path, body: bytes, before: list, count: int, prop_names: li
         except ValueError:
             raise PointFileError(f"{path}: PLY vertex {i}: {line.strip()!r} is not numeric") from None
     return out
-
-
-def farthest_point_indices(xyz: np.ndarray, n: int) -> np.ndarray:
-    """`n` indices by farthest-point sampling from point 0 (deterministic), n <= len(xyz)."""
-    chosen = np.empty(n, dtype=np.int64)
-    distance = np.full(len(xyz), np.inf)
-    current = 0
-    for i in range(n):
-        chosen[i] = current
-        distance = np.minimum(distance, ((xyz - xyz[current]) ** 2).sum(1))
-        current = int(np.argmax(distance))
-    return chosen
 
 
 def resample(xyz: np.ndarray, n: int, seed: int = 0) -> Resampled:

@@ -65,8 +65,10 @@ def test_a_rerun_gives_identical_predictions_and_metrics(shards) -> None:
 
 
 def test_pool_predictions_match_the_in_process_loop_and_metrics_are_model_metrics(shards) -> None:
-    from jobs.evaluation.inference import build_inference_model, predict_loader
+    from inprocess_eval import predict_loader
+
     from jobs.evaluation.runner import run_eval
+    from jobs.loading import build_inference_model
     from model.metrics import evaluate
     from pipeline.loaders import eval_loader
     from pipeline.loaders.config import DataConfig
@@ -89,11 +91,11 @@ def test_pool_predictions_match_the_in_process_loop_and_metrics_are_model_metric
 def test_eval_cli_writes_results_renders_and_a_child_run_of_the_training_run(
     shards, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
+    from inprocess_eval import read_predictions
     from mlflow.tracking import MlflowClient
     from PIL import Image
 
     from jobs.eval import main as eval_main
-    from jobs.evaluation.outputs import read_predictions
     from model.lmaffordance3d import build_model
     from model.metrics import evaluate
     from model.pretrained import save_pretrained

@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from inprocess_eval import read_predictions
 from tiny import tiny_model_config
 
 from jobs.entry import UserError
 from jobs.evaluation.inference import merge, predict_batch, vote_shift
-from jobs.evaluation.outputs import Predictions, read_predictions, write_outputs
-from jobs.evaluation.sources import model_config, resolve
+from jobs.evaluation.outputs import Predictions, write_outputs
 from jobs.evaluation.tracking import choose_tracking_uri
 from jobs.evaluation.viz import heat_colors
+from jobs.loading import Resolved, model_config, provenance, resolve
 
 
 def _predictions() -> Predictions:
@@ -140,9 +141,8 @@ def test_unknown_sources_are_clear_errors(tmp_path: Path) -> None:
 
 def test_shards_with_another_point_count_than_the_model_are_refused() -> None:
     from jobs.evaluation.job import check_fit
-    from jobs.evaluation.sources import ModelSource
 
-    source = ModelSource("ckpt", "checkpoint", tiny_model_config(), {})
+    source = Resolved(tiny_model_config(), {}, provenance("ckpt", "checkpoint"))
     check_fit({"config": {"num_points": 256}}, source, "shards")
     with pytest.raises(UserError, match="shards holds 2048-point clouds but ckpt expects model.num_points=256"):
         check_fit({"config": {"num_points": 2048}}, source, "shards")
@@ -150,9 +150,8 @@ def test_shards_with_another_point_count_than_the_model_are_refused() -> None:
 
 def test_shuffled_instruction_runs_are_named_apart_from_evaluations() -> None:
     from jobs.evaluation.job import run_name
-    from jobs.evaluation.sources import ModelSource
 
-    stepped = ModelSource("ckpt", "checkpoint", tiny_model_config(), {}, step=40)
-    named = ModelSource("export", "exported", tiny_model_config(), {}, name="demo-model")
+    stepped = Resolved(tiny_model_config(), {}, provenance("ckpt", "checkpoint", step=40))
+    named = Resolved(tiny_model_config(), {}, provenance("export", "exported", name="demo-model"))
     assert [run_name(stepped, False), run_name(stepped, True)] == ["eval-step40", "eval-shuffled-step40"]
     assert [run_name(named, False), run_name(named, True)] == ["eval-demo-model", "eval-shuffled-demo-model"]

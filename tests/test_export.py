@@ -113,7 +113,7 @@ def test_registered_model_resolves_through_its_alias(
     import pandas as pd
 
     from jobs.evaluation.predicting import Item, predict_item
-    from jobs.evaluation.sources import resolve
+    from jobs.loading import resolve
     from model.pretrained import from_pretrained
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -126,7 +126,7 @@ def test_registered_model_resolves_through_its_alias(
 
     source = resolve("models:/lma3d-test@champion", uri)
     exported = load_file(str(out / "model.safetensors"))
-    assert source.kind == "registry" and set(source.weights) == set(exported)
+    assert source.provenance["kind"] == "registry" and set(source.weights) == set(exported)
     assert all(torch.equal(source.weights[k], exported[k]) for k in exported)
 
     fixture = HERE / "fixtures" / "piad"
@@ -145,7 +145,7 @@ def test_a_run_id_resolves_to_its_best_checkpoint_then_to_its_logged_weights(che
     import yaml
     from mlflow.tracking import MlflowClient
 
-    from jobs.evaluation.sources import resolve
+    from jobs.loading import resolve
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -153,7 +153,7 @@ def test_a_run_id_resolves_to_its_best_checkpoint_then_to_its_logged_weights(che
     client.set_tag(run_id, "checkpoint.best", str(checkpoints / "zero2" / STEP_DIR))
     source = resolve(run_id, uri)
     reference = load_file(str(checkpoints / "zero2" / "reference.safetensors"))
-    assert (source.kind, source.run_id, source.step) == ("run", run_id, 2)
+    assert tuple(source.provenance[k] for k in ("kind", "run_id", "step")) == ("run", run_id, 2)
     assert all(torch.equal(source.weights[k], reference[k]) for k in reference)
 
     # The checkpoint folder is not reachable from here: the weights and config the run logged are used.
@@ -166,5 +166,5 @@ def test_a_run_id_resolves_to_its_best_checkpoint_then_to_its_logged_weights(che
     client.log_artifact(run_id, str(tmp_path / "w" / "model.safetensors"), "weights/best")  # as training logs it
     source = resolve(f"runs:/{run_id}", uri)
     reference = load_file(str(checkpoints / "zero1" / "reference.safetensors"))
-    assert source.kind == "run" and source.model.backbone == "tiny" and source.model.num_points == 256
+    assert source.provenance["kind"] == "run" and source.config.backbone == "tiny" and source.config.num_points == 256
     assert all(torch.equal(source.weights[k], reference[k]) for k in reference)

@@ -1,6 +1,6 @@
 """A tampered exported model folder (config.json + model.safetensors) is refused with one line naming the file
-and the field, exit 2, by `lma3d predict` (model.pretrained.from_pretrained) and by the resolution `lma3d eval`
-and `lma3d export` share (jobs.evaluation.sources.resolve)."""
+and the field, exit 2, by `lma3d predict` and by the resolution `lma3d eval` and `lma3d export` use: both are
+jobs.loading (load = resolve + build)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from tiny import tiny_model_config
 
 from jobs.entry import UserError
-from jobs.evaluation.sources import resolve
+from jobs.loading import resolve
 from jobs.predict import main as predict_main
 from model.lmaffordance3d import build_model
 from model.pretrained import save_pretrained

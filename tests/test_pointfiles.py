@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.pointfiles import PointFileError, farthest_point_indices, read_point_file, resample
+from pipeline.geometry import farthest_point_indices
+from pipeline.pointfiles import PointFileError, read_point_file, resample
 
 PIAD = Path(__file__).parent / "fixtures" / "piad"
 XYZ = np.array([[0.0, 0.0, 0.0], [1.0, 0.5, -0.25], [-1.0, 2.0, 3.0], [0.5, -0.5, 0.125]], np.float32)
@@ -87,6 +88,16 @@ def test_farthest_point_sampling_picks_the_extremes_first() -> None:
     # from point 0: farthest is 10 (idx 2); then the point farthest from {0, 10} is 4 or 6: 4 is 4 from 0, 6 is 4
     # from 10 -> tie, argmax takes the first (idx 3).
     assert farthest_point_indices(line, 3).tolist() == [0, 2, 3]
+
+
+def test_numpy_farthest_point_sampling_mirrors_the_models_from_the_first_point() -> None:
+    import torch
+
+    from model.point_ops import farthest_point_sample
+
+    xyz = np.random.default_rng(3).uniform(-1, 1, size=(400, 3)).astype(np.float32)
+    in_model = farthest_point_sample(torch.from_numpy(xyz)[None], 64, "first")[0].tolist()
+    assert farthest_point_indices(xyz.astype(np.float64), 64).tolist() == in_model
 
 
 def test_resample_down_maps_every_input_point_to_its_nearest_sample() -> None:

@@ -15,7 +15,8 @@ import pytest
 import torch
 from tiny import tiny_model_config
 
-from jobs.evaluation.inference import build_inference_model, predict_batch
+from jobs.evaluation.inference import predict_batch
+from jobs.loading import build_inference_model
 from jobs.precision import from_meta
 from jobs.training.config import TrainConfig
 from jobs.training.deepspeed_config import deepspeed_config
@@ -111,21 +112,22 @@ def test_inference_under_a_cast_precision_casts_the_model(weights: dict) -> None
 
 
 def test_eval_actors_rebuild_the_model_in_the_packaged_precision(weights: dict) -> None:
-    from jobs.evaluation.runner import model_from_package, model_package
+    from jobs.loading import model_from_package, model_package
 
     model = model_from_package(model_package(tiny_model_config(), weights, "bf16-autocast"))
     assert model.inference_precision == "bf16-autocast"
     assert model_from_package(model_package(tiny_model_config(), weights)).inference_precision == "fp32"
 
 
-def test_predict_loads_an_export_in_its_recorded_precision(weights: dict, tmp_path: Path) -> None:
-    from jobs.predict import _load
+def test_an_export_loads_in_its_recorded_precision(weights: dict, tmp_path: Path) -> None:
+    from jobs.loading import load
     from model.lmaffordance3d import build_model
     from model.pretrained import save_pretrained
 
-    folder = save_pretrained(build_model(tiny_model_config(), pretrained=False), tmp_path / "export", weights)
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps(config | {"precision": "bf16"}))
-    model = _load(str(folder), "", [])
+    folder = save_pretrained(
+        build_model(tiny_model_config(), pretrained=False), tmp_path / "export", weights, precision="bf16"
+    )
+    assert json.loads((folder / "config.json").read_text())["precision"] == "bf16"
+    model = load(str(folder)).model
     assert model.inference_precision == "bf16"
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.bfloat16}

@@ -40,6 +40,16 @@ def test_runtime_env_ships_the_checkout_with_ray_train_v2_and_the_excludes():
     RuntimeEnv(**{k: v for k, v in env.items() if k != "working_dir"})
 
 
+def test_submit_excludes_what_rayignore_lists_even_with_a_runtime_env_file_without_excludes(tmp_path):
+    from jobs.submission import working_dir_excludes
+
+    rayignore = [line for line in (ROOT / ".rayignore").read_text().splitlines() if line and line[0] != "#"]
+    assert working_dir_excludes() == rayignore
+    assert runtime_env(str(INFRA / "runtime_env.yaml"))["excludes"] == sorted(rayignore)
+    (tmp_path / "env.yaml").write_text("env_vars: {}\n")
+    assert runtime_env(str(tmp_path / "env.yaml"))["excludes"] == sorted(rayignore)
+
+
 def test_excludes_drop_data_checkpoints_and_git_but_keep_the_code(tmp_path):
     heavy = ".git/objects/p.pack .venv/lib/torch.so work/shards/train/shard-000000.tar data/AGPIL/x.txt mlruns/0/m.yaml"
     heavy += " checkpoints/global_step1/model_states.pt runs/r/points.arrow a/b/c.safetensors"

@@ -8,11 +8,12 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from pipeline.formats import iter_records
+from pipeline.geometry import random_rotation
 from pipeline.names import AFFORDANCE_INDEX, OBJECTS, UNSEEN_TEST_OBJECTS
 from pipeline.record import Rejection
 from pipeline.synth.config import SynthConfig
 from pipeline.synth.generate import generate
-from pipeline.synth.shapes import TEMPLATES, build_object, partial_view, random_rotation
+from pipeline.synth.shapes import TEMPLATES, build_object, partial_view
 
 SMALL = dict(train_images=30, test_samples=12, points_per_object=3, num_points=256, image_size=64)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 from jobs.config import ExperimentConfig
 from jobs.entry import UserError
 from jobs.evaluation import tracking
-from jobs.evaluation.sources import ModelSource, resolve
+from jobs.loading import Resolved, resolve
 
 log = logging.getLogger("lma3d.export")
 
@@ -23,19 +22,8 @@ class ExportReport:
     out_dir: Path
     tensors: int
     parameters: int
-    source: ModelSource
+    source: Resolved
     registered: dict[str, Any] | None = None
-
-
-def check_weights(source: ModelSource) -> Any:
-    """The model skeleton (meta device, no weights read) after checking the weights fit it key by key."""
-    from model.pretrained import BadModelFolder
-    from model.pretrained import check_weights as fit
-
-    try:
-        return fit(source.model, source.weights, source.spec)
-    except BadModelFolder as e:
-        raise UserError(str(e)) from None
 
 
 def export(
@@ -46,30 +34,22 @@ def export(
     register_name: str | None = None,
     alias: str | None = None,
 ) -> ExportReport:
+    from model.lmaffordance3d import build_model
     from model.pretrained import save_pretrained
 
-    source = resolve(spec, cfg.tracking_uri, list(model_overrides))
+    source = resolve(spec, cfg.tracking_uri, list(model_overrides))  # weights checked against the config here
+    origin = source.provenance
     tracking_uri = tracking.choose_tracking_uri(
-        cfg.tracking_uri, tracking.explicit_tracking(cfg.mlflow.tracking_uri), source.tracking_uri
+        cfg.tracking_uri, tracking.explicit_tracking(cfg.mlflow.tracking_uri), origin["tracking_uri"]
     )
     if register_name:
         from jobs.training.tracking import check_tracking_uri
 
         check_tracking_uri(tracking_uri)
-    skeleton = check_weights(source)
+    skeleton = build_model(source.config, device="meta", pretrained=False)  # config + backbone id, no weights
     out = Path(out)
-    save_pretrained(skeleton, out, weights=source.weights)
-    config_path = out / "config.json"
-    config = json.loads(config_path.read_text())
-    config["precision"] = source.precision  # predict and eval of the exported model compute under it
-    config["source"] = {
-        "spec": source.spec,
-        "kind": source.kind,
-        "step": source.step,
-        "run_id": source.run_id,
-        "tracking_uri": source.tracking_uri,
-    }
-    config_path.write_text(json.dumps(config, indent=2))
+    recorded = {key: origin[key] for key in ("spec", "kind", "step", "run_id", "tracking_uri")}
+    save_pretrained(skeleton, out, weights=source.weights, source=recorded, precision=origin["precision"])
     _verify(out, source.weights)
     report = ExportReport(
         out, len(source.weights), sum(v.numel() for v in source.weights.values() if v.is_floating_point()), source
@@ -79,11 +59,11 @@ def export(
 
         run_id = tracking.start_run(
             tracking_uri,
-            parent_run_id=source.run_id,
+            parent_run_id=origin["run_id"],
             experiment=cfg.experiment_name,
             workdir=cfg.workdir,
             run_name=f"export-{register_name}",
-            tags={tracking.SOURCE_TAG: source.spec, tracking.KIND_TAG: "export"},
+            tags={tracking.SOURCE_TAG: origin["spec"], tracking.KIND_TAG: "export"},
         )
         if run_id is None:
             raise UserError(f"MLflow at {tracking_uri} keeps failing: {out} was written but not registered")

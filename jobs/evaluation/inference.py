@@ -1,4 +1,4 @@
-"""The one prediction path of eval, predict, the registered model and (if it wants) training validation.
+"""The one prediction path of eval, predict, the registered model and serving (models come from jobs.loading).
 
 `predict_batch` is deterministic: eval mode, no autograd, a fixed seed per call, FPS from point 0. With
 `votes` K > 1 (LASO's test-time averaging) pass v > 0 starts FPS at a point chosen by a hash of (seed, v,
@@ -8,43 +8,13 @@ depends only on the sample, never on the batch it landed in or the actor that ra
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
 
 from jobs.evaluation.outputs import Predictions
-from model.config import ModelConfig
-
-
-def deterministic(cfg: ModelConfig) -> ModelConfig:
-    """The model config used for inference: FPS starts at point 0 (the original draws a random start), and the
-    ImageNet resnet18 file is not read (the trained weights replace it; it need not exist where we predict)."""
-    return dataclasses.replace(cfg, fps_start="first", resnet_weights="none")
-
-
-def build_inference_model(
-    cfg: ModelConfig, weights: dict[str, torch.Tensor], device: str = "cpu", precision: str = "fp32"
-) -> torch.nn.Module:
-    """The model for inference: backbone rebuilt from its preset/path, trainable weights loaded (strict), eval(),
-    in its training `precision` (cast for bf16/fp16; `inference_precision` tells predict_batch to autocast)."""
-    from model.lmaffordance3d import build_model
-
-    model = build_model(deterministic(cfg), device="cpu", pretrained=True)
-    model.load_trainable_state_dict(weights, strict=True)
-    return in_precision(model, precision).to(device).eval()
-
-
-def in_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """`model` as training computed: cast for bf16/fp16, and `inference_precision` for predict_batch's autocast."""
-    from jobs.precision import for_inference
-
-    model = for_inference(model, precision)
-    model.inference_precision = precision
-    return model
 
 
 def vote_shift(key: str, vote: int, seed: int, num_points: int) -> int:
@@ -131,22 +101,3 @@ def merge(columns: list[dict[str, Any]]) -> tuple[Predictions, int]:
         ),
         duplicates,
     )
-
-
-def predict_loader(
-    model: torch.nn.Module, batches: Iterable[dict[str, Any]], votes: int = 1, seed: int = 0
-) -> tuple[Predictions, int]:
-    """In-process evaluation over eval_loader-style batches (the validation path of training, the benchmark's
-    plain loop): the same predict_batch, padding rows (`valid` False) dropped, in loader order."""
-    parts = []
-    for batch in batches:
-        keys = as_list(batch["key"])
-        pred = predict_batch(model, batch["image"], batch["points"], as_list(batch["instruction"]), keys, votes, seed)
-        parts.append(batch | {"pred": pred, "label": _numpy(batch["label"]), "valid": _numpy(batch.get("valid"))})
-    return merge(parts)
-
-
-def _numpy(value: Any) -> np.ndarray | None:
-    if value is None:
-        return None
-    return value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)

@@ -13,8 +13,8 @@ from jobs.entry import UserError, stage
 from jobs.evaluation import tracking
 from jobs.evaluation.outputs import write_outputs
 from jobs.evaluation.runner import EvalResult, run_eval, viz_inputs
-from jobs.evaluation.sources import ModelSource, resolve
 from jobs.evaluation.viz import display_image, pick_samples, render_sample
+from jobs.loading import Resolved, resolve
 from jobs.typed_yaml import flatten, to_dict
 from pipeline.ray_session import ensure_ray
 
@@ -44,11 +44,12 @@ def _corrupt_or(error: Exception) -> Exception:
     return UserError(line) if line else error
 
 
-def check_fit(manifest: dict, source: ModelSource, shards: str) -> None:
+def check_fit(manifest: dict, source: Resolved, shards: str) -> None:
     points = (manifest.get("config") or {}).get("num_points")
-    if points is not None and int(points) != source.model.num_points:
+    if points is not None and int(points) != source.config.num_points:
         raise UserError(
-            f"{shards} holds {points}-point clouds but {source.spec} expects model.num_points={source.model.num_points}"
+            f"{shards} holds {points}-point clouds but {source.provenance['spec']} expects "
+            f"model.num_points={source.config.num_points}"
         )
 
 
@@ -65,11 +66,12 @@ def evaluate(
     check_eval_outputs(cfg, out, False, address)
     manifest = read_manifest(shards)
     source = resolve(spec, cfg.tracking_uri, list(model_overrides))
-    preflight.model_files(source.model)
+    preflight.model_files(source.config)
     check_fit(manifest, source, shards)
     explicit = tracking.explicit_tracking(cfg.mlflow.tracking_uri)
-    check_eval_outputs(cfg, out, track and not explicit and not source.tracking_uri, address)
-    tracking_uri = tracking.choose_tracking_uri(cfg.tracking_uri, explicit, source.tracking_uri)
+    recorded = source.provenance["tracking_uri"]
+    check_eval_outputs(cfg, out, track and not explicit and not recorded, address)
+    tracking_uri = tracking.choose_tracking_uri(cfg.tracking_uri, explicit, recorded)
     if track:
         from jobs.training.tracking import check_tracking_uri
 
@@ -80,19 +82,19 @@ def evaluate(
         with stage("Ray Data evaluation"):
             try:
                 result = run_eval(
-                    shards, source.model, source.weights, cfg.eval, source.model.image_size, source.precision,
-                    on_corrupt,
+                    shards, source.config, source.weights, cfg.eval, source.config.image_size,
+                    source.provenance["precision"], on_corrupt,
                 )  # fmt: skip
             except Exception as error:
                 raise _corrupt_or(error) from None
         skipped = int(manifest["splits"].get("test", {}).get("samples", 0)) - len(result.predictions)
         if skipped > 0:
             log.warning("%d test samples of corrupt shards skipped (data.on_corrupt_shard: skip)", skipped)
-        out_dir = Path(out or Path(cfg.workdir, "eval", source.name))
+        out_dir = Path(out or Path(cfg.workdir, "eval", source.provenance["name"]))
         info = _info(source, shards, cfg) | {"shards_fingerprint": manifest.get("fingerprint"), "skipped": skipped}
         files = write_outputs(out_dir, result.predictions, result.metrics, info)
         try:
-            viz_files = _render(shards, result, out_dir / "viz", cfg.eval.viz_samples, source.model.image_size)
+            viz_files = _render(shards, result, out_dir / "viz", cfg.eval.viz_samples, source.config.image_size)
         except Exception as error:
             raise _corrupt_or(error) from None
     finally:
@@ -106,17 +108,18 @@ def evaluate(
     return report
 
 
-def _info(source: ModelSource, shards: str, cfg: ExperimentConfig) -> dict:
+def _info(source: Resolved, shards: str, cfg: ExperimentConfig) -> dict:
+    origin = source.provenance
     return {
-        "source": source.spec,
-        "source_kind": source.kind,
-        "step": source.step,
-        "training_run_id": source.run_id,
-        "backbone_id": source.backbone_id,
-        "precision": source.precision,
+        "source": origin["spec"],
+        "source_kind": origin["kind"],
+        "step": origin["step"],
+        "training_run_id": origin["run_id"],
+        "backbone_id": origin["backbone_id"],
+        "precision": origin["precision"],
         "shards": str(shards),
         "eval": to_dict(cfg.eval),
-        "model": to_dict(source.model),
+        "model": to_dict(source.config),
     }
 
 
@@ -156,21 +159,21 @@ def _percent(value: float) -> str:
     return "n/a" if value != value else f"{100 * value:.1f}"  # NaN: the GT has no positive point
 
 
-def run_name(source: ModelSource, shuffled: bool) -> str:
+def run_name(source: Resolved, shuffled: bool) -> str:
     """`eval-step<N>` (or `eval-<model>`); the instruction-shuffle ablation is `eval-shuffled-…` beside it."""
-    kind = "eval-shuffled" if shuffled else "eval"
-    return f"{kind}-step{source.step}" if source.step is not None else f"{kind}-{source.name}"
+    kind, step = "eval-shuffled" if shuffled else "eval", source.provenance["step"]
+    return f"{kind}-step{step}" if step is not None else f"{kind}-{source.provenance['name']}"
 
 
-def _log(cfg: ExperimentConfig, source: ModelSource, tracking_uri: str, report: EvalReport, info: dict) -> str | None:
+def _log(cfg: ExperimentConfig, source: Resolved, tracking_uri: str, report: EvalReport, info: dict) -> str | None:
     run_id = tracking.start_run(
         tracking_uri,
-        parent_run_id=source.run_id,
+        parent_run_id=source.provenance["run_id"],
         experiment=cfg.experiment_name,
         workdir=cfg.workdir,
         run_name=run_name(source, cfg.eval.shuffle_instructions),
         tags={
-            tracking.SOURCE_TAG: source.spec,
+            tracking.SOURCE_TAG: info["source"],
             tracking.KIND_TAG: "eval",
             "lma3d.shards": info["shards"],
             "lma3d.shards_fingerprint": str(info.get("shards_fingerprint") or ""),
@@ -178,7 +181,7 @@ def _log(cfg: ExperimentConfig, source: ModelSource, tracking_uri: str, report: 
     )
     if run_id is None:
         return None
-    params = flatten({"eval": info["eval"], "model": info["model"]}) | {"source": source.spec, "shards": info["shards"]}
-    files = list(report.files.values())
-    tracking.log_results(tracking_uri, run_id, report.result.metrics, source.step or 0, params, files, report.viz_files)
+    params = flatten({"eval": info["eval"], "model": info["model"]}) | {key: info[key] for key in ("source", "shards")}
+    files, step = list(report.files.values()), info["step"] or 0
+    tracking.log_results(tracking_uri, run_id, report.result.metrics, step, params, files, report.viz_files)
     return run_id

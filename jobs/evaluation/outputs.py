@@ -78,9 +78,3 @@ def write_outputs(
     np.savetxt(paths["prediction.txt"], predictions.pred, fmt="%.6f")
     paths["prediction_keys.txt"].write_text("".join(f"{key}\n" for key in predictions.keys))
     return paths
-
-
-def read_predictions(path: str | Path) -> tuple[list[str], np.ndarray]:
-    """(keys, float16 predictions [M,N]) from predictions.npz, without unpickling."""
-    with np.load(path, allow_pickle=False) as data:
-        return [str(k) for k in data["keys"]], data["predictions"]

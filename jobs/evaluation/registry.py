@@ -1,9 +1,9 @@
 """The exported model in the MLflow registry: a pyfunc whose predict takes image / points / instruction.
 
 The pyfunc holds no weights of its own: its artifact is the exported folder (model.safetensors + config.json),
-loaded with safetensors in load_context. The package code travels with it (code_paths), so a serving
-environment with the listed requirements can load it; `lma3d predict --model models:/name@alias` reads the
-same artifact without going through pyfunc at all.
+loaded in load_context by jobs.loading.load (safetensors only, checked against its config), as every verb loads.
+The package code travels with it (code_paths), so a serving environment with the listed requirements can load
+it; `lma3d predict --model models:/name@alias` reads the same artifact without going through pyfunc at all.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ class AffordanceModel(mlflow.pyfunc.PythonModel):
     the affordance of every input point."""
 
     def load_context(self, context: Any) -> None:
-        from model.pretrained import from_pretrained
+        from jobs.loading import load
 
-        self.model = from_pretrained(context.artifacts[ARTIFACT], fps_start="first")
+        self.model = load(context.artifacts[ARTIFACT]).model
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
         from jobs.evaluation.predicting import Item, predict_item, rows_from

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from jobs.evaluation.config import EvalConfig
-from jobs.evaluation.inference import as_list, build_inference_model, merge, predict_batch
+from jobs.evaluation.inference import as_list, merge, predict_batch
 from jobs.evaluation.outputs import Predictions
+from jobs.loading import model_from_package, model_package
 from model.config import ModelConfig
 
 log = logging.getLogger("lma3d.eval")
@@ -44,26 +45,6 @@ class EvalResult:
     duplicates: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     """seconds: inference (read + decode + forward, wall), pool_busy (steady state, no start-up), metrics, total."""
-
-
-def model_package(cfg: ModelConfig, weights: dict[str, torch.Tensor], precision: str = "fp32") -> dict[str, Any]:
-    """Config + weights + training precision as plain data for the object store: safetensors bytes, never a
-    pickle of tensors."""
-    from safetensors.torch import save
-
-    from jobs.typed_yaml import to_dict
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
-    return {"model": to_dict(cfg), "weights": save(tensors), "precision": precision}
-
-
-def model_from_package(package: dict[str, Any], device: str = "cpu") -> torch.nn.Module:
-    from safetensors.torch import load
-
-    from jobs.typed_yaml import build
-
-    cfg = build(ModelConfig, package["model"], "<model package>", prefix="model.")
-    return build_inference_model(cfg, load(package["weights"]), device, package.get("precision", "fp32"))
 
 
 class Predictor:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.training.tracking import ensure_experiment, git_commit, local_artifact_location, retry
+from jobs.training.tracking import ensure_experiment, git_commit, local_artifact_location, mlflow_params, retry
 from model.metrics import KEYS
 
 log = logging.getLogger("lma3d.eval.mlflow")
@@ -71,7 +71,7 @@ def log_results(
     viz_files: list[Path],
 ) -> None:
     """test/* metrics, params, result files under eval/, renders under viz/; then the run is finished."""
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -81,7 +81,7 @@ def log_results(
         for k in (*KEYS, "n")
         if metrics.get(k) is not None and metrics[k] == metrics[k]  # NaN (no positive GT anywhere) not logged
     ]
-    items = [Param(k[:250], str(v)[:6000]) for k, v in params.items()]
+    items = mlflow_params(params)
     retry("log eval metrics", lambda: client.log_batch(run_id, metrics=values, params=items))
     for path in files:
         retry(f"log_artifact {path.name}", lambda p=path: client.log_artifact(run_id, str(p), "eval"))

@@ -119,16 +119,11 @@ def render_png(
     return path
 
 
-def png_size(with_image: bool, with_gt: bool) -> tuple[int, int]:
-    """(width, height) in pixels of a render_png image with these panels."""
-    columns = int(with_image) + (2 if with_gt else 1) * len(VIEWS)
-    return round((PANEL_INCHES * columns + 0.6) * DPI), round((PANEL_INCHES + 0.6) * DPI)
-
-
 def display_image(normalized: np.ndarray) -> np.ndarray:
     """An ImageNet-normalised [3,S,S] array back to displayable uint8 [S,S,3]."""
-    mean = np.array([0.485, 0.456, 0.406])[:, None, None]
-    std = np.array([0.229, 0.224, 0.225])[:, None, None]
+    from pipeline.preprocess import MEAN, STD
+
+    mean, std = MEAN.astype(np.float64)[:, None, None], STD.astype(np.float64)[:, None, None]
     pixels = np.clip((np.asarray(normalized, dtype=np.float64) * std + mean) * 255.0, 0, 255)
     return np.rint(pixels).astype(np.uint8).transpose(1, 2, 0)
 

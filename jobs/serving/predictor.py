@@ -1,5 +1,5 @@
-"""The model a replica serves: loaded once through the one model resolution (jobs/evaluation/sources.resolve ->
-build_inference_model), requests prepared exactly as `lma3d predict` prepares files, batches run as one forward.
+"""The model a replica serves: loaded once through the one loading path (jobs.loading.load), requests prepared
+exactly as `lma3d predict` prepares files, batches run as one forward.
 
 For `models:/name@alias` the alias is pinned to a version at load time, and `follow()` (called periodically by
 the replica) loads the new version when the alias has moved and swaps it in with one reference assignment:
@@ -53,8 +53,7 @@ def alias_version(name: str, alias: str, tracking_uri: str) -> str:
 
 def load(spec: str, tracking_uri: str, overrides: list[str] = (), device: str = "cpu") -> Loaded:
     """The model `spec` names (anything `lma3d eval` / `lma3d predict` accepts), in eval mode, FPS from point 0."""
-    from jobs.evaluation.inference import build_inference_model
-    from jobs.evaluation.sources import resolve
+    from jobs.loading import load as load_model
 
     registry = REGISTRY.match(spec)
     version, pinned = None, spec
@@ -66,15 +65,14 @@ def load(spec: str, tracking_uri: str, overrides: list[str] = (), device: str = 
             except Exception as e:  # noqa: BLE001 - MLflow raises MlflowException / RestException / OSError
                 raise UserError(f"{spec}: cannot read the alias from {tracking_uri} ({e})") from None
         pinned = f"models:/{registry['name']}/{version}"  # the version the alias named, not whatever it names later
-    source = resolve(pinned, tracking_uri, list(overrides))
-    model = build_inference_model(source.model, source.weights, device)
+    model, config, origin = load_model(pinned, tracking_uri, list(overrides), device)
     info = {
-        "name": registry["name"] if registry else source.name,
+        "name": registry["name"] if registry else origin["name"],
         "version": version,
         "spec": spec,
-        "kind": source.kind,
-        "num_points": source.model.num_points,
-        "min_points": source.model.sa1_npoint,
+        "kind": origin["kind"],
+        "num_points": config.num_points,
+        "min_points": config.sa1_npoint,
     }
     return Loaded(model, info)
 

@@ -23,12 +23,12 @@ from jobs.cluster_storage import check_train_outputs, filesystem
 from jobs.config import ExperimentConfig
 from jobs.entry import JobFailed, UserError, causes, stage
 from jobs.training import faults, tracking
+from jobs.training.checkpoint import META_FILE
 from jobs.training.pretrained_check import check_resnet_weights
 from jobs.typed_yaml import dump, flatten, to_dict
 
 log = logging.getLogger("lma3d.train")
 
-META_FILE = "lma3d_meta.json"
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 # Secrets and endpoints the workers need to reach MLflow and its artifact store (passed via runtime_env).
 FORWARDED_ENV = (

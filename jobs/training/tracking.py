@@ -28,7 +28,14 @@ T = TypeVar("T")
 RUN_KEY_TAG = "lma3d.run_key"
 """`<storage_path>/<run name>`: how a resumed job finds its MLflow run."""
 PARAM_BATCH = 100  # MLflow's log_batch limit on params per call
-PARAM_VALUE_MAX = 6000
+PARAM_KEY_MAX, PARAM_VALUE_MAX = 250, 6000  # MLflow's limits on a param's key and value
+
+
+def mlflow_params(params: dict[str, Any]) -> list[Any]:
+    """MLflow Param entities of `params`, keys and values cut to what MLflow accepts."""
+    from mlflow.entities import Param
+
+    return [Param(k[:PARAM_KEY_MAX], str(v)[:PARAM_VALUE_MAX]) for k, v in params.items()]
 
 
 def local_artifact_location(tracking_uri: str, workdir: str) -> str | None:
@@ -110,11 +117,9 @@ def create_run(
     client: Any, experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, Any], config_yaml: str
 ) -> str:
     """A new run holding the flattened params and the resolved config as config/config.yaml."""
-    from mlflow.entities import Param
-
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     run_id = run.info.run_id
-    items = [Param(k[:250], str(v)[:PARAM_VALUE_MAX]) for k, v in params.items()]
+    items = mlflow_params(params)
     for start in range(0, len(items), PARAM_BATCH):
         client.log_batch(run_id, params=items[start : start + PARAM_BATCH])
     client.log_text(run_id, config_yaml, "config/config.yaml")

@@ -19,17 +19,17 @@ from pipeline.formats.common import (
     BadRecord,
     ImageName,
     PointName,
+    check_image,
     check_image_name,
     check_point_name,
-    decode_image,
     fallback_key,
     match_image_name,
     match_point_name,
     read_aligned,
     read_bytes,
     read_json,
+    read_labelled_points,
     read_list,
-    read_points,
     resolve,
     where,
 )
@@ -127,11 +127,11 @@ def parse_image_point_item(root: Path, item: RawItem, num_points: int, annotate:
 
 def _load_image(path: Path, origin: str) -> tuple[bytes, dict[str, Any]]:
     data = read_bytes(path, origin, IMAGE_MAX_BYTES, "an image")
-    return data, decode_image(data, path, origin)
+    return data, check_image(data, path, origin)
 
 
 def _load_cloud(path: Path, name: PointName, num_points: int, origin: str) -> tuple[str, np.ndarray, np.ndarray]:
-    shape_id, obj, xyz, labels = read_points(path, num_points, origin)
+    shape_id, obj, xyz, labels = read_labelled_points(path, num_points, origin)
     if obj != name.object:
         detail = f"{path} line 1: object column {obj!r} but the file name says {name.object!r} {origin}"
         raise BadRecord("mismatch", detail)

@@ -269,7 +269,7 @@ def check_object(obj: str, path: Path | str, origin: str) -> None:
 # ---------------------------------------------------------------- contents
 
 
-def decode_image(data: bytes, path: Path, origin: str) -> dict[str, Any]:
+def check_image(data: bytes, path: Path, origin: str) -> dict[str, Any]:
     """Fully decode (not just verify) an image; returns width, height, mode and format.
 
     The size in the header is checked before decoding: a small file can claim a huge canvas."""
@@ -344,7 +344,7 @@ def parse_point_rows(
     return heads, values
 
 
-def read_points(path: Path, num_points: int, origin: str) -> tuple[str, str, np.ndarray, np.ndarray]:
+def read_labelled_points(path: Path, num_points: int, origin: str) -> tuple[str, str, np.ndarray, np.ndarray]:
     """A point file: (shape id, object column, xyz [N,3] float32, labels [N,17] float32), all lines checked."""
     rows = read_point_lines(path, num_points, origin)
     if len(rows) != num_points:

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.geometry import random_rotation
 from pipeline.names import objects_for
 from pipeline.progress import progress
 from pipeline.synth.config import SynthConfig
 from pipeline.synth.instructions import instruction
 from pipeline.synth.render import render
-from pipeline.synth.shapes import affordances_of, build_object, part_mask, partial_view, random_rotation
+from pipeline.synth.shapes import affordances_of, build_object, part_mask, partial_view
 
 KIND_CODE = {"image": 1, "points": 2, "triplet": 3}
 IMAGE_POINTS = 1024  # points splatted per rendered image
@@ -67,7 +68,7 @@ def _cloud(cfg: SynthConfig, obj: str, rng: np.random.Generator) -> tuple[np.nda
     if cfg.view == "partial":
         xyz, labels = partial_view(xyz, labels, cfg.num_points, rng)
     elif cfg.view == "rotation":
-        xyz = (xyz @ random_rotation(rng).T).astype(np.float32)
+        xyz = (xyz @ random_rotation(rng, np.float64).T).astype(np.float32)
     return xyz, labels
 
 

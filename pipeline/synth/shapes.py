@@ -184,19 +184,6 @@ def part_mask(obj: str, affordance: str, part_of: np.ndarray) -> np.ndarray:
     return np.isin(part_of, [names.index(o) for o in affordances[affordance]])
 
 
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """Uniform SO(3) (Shoemake's quaternion method)."""
-    u1, u2, u3 = rng.random(3)
-    q = np.array([np.sqrt(1 - u1) * np.sin(2 * np.pi * u2), np.sqrt(1 - u1) * np.cos(2 * np.pi * u2),
-                  np.sqrt(u1) * np.sin(2 * np.pi * u3), np.sqrt(u1) * np.cos(2 * np.pi * u3)])  # fmt: skip
-    x, y, z, w = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])  # fmt: skip
-
-
 def partial_view(
     xyz: np.ndarray, labels: np.ndarray, num_points: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
