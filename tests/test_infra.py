@@ -206,7 +206,9 @@ def test_ray_version_is_one_across_manifests_images_dockerfiles_and_installed_ra
     for name, suffix in (("Dockerfile", "py311-cu128"), ("Dockerfile.cpu", "py311-cpu")):
         text = dockerfile(name)
         versions |= set(re.findall(r"^ARG RAY_VERSION=(\S+)", text, re.M))
-        assert re.search(rf"^FROM rayproject/ray:\$\{{RAY_VERSION\}}-{suffix}$", text, re.M), name
+        # The base image is a build arg so that it can be pinned by digest (docs/cluster.md section 1).
+        assert re.search(rf"^ARG BASE_IMAGE=rayproject/ray:\$\{{RAY_VERSION\}}-{suffix}$", text, re.M), name
+        assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M), name
         assert suffix in {t["suffix"] for t in tags}, f"no manifest uses the {name} image ({suffix})"
     assert versions == {ray.__version__}
 
