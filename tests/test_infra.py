@@ -244,7 +244,22 @@ def test_rayjob_entrypoint_is_a_real_cli_call_on_shared_storage(name, monkeypatc
     paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--source", "--out", "--shards")]
     paths += [a.split("=", 1)[1] for a in argv if a.split("=")[0] in ("train.storage_path", "data.shards", "workdir")]
     assert paths and all(p.startswith(STORAGE + "/") for p in paths), f"node-local paths break multi-node: {paths}"
+    writes = {"shard": ["--out"], "train": ["train.storage_path", "workdir"], "eval": ["--out", "workdir"]}
+    for key in writes.get(argv[2].removeprefix("jobs."), []):
+        assert any(a == key or a.startswith(key + "=") for a in argv), f"{name}: set {key} (on {STORAGE})"
     check_cli_call(entrypoint, monkeypatch)
+
+
+def test_eval_rayjob_evaluates_on_the_gpus_with_an_auto_sized_pool(monkeypatch):
+    from jobs.config import resolve_config
+
+    entrypoint = docs(K8S / "rayjob-eval.yaml")[0]["spec"]["entrypoint"]
+    ns = verb_namespace("eval", shlex.split(entrypoint)[3:], monkeypatch)
+    monkeypatch.chdir(ROOT)
+    cfg = resolve_config(ns)
+    assert cfg.eval.use_gpu is True and cfg.eval.num_actors == "auto"
+    gpu_groups = [p for g, p in ray_pods("rayjob-eval.yaml") if g != "head"]
+    assert all(p["containers"][0]["resources"]["limits"].get("nvidia.com/gpu") for p in gpu_groups)
 
 
 @pytest.mark.parametrize("where", sorted(doc_commands()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,9 +71,10 @@ def evaluate(
         check_tracking_uri(tracking_uri)  # before the long part: an unreachable server is an error now
     started = ensure_ray(address)
     try:
+        _check_gpus(cfg, address)
         result = run_eval(shards, source.model, source.weights, cfg.eval, source.model.image_size)
         out_dir = Path(out or Path(cfg.workdir, "eval", source.name))
-        info = _info(source, shards, cfg) | {"shards_fingerprint": manifest.get("fingerprint")}
+        info = _info(source, shards, cfg) | {"shards_fingerprint": manifest.get("fingerprint"), "actors": result.actors}
         files = write_outputs(out_dir, result.predictions, result.metrics, info)
         viz_files = _render(shards, result, out_dir / "viz", cfg.eval.viz_samples, source.model.image_size)
     finally:
@@ -84,6 +86,16 @@ def evaluate(
     if track:
         report.run_id = _log(cfg, source, tracking_uri, report, info)
     return report
+
+
+def _check_gpus(cfg: ExperimentConfig, address: str | None) -> None:
+    """A local Ray without a GPU would leave eval.use_gpu actors waiting forever: refuse. A cluster may still add
+    GPU nodes (autoscaler), so there the pool waits for them."""
+    import ray
+
+    local = not (address or os.environ.get("RAY_ADDRESS"))
+    if cfg.eval.use_gpu and local and ray.cluster_resources().get("GPU", 0) < 1:
+        raise UserError("eval.use_gpu is true but this machine's Ray has no GPU; set eval.use_gpu=false to run on CPU")
 
 
 def _info(source: ModelSource, shards: str, cfg: ExperimentConfig) -> dict:
@@ -143,6 +155,7 @@ def _log(cfg: ExperimentConfig, source: ModelSource, tracking_uri: str, report: 
     if run_id is None:
         return None
     params = flatten({"eval": info["eval"], "model": info["model"]}) | {"source": source.spec, "shards": info["shards"]}
+    params["eval.actors"] = info["actors"]  # what eval.num_actors (e.g. auto) came to on this cluster
     files = [report.files[name] for name in ("metrics.json", "per_class.csv", "predictions.npz", "prediction.txt")]
     tracking.log_results(tracking_uri, run_id, report.result.metrics, source.step or 0, params, files, report.viz_files)
     return run_id
