@@ -30,6 +30,9 @@ class TrainConfig:
     num_workers: int = 1
     """Ray Train workers (one GPU each when use_gpu)."""
     use_gpu: bool = False
+    gpu_wait_s: float = 900.0
+    """With use_gpu on a cluster: how long to wait for GPUs for every worker (the autoscaler is asked for them)
+    before giving up with an error, instead of retrying forever."""
     cpus_per_worker: int = 1
     max_failures: int = 0
     keep_checkpoints: int = 2
@@ -55,6 +58,8 @@ class TrainConfig:
             raise ValueError("train.offload_params needs train.zero_stage: 3")
         if self.num_workers < 1 or self.grad_accum < 1:
             raise ValueError("train.num_workers and train.grad_accum must be >= 1")
+        if self.gpu_wait_s < 0:
+            raise ValueError("train.gpu_wait_s must be >= 0")
 
 
 @dataclass
