@@ -53,6 +53,36 @@ def test_every_test_sample_is_predicted_exactly_once_by_two_actors(shards) -> No
     assert predictions.pred.shape == (N_TEST, NUM_POINTS) and np.isfinite(predictions.pred).all()
 
 
+def test_auto_sizes_the_pool_from_the_local_rays_cpus(shards) -> None:
+    import ray
+
+    from jobs.evaluation.runner import predict_shards
+
+    folder, keys = shards
+    assert ray.cluster_resources()["CPU"] == 2  # conftest's ray_local
+    cfg, weights = _model()
+    pool = predict_shards(str(folder), cfg, weights, _eval_cfg(num_actors="auto", cpus_per_actor=0.5), cfg.image_size)
+    assert pool.actors == 2, "(2 CPUs - 1 for the shard reader) / 0.5 CPU per actor"
+    assert pool.predictions.keys == keys and pool.duplicates == 0
+    one = predict_shards(str(folder), cfg, weights, _eval_cfg(num_actors="auto", cpus_per_actor=1.0), cfg.image_size)
+    assert one.actors == 1 and one.predictions.keys == keys
+
+
+def test_use_gpu_on_a_local_ray_without_gpus_is_refused(shards, tmp_path, monkeypatch, capsys) -> None:
+    from jobs.eval import main as eval_main
+    from model.lmaffordance3d import build_model
+    from model.pretrained import save_pretrained
+
+    folder, _ = shards
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    save_pretrained(build_model(tiny_model_config(), pretrained=False), tmp_path / "model")
+    args = ["--checkpoint", str(tmp_path / "model"), "--shards", str(folder), "--out", str(tmp_path / "out")]
+    args += [f"workdir={tmp_path}", "eval.use_gpu=true", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}"]
+    assert eval_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "eval.use_gpu is true but this machine's Ray has no GPU" in err[-1], err
+
+
 def test_a_rerun_gives_identical_predictions_and_metrics(shards) -> None:
     from jobs.evaluation.runner import run_eval
 

@@ -155,3 +155,35 @@ def test_shuffled_instruction_runs_are_named_apart_from_evaluations() -> None:
     named = Resolved(tiny_model_config(), {}, provenance("export", "exported", name="demo-model"))
     assert [run_name(stepped, False), run_name(stepped, True)] == ["eval-step40", "eval-shuffled-step40"]
     assert [run_name(named, False), run_name(named, True)] == ["eval-demo-model", "eval-shuffled-demo-model"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "resources", "expected"),
+    [
+        ({"use_gpu": True}, {"CPU": 176.0, "GPU": 8.0}, 8),  # one actor per GPU
+        ({"use_gpu": True}, {"CPU": 8.0}, 1),  # GPU group at zero replicas: one actor's demand scales it up
+        ({"cpus_per_actor": 0.5}, {"CPU": 2.0}, 2),  # (2 - 1 read CPU) / 0.5
+        ({"cpus_per_actor": 2.0}, {"CPU": 9.0}, 4),  # (9 - 1) / 2
+        ({"cpus_per_actor": 3.0}, {"CPU": 9.0}, 2),  # (9 - 1) / 3 = 2.67, whole actors only
+        ({}, {"CPU": 1.0}, 1),  # nothing left after the reader: still one actor
+        ({"num_actors": 3, "use_gpu": True}, {"CPU": 64.0, "GPU": 8.0}, 3),  # a number is taken as is
+    ],
+)
+def test_auto_pool_size_from_cluster_resources(changes, resources, expected) -> None:
+    from jobs.evaluation.config import EvalConfig
+    from jobs.evaluation.runner import pool_size
+
+    assert pool_size(EvalConfig(**({"num_actors": "auto"} | changes)), resources) == expected
+
+
+def test_eval_num_actors_defaults_to_auto_and_accepts_a_number_or_auto_only() -> None:
+    from jobs.config import ExperimentConfig
+    from jobs.evaluation.config import EvalConfig
+    from jobs.typed_yaml import ConfigError, build
+
+    assert EvalConfig().num_actors == "auto"
+    assert build(ExperimentConfig, {"eval": {"num_actors": 4}}, "<t>").eval.num_actors == 4
+    with pytest.raises(ConfigError, match="eval.num_actors"):
+        build(ExperimentConfig, {"eval": {"num_actors": "all"}}, "<t>")
+    with pytest.raises(ConfigError, match="eval.num_actors"):
+        build(ExperimentConfig, {"eval": {"num_actors": 0}}, "<t>")

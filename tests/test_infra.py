@@ -63,7 +63,8 @@ def dockerfile(name: str) -> str:
 
 
 def secrets() -> dict[str, dict]:
-    return {d["metadata"]["name"]: d["stringData"] for d in docs(K8S / "mlflow" / "secret.example.yaml")}
+    """The example Secrets (mlflow/secret.example.yaml, ray-auth.example.yaml) by name."""
+    return {d["metadata"]["name"]: d["stringData"] for d in k8s_objects() if d["kind"] == "Secret"}
 
 
 def services() -> dict[str, set[int]]:
@@ -206,7 +207,9 @@ def test_ray_version_is_one_across_manifests_images_dockerfiles_and_installed_ra
     for name, suffix in (("Dockerfile", "py311-cu128"), ("Dockerfile.cpu", "py311-cpu")):
         text = dockerfile(name)
         versions |= set(re.findall(r"^ARG RAY_VERSION=(\S+)", text, re.M))
-        assert re.search(rf"^FROM rayproject/ray:\$\{{RAY_VERSION\}}-{suffix}$", text, re.M), name
+        # The base image is a build arg so that it can be pinned by digest (docs/cluster.md section 1).
+        assert re.search(rf"^ARG BASE_IMAGE=rayproject/ray:\$\{{RAY_VERSION\}}-{suffix}$", text, re.M), name
+        assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M), name
         assert suffix in {t["suffix"] for t in tags}, f"no manifest uses the {name} image ({suffix})"
     assert versions == {ray.__version__}
 
@@ -242,7 +245,22 @@ def test_rayjob_entrypoint_is_a_real_cli_call_on_shared_storage(name, monkeypatc
     paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--source", "--out", "--shards")]
     paths += [a.split("=", 1)[1] for a in argv if a.split("=")[0] in ("train.storage_path", "data.shards", "workdir")]
     assert paths and all(p.startswith(STORAGE + "/") for p in paths), f"node-local paths break multi-node: {paths}"
+    writes = {"shard": ["--out"], "train": ["train.storage_path", "workdir"], "eval": ["--out", "workdir"]}
+    for key in writes.get(argv[2].removeprefix("jobs."), []):
+        assert any(a == key or a.startswith(key + "=") for a in argv), f"{name}: set {key} (on {STORAGE})"
     check_cli_call(entrypoint, monkeypatch)
+
+
+def test_eval_rayjob_evaluates_on_the_gpus_with_an_auto_sized_pool(monkeypatch):
+    from jobs.config import resolve_config
+
+    entrypoint = docs(K8S / "rayjob-eval.yaml")[0]["spec"]["entrypoint"]
+    ns = verb_namespace("eval", shlex.split(entrypoint)[3:], monkeypatch)
+    monkeypatch.chdir(ROOT)
+    cfg = resolve_config(ns)
+    assert cfg.eval.use_gpu is True and cfg.eval.num_actors == "auto"
+    gpu_groups = [p for g, p in ray_pods("rayjob-eval.yaml") if g != "head"]
+    assert all(p["containers"][0]["resources"]["limits"].get("nvidia.com/gpu") for p in gpu_groups)
 
 
 @pytest.mark.parametrize("where", sorted(doc_commands()))
@@ -275,7 +293,8 @@ def test_compose_runs_postgres_minio_bucket_init_and_a_proxying_mlflow_server():
     argv = shlex.split(interpolate(server["command"]))
     backend, artifacts = argv[argv.index("--backend-store-uri") + 1], argv[argv.index("--artifacts-destination") + 1]
     assert argv[:2] == ["mlflow", "server"] and "--no-serve-artifacts" not in argv
-    assert re.fullmatch(r"postgresql://mlflow:[^@]+@postgres:5432/mlflow", backend), backend
+    # +psycopg2: the driver the server image installs (SQLAlchemy 2.1 maps bare postgresql:// to psycopg 3).
+    assert re.fullmatch(r"postgresql\+psycopg2://mlflow@postgres:5432/mlflow", backend), f"no password: {backend}"
     bucket_script = (INFRA / "mlflow" / "create-bucket.sh").read_text()
     assert artifacts == "s3://mlflow" and "mc mb --ignore-existing" in bucket_script
     assert services_["minio-init"]["environment"]["MLFLOW_BUCKET"] == "${MLFLOW_BUCKET:-mlflow}"
@@ -290,8 +309,8 @@ def test_compose_runs_postgres_minio_bucket_init_and_a_proxying_mlflow_server():
 def test_k8s_mlflow_server_points_at_the_postgres_and_minio_services():
     (server,) = the("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"]
     args = dict(a.lstrip("-").split("=", 1) for a in server["args"])
-    backend = re.fullmatch(r"postgresql://\$\(POSTGRES_USER\):\$\(POSTGRES_PASSWORD\)@(\w+):(\d+)/\$\(POSTGRES_DB\)",
-                           args["backend-store-uri"])  # fmt: skip
+    uri = args["backend-store-uri"]
+    backend = re.fullmatch(r"postgresql\+psycopg2://\$\(POSTGRES_USER\)@(\w+):(\d+)/\$\(POSTGRES_DB\)", uri)
     assert backend and int(backend[2]) in services()[backend[1]]
     env = {e["name"]: e.get("value") for e in server["env"]}
     endpoint = re.fullmatch(r"http://(\w+):(\d+)", env["MLFLOW_S3_ENDPOINT_URL"])
@@ -398,3 +417,103 @@ def test_rayservice_pods_read_the_mlflow_secret_expose_serve_and_run_the_install
         assert {v["name"]: v for v in pod["volumes"]}[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory"}
     head = ray_pods_of(RAYSERVICE)[0][1]["containers"][0]
     assert {p["containerPort"] for p in head["ports"]} == {6379, 8265, 10001, 8000}
+
+
+def strict(schema):
+    """KubeRay's CRD schema as kubectl's default strict field validation applies it: an object with declared
+    properties rejects any other key (a misspelt `authOption` is an error, not silently pruned)."""
+    if isinstance(schema, dict):
+        out = {k: strict(v) for k, v in schema.items()}
+        open_ = "additionalProperties" in out or out.get("x-kubernetes-preserve-unknown-fields")
+        if "properties" in out and not open_:
+            out["additionalProperties"] = False
+        return out
+    return [strict(v) for v in schema] if isinstance(schema, list) else schema
+
+
+def kuberay_schema(root: str) -> dict:
+    """The strict schema of a RayCluster (`rayClusterSpec`) or RayJob (`rayJobSpec`) spec in KubeRay v1.7.0
+    (tests/fixtures/kuberay/make_schema.py builds the file from KubeRay's CRDs)."""
+    schema = json.loads((ROOT / "tests" / "fixtures" / "kuberay" / "kuberay-v1.7.0.schema.json").read_text())
+    return {**strict(schema), "$ref": f"#/$defs/{root}"}
+
+
+@pytest.mark.parametrize("name", RAY_FILES)
+def test_kuberay_manifest_passes_the_crd_schema(name):
+    import jsonschema
+
+    doc = docs(K8S / name)[0]
+    validator = jsonschema.Draft202012Validator(kuberay_schema(f"{doc['kind'][0].lower()}{doc['kind'][1:]}Spec"))
+    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc["spec"])]
+    assert not errors, "\n".join(errors)
+
+
+def test_the_crd_schema_check_rejects_a_misspelt_field():
+    import jsonschema
+
+    spec = cluster_spec(docs(K8S / "raycluster.yaml")[0])
+    spec["authOption"] = spec.pop("authOptions")
+    with pytest.raises(jsonschema.ValidationError, match="authOption"):
+        jsonschema.validate(spec, kuberay_schema("rayClusterSpec"))
+
+
+@pytest.mark.parametrize("name", RAY_FILES)
+def test_ray_cluster_requires_the_token_from_the_auth_secret(name):
+    doc = docs(K8S / name)[0]
+    spec = cluster_spec(doc)
+    assert spec["authOptions"] == {"mode": "token", "secretName": "lma3d-ray-auth"}
+    assert "auth_token" in secrets()["lma3d-ray-auth"], "KubeRay reads the token from the key auth_token"
+    major, minor, _ = map(int, spec["rayVersion"].split("."))
+    assert (major, minor) >= (2, 52), "Ray token authentication needs Ray 2.52 or newer"
+    for group, pod in ray_pods(name):
+        env = {e["name"] for c in pod["containers"] for e in c.get("env", [])}
+        assert not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} & env, f"{group}: KubeRay sets these from authOptions"
+
+
+def k8s_containers() -> list[tuple[str, dict]]:
+    """(owner name, container) for every Deployment, StatefulSet and Job in infra/k8s."""
+    kinds = ("Deployment", "StatefulSet", "Job")
+    return [(d["metadata"]["name"], c) for d in k8s_objects() if d["kind"] in kinds
+            for c in d["spec"]["template"]["spec"]["containers"]]  # fmt: skip
+
+
+SECRET_NAMES = re.compile(r"PASSWORD|SECRET|TOKEN")
+
+
+def test_server_passwords_come_from_secrets_through_the_environment():
+    values = {v for data in secrets().values() for k, v in data.items() if SECRET_NAMES.search(k)}
+    for owner, container in k8s_containers():
+        argv = " ".join(container.get("command", []) + container.get("args", []))
+        assert not SECRET_NAMES.search(re.sub(r"\$(\w+)", "", argv)), f"{owner}: a secret expanded into its command"
+        assert not any(v in argv for v in values), f"{owner}: a secret value on its command line"
+        for e in container.get("env", []):
+            if SECRET_NAMES.search(e["name"]):
+                assert "secretKeyRef" in e.get("valueFrom", {}), f"{owner}: {e['name']} must come from a Secret"
+        assert not container.get("envFrom"), f"{owner}: take single keys (secretKeyRef), not the whole Secret"
+    for name, service in compose()["services"].items():
+        command = service.get("command", "")
+        assert "PASSWORD" not in command and "SECRET" not in command, f"compose {name}: a secret in its command"
+        for key, value in service.get("environment", {}).items():
+            if SECRET_NAMES.search(key):
+                assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", value), f"compose {name}: {key} must come from .env"
+
+
+def test_mlflow_server_has_its_own_s3_keys_not_minio_root():
+    server_secret = secrets()["mlflow-server"]
+    assert server_secret["AWS_ACCESS_KEY_ID"] != server_secret["MINIO_ROOT_USER"]
+    assert server_secret["AWS_SECRET_ACCESS_KEY"] != server_secret["MINIO_ROOT_PASSWORD"]
+    (server,) = the("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"]
+    keys = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in server["env"] if "valueFrom" in e}
+    assert keys["AWS_ACCESS_KEY_ID"] == "AWS_ACCESS_KEY_ID" and not any("MINIO_ROOT" in k for k in keys.values())
+    (init,) = the("Job", "minio-create-bucket")["spec"]["template"]["spec"]["containers"]
+    init_keys = {e["valueFrom"]["secretKeyRef"]["key"] for e in init["env"] if "valueFrom" in e}
+    assert {"MINIO_ROOT_USER", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= init_keys
+    script = init["args"][0]
+    assert 'mc admin user add minio "$MLFLOW_S3_ACCESS_KEY"' in script
+    assert "mc admin policy attach minio mlflow-artifacts" in script
+    env = compose()["services"]["mlflow"]["environment"]
+    assert env["AWS_ACCESS_KEY_ID"].startswith("${MLFLOW_S3_ACCESS_KEY")
+    assert env["AWS_SECRET_ACCESS_KEY"].startswith("${MLFLOW_S3_SECRET_KEY")
+    bucket_script = (INFRA / "mlflow" / "create-bucket.sh").read_text()
+    assert 'mc admin user add minio "$MLFLOW_S3_ACCESS_KEY"' in bucket_script
+    assert "mc alias set" not in bucket_script + script, "the root password would be an argument of mc"

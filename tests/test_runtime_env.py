@@ -81,3 +81,16 @@ def test_submit_passes_the_submitters_tracking_uri_else_keeps_the_clusters(monke
 
     update_envs({"MLFLOW_TRACKING_URI": env_vars["MLFLOW_TRACKING_URI"]})
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+
+
+def test_submit_tells_the_job_the_commit_of_the_shipped_checkout(tmp_path, monkeypatch):
+    import subprocess
+
+    from jobs.training.tracking import GIT_COMMIT_ENV
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    head = subprocess.run([*git, "log", "-1", "--format=%H"], capture_output=True, text=True, check=True).stdout
+    monkeypatch.setenv(GIT_COMMIT_ENV, "the-images-commit")
+    assert runtime_env(working_dir=str(tmp_path))["env_vars"][GIT_COMMIT_ENV] == head.strip()

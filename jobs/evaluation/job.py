@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +80,7 @@ def evaluate(
     started = ensure_ray(address)
     on_corrupt = cfg.data.on_corrupt_shard
     try:
+        _check_gpus(cfg, address)
         with stage("Ray Data evaluation"):
             try:
                 result = run_eval(
@@ -91,7 +93,9 @@ def evaluate(
         if skipped > 0:
             log.warning("%d test samples of corrupt shards skipped (data.on_corrupt_shard: skip)", skipped)
         out_dir = Path(out or Path(cfg.workdir, "eval", source.provenance["name"]))
-        info = _info(source, shards, cfg) | {"shards_fingerprint": manifest.get("fingerprint"), "skipped": skipped}
+        info = _info(source, shards, cfg) | {
+            "shards_fingerprint": manifest.get("fingerprint"), "skipped": skipped, "actors": result.actors,
+        }  # fmt: skip
         files = write_outputs(out_dir, result.predictions, result.metrics, info)
         try:
             viz_files = _render(shards, result, out_dir / "viz", cfg.eval.viz_samples, source.config.image_size)
@@ -106,6 +110,16 @@ def evaluate(
     if track:
         report.run_id = _log(cfg, source, tracking_uri, report, info)
     return report
+
+
+def _check_gpus(cfg: ExperimentConfig, address: str | None) -> None:
+    """A local Ray without a GPU would leave eval.use_gpu actors waiting forever: refuse. A cluster may still add
+    GPU nodes (autoscaler), so there the pool waits for them."""
+    import ray
+
+    local = not (address or os.environ.get("RAY_ADDRESS"))
+    if cfg.eval.use_gpu and local and ray.cluster_resources().get("GPU", 0) < 1:
+        raise UserError("eval.use_gpu is true but this machine's Ray has no GPU; set eval.use_gpu=false to run on CPU")
 
 
 def _info(source: Resolved, shards: str, cfg: ExperimentConfig) -> dict:
@@ -182,6 +196,7 @@ def _log(cfg: ExperimentConfig, source: Resolved, tracking_uri: str, report: Eva
     if run_id is None:
         return None
     params = flatten({"eval": info["eval"], "model": info["model"]}) | {key: info[key] for key in ("source", "shards")}
+    params["eval.actors"] = info["actors"]  # what eval.num_actors (e.g. auto) came to on this cluster
     files, step = list(report.files.values()), info["step"] or 0
     tracking.log_results(tracking_uri, run_id, report.result.metrics, step, params, files, report.viz_files)
     return run_id

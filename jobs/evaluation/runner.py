@@ -1,6 +1,6 @@
 """The Ray Data evaluation: test shards -> actor pool (one model per actor) -> predictions by key -> metrics.
 
-    read_test_shards(shards) ─ map_batches(Predictor, ActorPoolStrategy(size=eval.num_actors), eval.batch_size)
+    read_test_shards(shards) ─ map_batches(Predictor, ActorPoolStrategy(size=pool_size(...)), eval.batch_size)
                              ─ iter_batches on the driver ─ merge by key (exactly once, test-list order) ─ evaluate
 
 The weights travel once through the object store (safetensors bytes, no pickled tensors); every actor
@@ -36,6 +36,8 @@ class PoolOutput:
     duplicates: int
     busy_s: float
     """From the first batch an actor started to the last one finished: the pool's steady-state window."""
+    actors: int = 1
+    """Size of the actor pool (eval.num_actors, or what `auto` gave)."""
 
 
 @dataclass
@@ -44,6 +46,7 @@ class EvalResult:
     metrics: dict
     duplicates: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    actors: int = 1
     """seconds: inference (read + decode + forward, wall), pool_busy (steady state, no start-up), metrics, total."""
 
 
@@ -107,7 +110,10 @@ def predict_shards(
     from pipeline.loaders.raydata import read_test_shards
 
     package = ray.put(model_package(model_cfg, weights, precision))
-    cpus = actor_cpus(cfg, ray.cluster_resources().get("CPU", 1.0))
+    resources = ray.cluster_resources()
+    size = pool_size(cfg, resources)
+    cpus = actor_cpus(cfg, resources.get("CPU", 1.0), size)
+    log.info("evaluation pool: %d actors x (%.2g CPU%s)", size, cpus, " + 1 GPU" if cfg.use_gpu else "")
     context = DataContext.get_current()
     previous = context.execution_options.preserve_order
     context.execution_options.preserve_order = True
@@ -125,7 +131,7 @@ def predict_shards(
             },
             batch_size=cfg.batch_size,
             batch_format="numpy",
-            compute=ActorPoolStrategy(size=cfg.num_actors),
+            compute=ActorPoolStrategy(size=size),
             num_cpus=cpus,
             num_gpus=1 if cfg.use_gpu else 0,
         )
@@ -134,18 +140,30 @@ def predict_shards(
         context.execution_options.preserve_order = previous
     predictions, duplicates = merge(parts)
     busy = np.concatenate([p["busy"] for p in parts])
-    return PoolOutput(predictions, duplicates, float(busy[:, 1].max() - busy[:, 0].min()))
+    return PoolOutput(predictions, duplicates, float(busy[:, 1].max() - busy[:, 0].min()), size)
 
 
-def actor_cpus(cfg: EvalConfig, cluster_cpus: float) -> float:
-    """CPUs reserved per actor: eval.cpus_per_actor, lowered when the pool would leave less than one CPU for
-    the shard-reading tasks (each asks for 1): Ray Data would then wait for it forever. Threads are unchanged."""
-    if cfg.use_gpu or cfg.num_actors * cfg.cpus_per_actor <= cluster_cpus - READ_CPUS:
+def pool_size(cfg: EvalConfig, cluster_resources: dict[str, float]) -> int:
+    """Actors in the pool: eval.num_actors, or for `auto` one per GPU of the cluster (use_gpu), else as many as
+    its CPUs hold at eval.cpus_per_actor each once one CPU is left for reading shards; at least 1 (on a cluster
+    whose GPU group is scaled to zero, that one actor's demand makes the autoscaler add a GPU node)."""
+    if cfg.num_actors != "auto":
+        return cfg.num_actors
+    if cfg.use_gpu:
+        return max(1, int(cluster_resources.get("GPU", 0)))
+    spare = cluster_resources.get("CPU", 0) - READ_CPUS
+    return max(1, int(spare / cfg.cpus_per_actor + 1e-9))
+
+
+def actor_cpus(cfg: EvalConfig, cluster_cpus: float, actors: int) -> float:
+    """CPUs reserved per actor: eval.cpus_per_actor, lowered when `actors` of them would leave less than one CPU
+    for the shard-reading tasks (each asks for 1): Ray Data would then wait for it forever. Threads are unchanged."""
+    if cfg.use_gpu or actors * cfg.cpus_per_actor <= cluster_cpus - READ_CPUS:
         return cfg.cpus_per_actor
-    fitted = max(0.05, round((cluster_cpus - READ_CPUS) / cfg.num_actors, 2))
+    fitted = max(0.05, round((cluster_cpus - READ_CPUS) / actors, 2))
     log.warning(
         "%d actors x %.2g CPUs would leave the shard readers less than %d CPU of %.0f: reserving %.2g CPUs per actor",
-        cfg.num_actors, cfg.cpus_per_actor, READ_CPUS, cluster_cpus, fitted,
+        actors, cfg.cpus_per_actor, READ_CPUS, cluster_cpus, fitted,
     )  # fmt: skip
     return fitted
 
@@ -180,7 +198,7 @@ def run_eval(
         "evaluated %d test samples in %.1f s (actors busy %.1f s, metrics %.3f s)",
         len(p), done - start, pool.busy_s, done - inferred,
     )  # fmt: skip
-    return EvalResult(p, metrics, pool.duplicates, timings)
+    return EvalResult(p, metrics, pool.duplicates, timings, pool.actors)
 
 
 def viz_inputs(shards: str, keys: list[str], image_size: int, on_corrupt: str = "fail") -> dict[str, dict[str, Any]]:

@@ -32,6 +32,9 @@ class TrainConfig:
     num_workers: int = 1
     """Ray Train workers (one GPU each when use_gpu)."""
     use_gpu: bool = False
+    gpu_wait_s: float = 900.0
+    """With use_gpu on a cluster: how long to wait for GPUs for every worker (the autoscaler is asked for them)
+    before giving up with an error, instead of retrying forever."""
     cpus_per_worker: int = 1
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """How Ray places the workers over nodes (Ray's placement-group strategies): STRICT_SPREAD puts every worker
@@ -74,7 +77,7 @@ class TrainConfig:
             raise ValueError(f"train.grad_clip must be a finite number >= 0, got {self.grad_clip!r}")
         at_least = {"epochs": 1, "log_every": 1, "keep_checkpoints": 1, "cpus_per_worker": 1, "max_steps": 0,
                     "warmup_steps": 0, "checkpoint_every": 0, "val_every": 0, "threads_per_worker": 0,
-                    "max_failures": -1}  # fmt: skip
+                    "max_failures": -1, "gpu_wait_s": 0}  # fmt: skip
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"train.{name} must be >= {low}, got {getattr(self, name)}")

@@ -41,6 +41,60 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def build_training_model(cfg: ExperimentConfig, device: torch.device, world_size: int) -> torch.nn.Module:
+    """The model with its pretrained weights. Under ZeRO-3 it is built inside deepspeed.zero.Init: each submodule
+    is partitioned across the ranks as soon as it is constructed, the frozen backbone included, so no rank ever
+    holds the whole 7B backbone (it would otherwise load it fully, ~13.5 GB in bf16, before initialize() shards it).
+    Parameters then take the training precision's dtype (model.backbone_dtype does not apply) and live on the
+    device ZeRO puts them (the GPU, or CPU with train.offload_params)."""
+    from dataclasses import replace
+
+    from model.lmaffordance3d import LMAffordance3D, build_model
+
+    if cfg.train.zero_stage != 3:
+        return build_model(cfg.model, device=device, pretrained=True)
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    from jobs.precision import cast_dtype
+    from model.image_encoder import NO_WEIGHTS, load_torchvision_weights
+
+    if cfg.model.backbone_mode == "lora":
+        raise ValueError("model.backbone_mode lora is not supported with train.zero_stage 3; use zero_stage 2")
+    config = deepspeed_config(cfg.train, cfg.data.batch_size, world_size)
+    dtype = cast_dtype(cfg.train.precision) or torch.float32  # autocast: fp32 parameters, as master weights
+    # Built without the ResNet weights: loading them needs the full tensors, gathered below.
+    model_cfg = replace(cfg.model, resnet_weights="none", backbone_dtype=DTYPE_NAMES[dtype])
+    # zero.Init reads the world size from deepspeed.comm: wrap Ray's process group now, as initialize() would.
+    deepspeed.init_distributed()
+    # zero.Init patches torch.nn.Parameter.__new__; torch._dynamo, imported for the first time inside it (by
+    # transformers' model modules), checks that signature and fails. Import it before.
+    import torch._dynamo  # noqa: F401
+    # While this object lives, transformers' from_pretrained loads each weight into its ZeRO-3 partition.
+    hf_zero3 = HfDeepSpeedConfig(config)
+    try:
+        with deepspeed.zero.Init(config_dict_or_path=config, dtype=dtype):
+            model = LMAffordance3D(model_cfg, pretrained=True)
+    finally:
+        del hf_zero3
+        unset_hf_deepspeed_config()
+    if cfg.model.resnet_weights not in ("", NO_WEIGHTS):
+        with deepspeed.zero.GatheredParameters(list(model.image_encoder.parameters()), modifier_rank=0):
+            load_torchvision_weights(model.image_encoder, cfg.model.resnet_weights)
+    model.cfg = cfg.model
+    for buffer in model.buffers():  # buffers (BatchNorm statistics) are not partitioned: cast and place them
+        buffer.data = buffer.data.to(device, dtype if buffer.is_floating_point() else buffer.dtype)
+    return model
+
+
+def is_partitioned(model: torch.nn.Module) -> bool:
+    """True once ZeRO-3 (zero.Init) has partitioned the parameters: each holds only its ds_tensor slice."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
 def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters (weight decay on ndim > 1 only, spec §3.1)."""
     from model.lmaffordance3d import param_groups
@@ -61,10 +115,11 @@ def build_engine(model: torch.nn.Module, cfg: ExperimentConfig, world_size: int,
 
     train = cfg.train
     dtype = cast_dtype(train.precision)
-    if dtype is not None:
+    if dtype is not None and not is_partitioned(model):
         # DeepSpeed casts parameters and buffers itself at stages 0–2, but under ZeRO-3 the buffers
         # (BatchNorm running stats) stay fp32 and the first BatchNorm fails on bf16 activations.
         # The autocast precisions keep everything fp32: DeepSpeed's forward runs under torch.autocast.
+        # (A model from zero.Init already has its parameters and buffers in the training dtype.)
         model.to(dtype)
     optimizer = build_optimizer(model, train)
     schedule = OriginalLRSchedule(

@@ -285,16 +285,40 @@ def _refused_checkpoint(error: BaseException) -> BaseException | None:
     return next((e for e in causes(error) if isinstance(e, UnsafeCheckpoint)), None)
 
 
-def _check_gpus(cfg: ExperimentConfig, address: str | None) -> None:
-    import ray
+def _check_gpus(cfg: ExperimentConfig, address: str | None, poll_s: float = 5.0) -> None:
+    """Locally, too few GPUs is an error at once. On a cluster, ask the autoscaler for one GPU bundle per worker
+    and wait up to train.gpu_wait_s for the GPUs to join; then fail with one line (Ray Train itself would retry
+    the worker group start forever)."""
+    import time
 
-    if not cfg.train.use_gpu:
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    train = cfg.train
+    if not train.use_gpu:
         return
     gpus = ray.cluster_resources().get("GPU", 0)
-    if gpus < cfg.train.num_workers and not (address or os.environ.get("RAY_ADDRESS")):
+    if gpus >= train.num_workers:
+        return
+    if not (address or os.environ.get("RAY_ADDRESS")):
         raise UserError(
-            f"train.use_gpu is true but this machine's Ray has {gpus:g} GPU(s) for {cfg.train.num_workers} "
+            f"train.use_gpu is true but this machine's Ray has {gpus:g} GPU(s) for {train.num_workers} "
             "worker(s); set train.use_gpu=false to train on CPU"
+        )
+    log.info("waiting up to %.0f s for %d GPUs (cluster has %g)", train.gpu_wait_s, train.num_workers, gpus)
+    request_resources(bundles=[{"GPU": 1, "CPU": train.cpus_per_worker}] * train.num_workers)
+    deadline = time.monotonic() + train.gpu_wait_s
+    try:
+        while gpus < train.num_workers and time.monotonic() < deadline:
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+            gpus = ray.cluster_resources().get("GPU", 0)
+    finally:
+        request_resources(bundles=[])  # withdraw the standing request; the trainer's own demand replaces it
+    if gpus < train.num_workers:
+        raise UserError(
+            f"the cluster has {gpus:g} GPU(s) for train.num_workers={train.num_workers} after waiting "
+            f"train.gpu_wait_s={train.gpu_wait_s:g} s; add GPU nodes (maxReplicas), lower train.num_workers "
+            "or raise train.gpu_wait_s"
         )
 
 

@@ -24,7 +24,14 @@ from jobs.config import ExperimentConfig
 from jobs.log import setup_logging
 from jobs.training import checkpoint as ckpt
 from jobs.training import faults
-from jobs.training.engine import build_engine, compute_dtype, configure_worker, seed_everything, to_device
+from jobs.training.engine import (
+    build_engine,
+    build_training_model,
+    compute_dtype,
+    configure_worker,
+    seed_everything,
+    to_device,
+)
 from jobs.training.tracking import RunLogger
 from jobs.training.validate import validate
 from jobs.typed_yaml import build
@@ -59,10 +66,9 @@ class TrainJob:
         train = self.cfg.train
         self.device = configure_worker(train)
         seed_everything(train.seed + rank)  # the original seeds 42 + rank
-        from model.lmaffordance3d import build_model
         from pipeline.loaders import train_loader
 
-        self.model = build_model(self.cfg.model, device=self.device, pretrained=True)
+        self.model = build_training_model(self.cfg, self.device, world)
         self.backbone_id = str(self.model.backbone_id)
         batches = len(train_loader(self.cfg.data, self.cfg.model.image_size, rank, world, 0))
         self.steps_per_epoch = batches // train.grad_accum

@@ -69,12 +69,20 @@ def check_tracking_uri(tracking_uri: str, timeout: float = 5.0) -> None:
             raise UserError(f"MLflow store {tracking_uri}: {folder} is not writable")
 
 
+# Set by the images (docker build --build-arg GIT_COMMIT=...) and by `lma3d submit` (the submitter's checkout):
+# the code a Ray job runs has no .git beside it.
+GIT_COMMIT_ENV = "LMA3D_GIT_COMMIT"
+
+
 def git_commit(cwd: str | Path | None = None) -> str | None:
+    """HEAD of the git checkout at `cwd`, else $LMA3D_GIT_COMMIT, else None."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+        out = None
+    if out is not None and out.returncode == 0 and out.stdout.strip():
+        return out.stdout.strip()
+    return os.environ.get(GIT_COMMIT_ENV, "").strip() or None
 
 
 def ray_submission_id() -> str | None:
