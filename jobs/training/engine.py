@@ -6,6 +6,7 @@ already-initialised torch.distributed group instead of launching its own (conven
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import random
@@ -72,7 +73,7 @@ def build_training_model(cfg: ExperimentConfig, device: torch.device, world_size
     deepspeed.init_distributed()
     # zero.Init patches torch.nn.Parameter.__new__; torch._dynamo, imported for the first time inside it (by
     # transformers' model modules), checks that signature and fails. Import it before.
-    import torch._dynamo  # noqa: F401
+    importlib.import_module("torch._dynamo")
     # While this object lives, transformers' from_pretrained loads each weight into its ZeRO-3 partition.
     hf_zero3 = HfDeepSpeedConfig(config)
     try:
