@@ -40,9 +40,9 @@ $(VENV)/.installed-locked: pyproject.toml requirements-dev.lock
 	touch $@
 
 lock:
-	uv pip compile pyproject.toml -o requirements.lock $(LOCK_TARGET) $(LOCK_TORCH_SOURCE) \
+	$(BIN)/uv pip compile pyproject.toml -o requirements.lock $(LOCK_TARGET) $(LOCK_TORCH_SOURCE) \
 	  --override infra/lock/torch-cpu.txt --no-header --annotation-style line
-	uv pip compile pyproject.toml --extra dev -o requirements-dev.lock $(LOCK_TARGET) $(LOCK_TORCH_SOURCE) \
+	$(BIN)/uv pip compile pyproject.toml --extra dev -o requirements-dev.lock $(LOCK_TARGET) $(LOCK_TORCH_SOURCE) \
 	  --override infra/lock/torch-cpu.txt --constraint requirements.lock --no-header --annotation-style line
 
 demo: install
