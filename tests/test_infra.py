@@ -457,7 +457,7 @@ def test_the_crd_schema_check_rejects_a_misspelt_field():
         jsonschema.validate(spec, kuberay_schema("rayClusterSpec"))
 
 
-@pytest.mark.parametrize("name", RAY_FILES)
+@pytest.mark.parametrize("name", [*RAY_FILES, "rayservice-serve.yaml"])
 def test_ray_cluster_requires_the_token_from_the_auth_secret(name):
     doc = docs(K8S / name)[0]
     spec = cluster_spec(doc)
