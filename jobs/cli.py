@@ -17,6 +17,7 @@ VERBS: dict[str, str] = {
     "eval": "Ray Data distributed evaluation of a checkpoint or model",
     "export": "consolidate a checkpoint into model.safetensors (+ MLflow registry)",
     "predict": "heat map for an image + point cloud + instruction",
+    "sweep": "Ray Tune over training: a child MLflow run per trial, best.json",
     "demo": "the whole pipeline on a synthetic dataset, on this machine",
     "submit": "submit any verb to a Ray cluster as a Ray job",
 }

@@ -222,8 +222,10 @@ def launch(
     overwrite: bool = False,
     run_name: str | None = None,
     fault_injection: dict[str, Any] | None = None,
+    callbacks: list[Any] = (),
 ) -> TrainSummary:
-    """Decide the run, attach MLflow, run TorchTrainer.fit() and summarise the result."""
+    """Decide the run, attach MLflow, run TorchTrainer.fit() and summarise the result. `callbacks` are Ray Train
+    UserCallbacks (a sweep's TuneReportCallback)."""
     cfg = absolute_paths(cfg)
     name = run_name or cfg.train.run_name or default_run_name(cfg, dt.date.today())
     if "/" in name or name in (".", ".."):
@@ -248,7 +250,7 @@ def launch(
 
     ensure_ray(address, runtime_env() if address else None)
     _check_gpus(cfg, address)
-    trainer = _trainer(cfg, name, run_id, resume_from, fault_injection)
+    trainer = _trainer(cfg, name, run_id, resume_from, fault_injection, list(callbacks))
     summary = TrainSummary(name, run_dir, cfg.tracking_uri, cfg.experiment_name, run_id, mode)
     try:
         result = trainer.fit()
@@ -273,7 +275,9 @@ def _check_gpus(cfg: ExperimentConfig, address: str | None) -> None:
         )
 
 
-def _trainer(cfg: ExperimentConfig, name: str, run_id: str, resume_from: str | None, fault: dict | None) -> Any:
+def _trainer(
+    cfg: ExperimentConfig, name: str, run_id: str, resume_from: str | None, fault: dict | None, callbacks: list[Any]
+) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -309,6 +313,7 @@ def _trainer(cfg: ExperimentConfig, name: str, run_id: str, resume_from: str | N
                 num_to_keep=train.keep_checkpoints, checkpoint_score_attribute="val/auc", checkpoint_score_order="max"
             ),
             worker_runtime_env={"env_vars": env_vars},
+            callbacks=callbacks,
         ),
     )
 
