@@ -7,7 +7,9 @@ import pytest
 from jobs.config import ExperimentConfig
 from jobs.typed_yaml import load
 
-CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/**/*.yaml"))
+ROOT = Path(__file__).resolve().parents[1] / "configs"
+SPACES = sorted(ROOT.glob("sweeps/*.yaml"))
+CONFIGS = [p for p in sorted(ROOT.glob("**/*.yaml")) if p not in SPACES]
 AGPIL = [p for p in CONFIGS if p.parent.name == "agpil"]
 
 
@@ -32,3 +34,13 @@ def test_agpil_config_is_the_original_recipe(path):
     assert cfg.model.backbone == "llava-1.6-vicuna-7b" and cfg.model.backbone_mode == "frozen"
     assert cfg.model.num_points == 2048 and cfg.model.image_size == 224 and cfg.model.spatial_tokens == 113
     assert cfg.train.precision == "bf16" and cfg.train.zero_stage in (2, 3)
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_shipped_search_space_fits_its_configs(path):
+    from jobs.sweeping.space import check_space, read_space
+    from jobs.typed_yaml import to_dict
+
+    space = read_space(path)
+    for config in AGPIL if path.stem == "agpil" else [ROOT / f"{path.stem}.yaml"]:
+        check_space(space, to_dict(load(ExperimentConfig, config)), ExperimentConfig)
