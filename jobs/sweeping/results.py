@@ -69,10 +69,11 @@ def summarise(grid: Any, spec: Any, setup: dict[str, Any], folder: Path) -> Swee
     client = MlflowClient(setup["tracking_uri"])
     children = _children(client, setup)
     summary = SweepSummary(folder, setup["parent_run_id"])
+    # Ctrl-C leaves trials neither terminated (finished or stopped by the scheduler) nor errored.
+    summary.interrupted = grid.num_terminated + grid.num_errors < spec.trials
     for result in grid:
-        summary.trials.append(_trial_row(result, spec, setup, children, client))
+        summary.trials.append(_trial_row(result, spec, setup, children, client, summary.interrupted))
     summary.trials.sort(key=lambda t: t["trial"])
-    summary.interrupted = len(summary.trials) < spec.trials or any(t["status"] == "RUNNING" for t in summary.trials)
     ranked = [t for t in summary.trials if not math.isnan(t["best"])]
     if ranked:
         pick = max if spec.mode == "max" else min
@@ -90,7 +91,7 @@ def _children(client: Any, setup: dict[str, Any]) -> dict[str, Any]:
     return {r.data.tags.get(tracking.RUN_KEY_TAG): r for r in runs}
 
 
-def _trial_row(result: Any, spec: Any, setup: dict, children: dict, client: Any) -> dict[str, Any]:
+def _trial_row(result: Any, spec: Any, setup: dict, children: dict, client: Any, interrupted: bool) -> dict[str, Any]:
     frame = result.metrics_dataframe
     trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
     run_name = f"{setup['name']}-{trial_id}"
@@ -103,7 +104,7 @@ def _trial_row(result: Any, spec: Any, setup: dict, children: dict, client: Any)
     pick = max if spec.mode == "max" else min
     best_value, best_row = pick(scored, key=lambda vr: vr[0]) if scored else (float("nan"), None)
     child = children.get(f"{setup['runs']}/{run_name}")
-    status = _close_child(client, child, result)
+    status = _close_child(client, child, result, interrupted)
     return {
         "trial": trial_id,
         "status": status,
@@ -119,11 +120,14 @@ def _trial_row(result: Any, spec: Any, setup: dict, children: dict, client: Any)
     }
 
 
-def _close_child(client: Any, child: Any, result: Any) -> str:
-    """A trial stopped by the scheduler never returns from fit(): its run is closed here as KILLED."""
+def _close_child(client: Any, child: Any, result: Any, interrupted: bool) -> str:
+    """A trial stopped by the scheduler never returns from fit(): its run is closed here as KILLED. After a
+    Ctrl-C a running trial is left RUNNING: the resumed sweep continues it in the same run."""
     if child is None:
         return "ERROR" if result.error else "PENDING"
     status = child.info.status
+    if status == "RUNNING" and interrupted:
+        return "RUNNING"
     if status == "RUNNING" and result.error is None and result.metrics:
         client.set_tag(child.info.run_id, "lma3d.sweep.stopped", "early (scheduler)")
         client.set_terminated(child.info.run_id, "KILLED")
