@@ -70,7 +70,7 @@ def test_three_trials_interrupted_then_resumed_give_one_parent_three_children_an
     finished: list = []
     while not finished and time.monotonic() < deadline and first.poll() is None:
         time.sleep(2)
-        if (workdir / "mlflow.db").exists():
+        if (workdir / "sweeps" / "s3" / "sweep.json").exists():  # the sweep has created (migrated) mlflow.db
             _, parents, children = _runs(workdir)
             finished = [c for p in parents for c in children[p.info.run_id] if c.info.status == "FINISHED"]
     assert finished, (tmp_path / "first.log").read_text()[-3000:]
