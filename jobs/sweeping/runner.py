@@ -112,11 +112,12 @@ def sweep(cfg: ExperimentConfig, spec: SweepSpec, space: dict[str, tuple[str, li
             trainable,
             param_space={"overrides": to_tune(space)},
             tune_config=tune.TuneConfig(
-                search_alg=BasicVariantGenerator(random_state=spec.seed),
+                # The generator's own limit: Tune's max_concurrent_trials is not applied to a search_alg given
+                # here, and a trial beyond the cluster's CPUs fails (Train's worker-group start times out).
+                search_alg=BasicVariantGenerator(random_state=spec.seed, max_concurrent=concurrent),
                 metric=spec.metric,
                 mode=spec.mode,
                 num_samples=spec.trials,
-                max_concurrent_trials=concurrent,
                 scheduler=_scheduler(spec),
             ),
             run_config=tune.RunConfig(name=spec.name, storage_path=str(folder.parent)),
