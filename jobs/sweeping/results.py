@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.training import tracking
-from jobs.training.checkpoint import UNVALIDATED_SCORE
+from jobs.training.checkpoint import CHECKPOINT_TAG_PREFIX, UNVALIDATED_SCORE
 
 SWEEP_KIND = "sweep"
 TRIAL_COLUMNS = ("trial", "status", "reports", "best", "best_step", "last", "run_name", "mlflow_run_id", "checkpoint")
@@ -92,32 +92,65 @@ def _children(client: Any, setup: dict[str, Any]) -> dict[str, Any]:
 
 
 def _trial_row(result: Any, spec: Any, setup: dict, children: dict, client: Any, interrupted: bool) -> dict[str, Any]:
-    frame = result.metrics_dataframe
-    trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+    """One trial from its MLflow child run (the record that survives a restore: Tune's own result frame of a
+    trial finished before a Ctrl-C is not reloaded) and Tune's view of its status and values."""
+    trial_id = (result.metrics or {}).get("trial_id") or _trial_id(result.path)
     run_name = f"{setup['name']}-{trial_id}"
-    scored = []
-    if frame is not None and spec.metric in frame:
-        for _, row in frame.iterrows():
-            value = float(row[spec.metric])
-            if not math.isnan(value) and not (spec.metric.startswith("val/") and value == UNVALIDATED_SCORE):
-                scored.append((value, row))
-    pick = max if spec.mode == "max" else min
-    best_value, best_row = pick(scored, key=lambda vr: vr[0]) if scored else (float("nan"), None)
     child = children.get(f"{setup['runs']}/{run_name}")
-    status = _close_child(client, child, result, interrupted)
+    history = _history(client, child, spec.metric)
+    pick = max if spec.mode == "max" else min
+    best_step, best_value = pick(history, key=lambda sv: sv[1]) if history else (None, float("nan"))
     return {
         "trial": trial_id,
-        "status": status,
-        "reports": 0 if frame is None else len(frame),
+        "status": _close_child(client, child, result, interrupted),
+        "reports": len(history),
         "best": best_value,
-        "best_step": None if best_row is None else int(best_row.get("step", 0)),
-        "last": scored[-1][0] if scored else float("nan"),
+        "best_step": best_step,
+        "last": history[-1][1] if history else float("nan"),
         "run_name": run_name,
         "mlflow_run_id": child.info.run_id if child else None,
-        "checkpoint": None if best_row is None else best_row.get("checkpoint_path"),
+        "checkpoint": _checkpoint_at(client, child, best_step),
         "overrides": {k: _plain(v) for k, v in (result.config or {}).get("overrides", {}).items()},
-        "metrics": {} if best_row is None else _reported(best_row),
+        "metrics": _metrics_at(client, child, best_step),
     }
+
+
+def _trial_id(path: str) -> str:
+    """`run_trial_<experiment>_<n>_...` (Tune's trial folder name) -> `<experiment>_<n>`."""
+    parts = Path(path).name.split("_")
+    return "_".join(parts[2:4]) if len(parts) >= 4 else Path(path).name
+
+
+def _history(client: Any, child: Any, metric: str) -> list[tuple[int, float]]:
+    """(step, value) of `metric` in step order, one per step (a resumed trial may log a step twice)."""
+    if child is None:
+        return []
+    by_step = {m.step: m.value for m in client.get_metric_history(child.info.run_id, metric)}
+    return [(s, v) for s, v in sorted(by_step.items()) if not math.isnan(v) and v != UNVALIDATED_SCORE]
+
+
+def _checkpoint_at(client: Any, child: Any, step: int | None) -> str | None:
+    """The kept checkpoint of `step` from the run's `checkpoint/<dir>` tags."""
+    if child is None or step is None:
+        return None
+    for key, value in client.get_run(child.info.run_id).data.tags.items():
+        if key.startswith(CHECKPOINT_TAG_PREFIX):
+            entry = json.loads(value)
+            if entry.get("step") == step:
+                return entry.get("path")
+    return None
+
+
+def _metrics_at(client: Any, child: Any, step: int | None) -> dict[str, float]:
+    """The training job's metrics logged at `step` (validation and training ones)."""
+    if child is None or step is None:
+        return {}
+    values = {}
+    for key in client.get_run(child.info.run_id).data.metrics:
+        at_step = [m.value for m in client.get_metric_history(child.info.run_id, key) if m.step == step]
+        if at_step:
+            values[key] = at_step[-1]
+    return values
 
 
 def _close_child(client: Any, child: Any, result: Any, interrupted: bool) -> str:
@@ -133,11 +166,6 @@ def _close_child(client: Any, child: Any, result: Any, interrupted: bool) -> str
         client.set_terminated(child.info.run_id, "KILLED")
         return "STOPPED"
     return {"FINISHED": "FINISHED", "FAILED": "ERROR", "KILLED": "STOPPED"}.get(status, status)
-
-
-def _reported(row: Any) -> dict[str, Any]:
-    """The training job's own `group/name` metrics of one report (Tune adds config/* and bookkeeping columns)."""
-    return {k: _plain(v) for k, v in row.items() if "/" in str(k) and not str(k).startswith("config/")}
 
 
 def _plain(value: Any) -> Any:
