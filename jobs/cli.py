@@ -18,6 +18,7 @@ VERBS: dict[str, str] = {
     "export": "consolidate a checkpoint into model.safetensors (+ MLflow registry)",
     "predict": "heat map for an image + point cloud + instruction",
     "serve": "Ray Serve HTTP endpoint + 3D page over a model (batched)",
+    "sweep": "Ray Tune over training: a child MLflow run per trial, best.json",
     "demo": "the whole pipeline on a synthetic dataset, on this machine",
     "submit": "submit any verb to a Ray cluster as a Ray job",
 }

@@ -84,12 +84,17 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
+    set_dotted(data, key, value, f"override {item!r}")
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """data['a']['b']['c'] = value for key `a.b.c` (sections created on the way); `where` names the source."""
     node = data
     parts = key.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            raise ConfigError(f"{where}: {part!r} is not a section")
     node[parts[-1]] = value
 
 

@@ -7,7 +7,9 @@ import pytest
 from jobs.config import ExperimentConfig
 from jobs.typed_yaml import load
 
-CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/**/*.yaml"))
+ROOT = Path(__file__).resolve().parents[1] / "configs"
+SPACES = sorted(ROOT.glob("sweeps/*.yaml"))
+CONFIGS = [p for p in sorted(ROOT.glob("**/*.yaml")) if p not in SPACES]
 AGPIL = [p for p in CONFIGS if p.parent.name == "agpil" and p.stem != "base"]  # base.yaml: the shared recipe
 
 
@@ -35,3 +37,13 @@ def test_agpil_config_is_the_original_recipe(path):
     # the original: fp16 autocast with fp32 master weights, the LLM in fp16, ResNet18 from ImageNet weights
     assert cfg.train.precision == "fp16-autocast" and cfg.model.backbone_dtype == "fp16"
     assert cfg.model.resnet_weights == "ckpt/resnet18.pth"
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_shipped_search_space_fits_its_configs(path):
+    from jobs.sweeping.space import check_space, read_space
+    from jobs.typed_yaml import to_dict
+
+    space = read_space(path)
+    for config in AGPIL if path.stem == "agpil" else [ROOT / f"{path.stem}.yaml"]:
+        check_space(space, to_dict(load(ExperimentConfig, config)), ExperimentConfig)

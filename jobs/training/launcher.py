@@ -21,21 +21,16 @@ from typing import Any
 from jobs import preflight
 from jobs.cluster_storage import check_train_outputs, filesystem
 from jobs.config import ExperimentConfig
-from jobs.entry import JobFailed, UserError, causes, stage
-from jobs.training import faults, tracking
+from jobs.entry import UserError, causes, stage
+from jobs.training import tracking
 from jobs.training.checkpoint import META_FILE
 from jobs.training.pretrained_check import check_resnet_weights
+from jobs.training.trainer import fit
 from jobs.typed_yaml import dump, flatten, to_dict
 
 log = logging.getLogger("lma3d.train")
 
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
-# Secrets and endpoints the workers need to reach MLflow and its artifact store (passed via runtime_env).
-FORWARDED_ENV = (
-    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS",
-    "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_S3_IGNORE_TLS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-)  # fmt: skip
 
 
 def default_run_name(cfg: ExperimentConfig, today: dt.date) -> str:
@@ -216,8 +211,10 @@ def launch(
     overwrite: bool = False,
     run_name: str | None = None,
     fault_injection: dict[str, Any] | None = None,
+    callbacks: list[Any] = (),
 ) -> TrainSummary:
-    """Decide the run, attach MLflow, run TorchTrainer.fit() and summarise the result."""
+    """Decide the run, attach MLflow, run TorchTrainer.fit() and summarise the result. `callbacks` are Ray Train
+    UserCallbacks (a sweep's TuneReportCallback)."""
     check_train_outputs(cfg, address)
     cfg = absolute_paths(cfg)
     check_resnet_weights(cfg.model)
@@ -252,7 +249,7 @@ def launch(
     summary = TrainSummary(name, run_dir, cfg.tracking_uri, cfg.experiment_name, run_id, mode)
     try:
         with stage("Ray Train (TorchTrainer.fit)"):
-            result = _fit(cfg, name, run_id, resume_from, fault_injection)
+            result = fit(cfg, name, run_id, resume_from, fault_injection, list(callbacks))
     except BaseException as e:
         _terminate(cfg.tracking_uri, run_id, "FAILED")
         refused = _refused_checkpoint(e)
@@ -320,83 +317,6 @@ def _check_gpus(cfg: ExperimentConfig, address: str | None, poll_s: float = 5.0)
             f"train.gpu_wait_s={train.gpu_wait_s:g} s; add GPU nodes (maxReplicas), lower train.num_workers "
             "or raise train.gpu_wait_s"
         )
-
-
-def _fit(cfg: ExperimentConfig, name: str, run_id: str, resume_from: str | None, fault: dict | None) -> Any:
-    """TorchTrainer.fit(), run again with the same RunConfig (so from the latest registered checkpoint) after a
-    system fault Ray did not retry, while the failures of all attempts stay within train.max_failures."""
-    budget, failures = cfg.train.max_failures, 0
-    counted = faults.count_attempts(cfg.storage_path, name)  # attempts of earlier jobs of a resumed run
-    while True:
-        trainer = _trainer(cfg, name, run_id, resume_from, fault, budget - failures)
-        try:
-            return trainer.fit()
-        except Exception as e:
-            attempts = faults.count_attempts(cfg.storage_path, name)
-            failures += max(1, attempts - counted)  # every attempt of a failed fit() failed
-            counted = attempts
-            if not faults.is_system_fault(e):
-                raise
-            if failures > budget:
-                raise JobFailed(
-                    f"training stopped: {faults.describe(e)}; {failures} failure(s) with train.max_failures="
-                    f"{budget}. Continue from the latest checkpoint with --resume latest"
-                ) from e
-            log.warning(
-                "%s and Ray did not retry it: re-running the run from its latest checkpoint (failure %d of "
-                "train.max_failures=%d)", faults.describe(e), failures, budget,
-            )  # fmt: skip
-
-
-def _trainer(
-    cfg: ExperimentConfig,
-    name: str,
-    run_id: str,
-    resume_from: str | None,
-    fault: dict | None,
-    max_failures: int,
-) -> Any:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from jobs.training.loop import train_func
-    from jobs.training.torch_backend import FaultTolerantTorchConfig
-
-    train = cfg.train
-    resources = {"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})}
-    env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
-    if not train.use_gpu:
-        env_vars["DS_ACCELERATOR"] = "cpu"  # must be set before deepspeed is imported in the worker
-    loop_config = {
-        "config": to_dict(cfg),
-        "config_yaml": dump(cfg),
-        "run_name": name,
-        "mlflow_run_id": run_id,
-        "resume_from": resume_from,
-        "fault_injection": fault,
-    }
-    return TorchTrainer(
-        train_func,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=train.num_workers,
-            use_gpu=train.use_gpu,
-            resources_per_worker=resources,
-            placement_strategy=train.placement_strategy,
-        ),
-        torch_config=FaultTolerantTorchConfig(backend="nccl" if train.use_gpu else "gloo"),
-        run_config=RunConfig(
-            name=name,
-            storage_path=cfg.storage_path,
-            failure_config=FailureConfig(max_failures=max_failures),
-            # Ray keeps the `keep_checkpoints` best by val/auc AND always the latest reported one (never
-            # deleted), so the resume point is the newest checkpoint whatever its score.
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=train.keep_checkpoints, checkpoint_score_attribute="val/auc", checkpoint_score_order="max"
-            ),
-            worker_runtime_env={"env_vars": env_vars},
-        ),
-    )
 
 
 def _summarise(summary: TrainSummary, result: Any) -> None:
