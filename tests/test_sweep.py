@@ -12,13 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import NUM_POINTS, tiny_overrides
+from tiny import synth_shards, tiny_overrides
 
 from jobs.sweep import main
-from pipeline.shards.config import ShardConfig
-from pipeline.shards.job import run as shard
-from pipeline.synth.config import SynthConfig
-from pipeline.synth.generate import generate
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -26,11 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, ray_local) -> Path:
-    root = tmp_path_factory.mktemp("sweep-data")
-    generate(SynthConfig(out=str(root / "raw"), train_images=8, test_samples=4, points_per_object=3,
-                         num_points=NUM_POINTS, image_size=64))  # fmt: skip
-    shard(root / "raw", "agpil", root / "shards", ShardConfig(samples_per_shard=4), num_points=NUM_POINTS)
-    return root / "shards"
+    return synth_shards(tmp_path_factory.mktemp("sweep-data"), train_images=8, test_samples=4, samples_per_shard=4)
 
 
 def _args(shards: Path, workdir: Path, space: dict, *extra: str) -> list[str]:
