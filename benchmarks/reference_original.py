@@ -18,7 +18,7 @@ the project's `SetAbstractionMSG`, `FeaturePropagation` and LLM-input function. 
 `F.batch_norm` over the whole batch with the module's statistics, as the original's `nn.BatchNorm{1,2}d`.
 Everything else (image encoder, fusion, language adapter, decoder, head MLP) is the project's code.
 Written for this benchmark from reading the original (not copied code); tests/test_reference_original.py checks
-it against a transcription of spec §1.2.
+it against a transcription of docs/original.md §1.2.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""lma3d metrics: AUC / aIOU / SIM / MAE (spec §4) of a prediction array against a GT array.
+"""lma3d metrics: AUC / aIOU / SIM / MAE (docs/original.md §4) of a prediction array against a GT array.
 
     lma3d metrics --pred work/eval/pred.npy --gt gt.npy
     lma3d metrics --pred pred.npy --gt gt.npy --objects objects.txt --affordances affordances.txt --json

@@ -1,6 +1,6 @@
 """ModelConfig: every size of LMAffordance3D is a field here (model args, as in torchtitan).
 
-Defaults are the paper's model (spec §1.2–1.4). `configs/demo.yaml` scales them down.
+Defaults are the paper's model (docs/original.md §1.2–1.4). `configs/demo.yaml` scales them down.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Literal
 @dataclass
 class ModelConfig:
     fidelity: Literal["released", "corrected"] = "released"
-    """`released` reproduces the original code's quirks (spec §1.5) and, in training, its per-cloud BatchNorm
+    """`released` reproduces the original code's quirks (original.md §1.5) and, in training, its per-cloud BatchNorm
     statistics (docs/fidelity.md); `corrected` fixes the quirks and takes BatchNorm statistics jointly over all
     clouds of a batch."""
     num_points: int = 2048
@@ -29,7 +29,7 @@ class ModelConfig:
     num_heads: int = 4
     fusion_hidden: int = 1024
     """Hidden width of the shared fusion MLP."""
-    # PointNet++ MSG set-abstraction levels (spec §1.2 b). sa3_npoint is N_p (point tokens).
+    # PointNet++ MSG set-abstraction levels (docs/original.md §1.2 b). sa3_npoint is N_p (point tokens).
     sa1_npoint: int = 512
     sa1_radii: tuple[float, ...] = (0.1, 0.2, 0.4)
     sa1_nsample: tuple[int, ...] = (32, 64, 128)
@@ -51,7 +51,7 @@ class ModelConfig:
     fps_impl: Literal["loop", "compiled"] = "loop"
     """Farthest-point sampling: `loop` (eager, one small kernel per op and pick: best on CPU) or `compiled`
     (torch.compile, 8 picks per call: for GPUs, where the loop is launch-bound; same indices)."""
-    # Language backbone (DESIGN.md presets).
+    # Language backbone (presets: README, Configs).
     backbone: str = "llava-1.6-vicuna-7b"
     """Preset (`tiny`, `minilm`, `llava-1.6-vicuna-7b`) or a local Hugging Face model path."""
     backbone_path: str = ""

@@ -1,5 +1,5 @@
 """Affordance decoder: the spatial tokens attend to the instructional and the semantic LLM features
-(two single-head cross-attention branches sharing one LayerNorm), fused by a 1x1 conv (spec §1.2 g)."""
+(two single-head cross-attention branches sharing one LayerNorm), fused by a 1x1 conv (docs/original.md §1.2 g)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class AffordanceDecoder(nn.Module):
     ) -> torch.Tensor:
         """spatial [B,Ns,C], instructional [B,L,C], semantic [B,M,C] -> F_A [B,Ns,C]."""
         b, _, c = spatial.shape
-        if self.released:  # the original's `view(B, C, -1).mT`: a reshape, not a transpose (spec §1.5 quirk 4)
+        if self.released:  # the original's `view(B, C, -1).mT`: a reshape (original.md §1.5, 4)
             instructional = instructional.reshape(b, c, -1).mT
             semantic = semantic.reshape(b, c, -1).mT
             instructional_mask = None  # no masks in the original (quirk 5)

@@ -1,4 +1,4 @@
-"""Fusion of point and image features into the spatial tokens F_S (spec §1.2 c)."""
+"""Fusion of point and image features into the spatial tokens F_S (docs/original.md §1.2 c)."""
 
 from __future__ import annotations
 

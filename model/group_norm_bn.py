@@ -1,5 +1,5 @@
 """BatchNorm that can take its batch statistics per group of samples, so one batched call behaves like several
-separate calls (spec §1.5: the original runs one forward per point cloud).
+separate calls (docs/original.md §1.5: the original runs one forward per point cloud).
 
 The original's training step runs the model K times (one forward per point cloud of an image) on batches of B.
 The project runs the K clouds as one batch of B·K, sample i = b·K + k. Inside `batchnorm_groups(K)`, every

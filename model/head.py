@@ -1,5 +1,5 @@
 """Head: three feature-propagation layers up the point hierarchy, gated by the pooled decoder tokens, then a
-per-point MLP and a sigmoid (spec §1.2 h)."""
+per-point MLP and a sigmoid (docs/original.md §1.2 h)."""
 
 from __future__ import annotations
 

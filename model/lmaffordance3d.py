@@ -1,4 +1,4 @@
-"""LMAffordance3D: image + point cloud + instruction -> per-point affordance probabilities (spec §1.1).
+"""LMAffordance3D: image + point cloud + instruction -> per-point affordance probabilities (docs/original.md §1.1).
 
     image ──ResNet18──┐
     points ─PointNet++┴─ Fusion ─ F_S ─ language adapter (up, backbone, down) ─ decoder ─ F_A ─ head ─ [B,N]

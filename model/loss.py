@@ -1,4 +1,4 @@
-"""Heat-map loss: focal + dice, as `Loss_HM` of the original (= IAGNet/LASO `HM_Loss`, spec §3.3)."""
+"""Heat-map loss: focal + dice, as `Loss_HM` of the original (= IAGNet/LASO `HM_Loss`, docs/original.md §3.3)."""
 
 from __future__ import annotations
 

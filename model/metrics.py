@@ -1,4 +1,4 @@
-"""AUC, aIOU, SIM, MAE exactly as the original's evaluation (spec §4), vectorised over samples.
+"""AUC, aIOU, SIM, MAE exactly as the original's evaluation (docs/original.md §4), vectorised over samples.
 
 Per sample: GT binarised at 0.5 for AUC and aIOU (NaN when it has no positive point, excluded by nanmean);
 SIM and MAE on the continuous GT. Overall numbers are per-sample means (micro), as the original.

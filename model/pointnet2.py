@@ -1,6 +1,6 @@
 """PointNet++ MSG point encoder (three set-abstraction levels) and the feature-propagation layer.
 
-Channels follow the original (spec §1.2 b): SA1 reuses xyz as its input features (3 + 3 relative xyz),
+Channels follow the original (docs/original.md §1.2 b): SA1 reuses xyz as its input features (3 + 3 relative xyz),
 each branch is Conv2d 1x1 + BN2d + ReLU layers then a max over the neighbourhood.
 """
 

@@ -1,4 +1,4 @@
-"""Object and affordance vocabularies of AGPIL/PIAD, in the original's order (spec §2.2).
+"""Object and affordance vocabularies of AGPIL/PIAD, in the original's order (docs/original.md §2.2).
 
 Order matters: label column i of a point file is AFFORDANCES[i], and the original's
 train pairing assumes Point_Train.txt grouped by object in OBJECTS order.
@@ -77,7 +77,7 @@ UNSEEN_TRAIN_OBJECTS: tuple[str, ...] = (
 )
 UNSEEN_TEST_OBJECTS: tuple[str, ...] = ("Bed", "Dishwasher", "Microwave", "Scissors", "Vase", "Laptop")
 
-# LASO spells one affordance differently and adds `pull` (spec §2.6).
+# LASO spells one affordance differently and adds `pull` (docs/original.md §2.6).
 LASO_AFFORDANCES: tuple[str, ...] = AFFORDANCES + ("pull",)
 LASO_ALIASES: dict[str, str] = {"wrap_grasp": "wrapgrasp"}
 

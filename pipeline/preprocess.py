@@ -1,5 +1,5 @@
 """What a model input is made of, independent of where it comes from (shards, `lma3d predict`, the served
-model, the registered pyfunc): the original's image and point-cloud normalisation (spec §1.2). PIL resize to a
+model, the registered pyfunc): the original's image and point-cloud normalisation (original.md §1.2). PIL resize to a
 square (bicubic, no crop, no augmentation), ImageNet normalisation; point clouds centred and scaled into the unit
 sphere. Imports nothing but numpy and PIL, so a served or registered model does not need the shard readers."""
 

@@ -18,7 +18,7 @@ from pipeline.names import AFFORDANCES
 from pipeline.progress import progress
 from pipeline.record import Record, Rejection
 
-POSITIVE = 0.5  # the evaluation's binarisation threshold (spec §4)
+POSITIVE = 0.5  # the evaluation's binarisation threshold (docs/original.md §4)
 
 
 class _Accumulator:

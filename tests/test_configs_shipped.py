@@ -1,4 +1,4 @@
-"""The shipped experiment configs load, and the AGPIL ones carry the original recipe (spec §3.1)."""
+"""The shipped experiment configs load, and the AGPIL ones carry the original recipe (docs/original.md §3.1)."""
 
 from pathlib import Path
 

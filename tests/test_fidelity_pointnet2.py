@@ -1,5 +1,5 @@
 """Issue 16 §2: the project's PointNet++ layers in training mode (forward and gradients) against an independent
-transcription of the original's `PointNet2_utils` layers, written here from spec §1.2 (b), (h).
+transcription of the original's `PointNet2_utils` layers, written here from docs/original.md §1.2 (b), (h).
 
 The transcription keeps the original's way of computing: farthest-point sampling with a masked update, ball query
 by sorting a full index row, grouping by advanced indexing with a repeated batch index, the branch MLP on a

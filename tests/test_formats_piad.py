@@ -49,7 +49,7 @@ def test_real_sample_parses_to_its_known_values(tmp_path: Path, layout: bool) ->
     np.testing.assert_allclose(record.xyz[0], [-0.103517324, -0.31549773, -0.049982727], rtol=1e-6)
     np.testing.assert_allclose(record.labels[0, :4], [0.37299466, 0.58815277, 0.0, 0.029272454], rtol=1e-6)
     assert not record.labels[0, 4:].any()
-    # spec §2.2, counted from IAGNet's Demo file: lift has 128 non-zero points, 29 of them >= 0.5
+    # docs/original.md §2.2, counted from IAGNet's Demo file: lift has 128 non-zero points, 29 of them >= 0.5
     lift = record.label_column()
     assert (np.count_nonzero(lift), int((lift >= 0.5).sum())) == (128, 29)
     assert record.extra["image"] == {"width": 408, "height": 612, "mode": "RGB", "format": "JPEG"}

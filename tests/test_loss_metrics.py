@@ -1,4 +1,5 @@
-"""Loss golden values by hand (spec §3.3); metrics against per-sample scikit-learn and plain-numpy references."""
+"""Loss golden values by hand (docs/original.md §3.3); metrics against per-sample scikit-learn and plain-numpy
+references."""
 
 import json
 import math
@@ -30,7 +31,7 @@ def test_loss_sums_over_the_pairs():
 
 
 def _reference(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
-    """The original's per-sample loop (spec §4) with scikit-learn's AUC."""
+    """The original's per-sample loop (docs/original.md §4) with scikit-learn's AUC."""
     out = {k: [] for k in ("auc", "aiou", "sim", "mae")}
     for p, g in zip(pred, gt):
         b = g >= 0.5

@@ -1,4 +1,5 @@
-"""The model: paper parameter counts (spec §1.4), the released quirks (spec §1.5), shapes, gradients, overfit."""
+"""The model: paper parameter counts (docs/original.md §1.4), the released quirks (§1.5), shapes, gradients,
+overfit."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""benchmarks/reference_original.py (the original's point code) against a transcription of spec §1.2 written here
+"""benchmarks/reference_original.py (the original's point code) against a transcription of original.md §1.2 written here
 (numpy / per-sample loops, float64), and the project's point encoder against the reference in eval mode."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _starts(seed: int, b: int, n: int) -> list[int]:
     return torch.randint(0, n, (b,)).tolist()
 
 
-# ---- transcription of spec §1.2 (b) and (h) -------------------------------------------------------------------
+# ---- transcription of docs/original.md §1.2 (b) and (h) ---------------------------------------------------
 
 
 def spec_fps(points: np.ndarray, npoint: int, start: int) -> list[int]:

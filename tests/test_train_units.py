@@ -1,5 +1,5 @@
 """Fast tests of the training glue that needs neither Ray nor a model: LR schedule, DeepSpeed JSON, run decisions,
-MLflow reachability and retries. Expected LRs are computed by hand from the formulas in spec §3.1."""
+MLflow reachability and retries. Expected LRs are computed by hand from the formulas in docs/original.md §3.1."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
 The weights travel once through the object store (safetensors bytes, no pickled tensors); every actor
 rebuilds the model from its config. Order is preserved (`preserve_order`), so batches hold the same samples
 on every run whatever the number of actors: with fidelity `released` a sample's prediction depends on the
-text padding of its batch (spec §1.5), and this keeps re-runs identical.
+text padding of its batch (docs/original.md §1.5), and this keeps re-runs identical.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TrainConfig and TrackingConfig: the recipe (spec §3.1), DeepSpeed, Ray Train and MLflow knobs."""
+"""TrainConfig and TrackingConfig: the recipe (docs/original.md §3.1), DeepSpeed, Ray Train and MLflow knobs."""
 
 from __future__ import annotations
 

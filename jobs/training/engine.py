@@ -1,7 +1,8 @@
 """Inside a Ray Train worker: device, threads and seeds, then `deepspeed.initialize` with our optimizer and schedule.
 
 Ray owns the process group (gloo on CPU, NCCL on GPU) and the device placement; DeepSpeed wraps the
-already-initialised torch.distributed group instead of launching its own (conventions §4 items 4–5).
+already-initialised torch.distributed group instead of launching its own (a second launcher under Ray
+Train would start a second process group).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def is_partitioned(model: torch.nn.Module) -> bool:
 
 
 def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters (weight decay on ndim > 1 only, spec §3.1)."""
+    """AdamW over the trainable parameters (weight decay on ndim > 1 only, docs/original.md §3.1)."""
     from model.lmaffordance3d import param_groups
 
     groups = param_groups(model, train.weight_decay)

@@ -1,4 +1,4 @@
-"""The original's `linear_warmup_cosine_lr` (spec §3.1) as a resumable torch LR scheduler.
+"""The original's `linear_warmup_cosine_lr` (docs/original.md §3.1) as a resumable torch LR scheduler.
 
 LAVIS steps its scheduler with (epoch, iteration) before every iteration; here the state is the global
 optimizer step only, and epoch / iteration come from `steps_per_epoch`, so a resumed run that restores

@@ -1,4 +1,4 @@
-"""AGPIL (LMAffordance3D): list files of images, point files and description JSONs (spec §2.3-2.5).
+"""AGPIL (LMAffordance3D): list files of images, point files and description JSONs (docs/original.md §2.3-2.5).
 
 Train: line i of Img_Train.txt and Description_Train.txt -> one image Record; each Point_Train.txt
 line -> one point Record (labels [N,17]). Test: line i of Img_Test, Point_Test and Description_Test
@@ -139,7 +139,7 @@ def _load_cloud(path: Path, name: PointName, num_points: int, origin: str) -> tu
 
 
 def read_description(path: Path, origin: str, image: ImageName) -> tuple[str, dict[str, Any]]:
-    """`{"Description": "..."}`: the instruction. The listed path is trusted as is (DESIGN.md "Names")."""
+    """`{"Description": "..."}`: the instruction. The listed path is trusted as is (docs/data-formats.md)."""
     content = read_json(path, origin)
     if not isinstance(content, dict):
         raise BadRecord("bad_json", f"{path} holds a JSON {type(content).__name__}, expected an object {origin}")

@@ -111,7 +111,7 @@ def resolve(root: Path, listed: str, origin: str) -> Path:
 
     If a relative path does not exist but contains a layout folder (Img/, Point/, Description/,
     Box/), the part from that folder on is tried under root: released lists may carry an unknown
-    prefix (spec §8 q4). A path under the root must also stay under it once symlinks are resolved
+    prefix (docs/original.md §8 q4). A path under the root must also stay under it once symlinks are resolved
     (check_inside_root): a link planted in the tree cannot point a reader at files elsewhere.
     """
     path = Path(listed)

@@ -1,4 +1,4 @@
-"""LASO (PointRefer): annotation pickles, object point pickles and a question table (spec §2.6).
+"""LASO (PointRefer): annotation pickles, object point pickles and a question table (docs/original.md §2.6).
 
 anno_{train,val,test}.pkl: list of {'shape_id', 'class', 'affordance', 'mask' (N,) float32};
 objects_{split}.pkl: {shape_id: (N, 3) xyz}; Affordance-Question.csv: Object, Affordance,

@@ -1,4 +1,4 @@
-"""PIAD (IAGNet): AGPIL's layout with LabelMe box JSONs in place of descriptions (spec §2.6).
+"""PIAD (IAGNet): AGPIL's layout with LabelMe box JSONs in place of descriptions (docs/original.md §2.6).
 
 Lists Img/Point/Box_{Train,Test}.txt. Boxes go to Record.extra["boxes"] as
 {"subject": [x0, y0, x1, y1], "object": [x0, y0, x1, y1]} in image pixels (corners sorted). As in

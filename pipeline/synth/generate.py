@@ -1,4 +1,4 @@
-"""Write a complete AGPIL-format tree (spec §2.3-2.4) for one view x setting, sample by sample.
+"""Write a complete AGPIL-format tree (docs/original.md §2.3-2.4) for one view x setting, sample by sample.
 
 Each file is a pure function of (seed, kind, index): the output is byte-identical for any number of worker
 processes, and nothing but the (tiny) sample plan is held in memory, so 30k images stream like 300.
