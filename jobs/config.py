@@ -7,10 +7,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from jobs.evaluation.config import EvalConfig
 from jobs.serving.config import ServeConfig
 from jobs.training.config import TrackingConfig, TrainConfig
-from jobs.typed_yaml import ConfigError, dump, load
+from jobs.typed_yaml import ConfigError, dump, load, to_dict
 from model.config import ModelConfig
 from pipeline.loaders.config import DataConfig
 
@@ -64,14 +66,22 @@ def add_config_args(parser: argparse.ArgumentParser, default: str | None = None)
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
-def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
-    """Build the config from parsed args; prints it and exits on --print-config."""
+def resolve_config(args: argparse.Namespace, model_from_source: bool = False) -> ExperimentConfig:
+    """Build the config from parsed args; prints it and exits on --print-config. With `model_from_source` (eval,
+    export, predict, serve: the model config comes from the model they load) the printed config leaves out the
+    model section, which the verb does not use, and names the `model.*` overrides it applies instead."""
     for item in args.override_args:
         if "=" not in item:
             raise ConfigError(f"unexpected argument {item!r}: overrides are key.sub=value")
     cfg = load(ExperimentConfig, args.config, [*args.overrides, *args.override_args])
     if args.print_config:
-        print(dump(cfg), end="")
+        if model_from_source:
+            used = {k: v for k, v in to_dict(cfg).items() if k != "model"}
+            overrides = ", ".join(model_overrides(args)) or "none"
+            print(f"# model: the config stored with the loaded model; model.* overrides applied: {overrides}")
+            print(yaml.safe_dump(used, sort_keys=False), end="")
+        else:
+            print(dump(cfg), end="")
         raise SystemExit(0)
     return cfg
 

@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
         args.overrides.append("eval.shuffle_instructions=true")
     if args.votes is not None:
         args.overrides.append(f"eval.votes={args.votes}")
-    cfg = resolve_config(args)
+    cfg = resolve_config(args, model_from_source=True)
 
     from jobs.evaluation.job import evaluate
     from model.metrics import format_table

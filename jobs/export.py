@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.alias and not args.register:
         raise UserError("--alias needs --register NAME")
-    cfg = resolve_config(args)
+    cfg = resolve_config(args, model_from_source=True)
 
     from jobs.evaluation.export import export
 

@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
         raise UserError("give either --image, --points and --instruction, or --batch LIST|FOLDER")
     if not args.batch and not (args.image and args.points and args.instruction):
         raise UserError("--image, --points and --instruction are all needed (or --batch)")
-    cfg = resolve_config(args)
+    cfg = resolve_config(args, model_from_source=True)
 
     from jobs.evaluation.predicting import BadInput, Item, items_from, predict_item, write_heatmap
 

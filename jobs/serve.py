@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
     for name in FLAGS:
         if getattr(args, name) is not None:
             args.overrides.append(f"serve.{name}={getattr(args, name)}")
-    cfg = resolve_config(args)
+    cfg = resolve_config(args, model_from_source=True)
     _check_spec(args.model)
     return serve_until_stopped(args.model, cfg, model_overrides(args), args.address)
 

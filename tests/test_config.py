@@ -77,3 +77,14 @@ def test_a_missing_base_names_the_file(tmp_path):
     (tmp_path / "exp.yaml").write_text("base: nowhere.yaml\n")
     with pytest.raises(ConfigError, match="nowhere.yaml: cannot read config file"):
         load(ExperimentConfig, tmp_path / "exp.yaml")
+
+
+def test_print_config_of_a_verb_that_loads_its_model_leaves_the_unused_model_section_out(capsys):
+    from jobs.eval import main as eval_main
+
+    with pytest.raises(SystemExit) as done:
+        eval_main(["--checkpoint", "ckpt", "--print-config", "model.backbone_path=/m", "eval.batch_size=3"])
+    assert done.value.code == 0
+    printed = capsys.readouterr().out
+    assert "\nmodel:" not in printed and "model.backbone_path=/m" in printed.splitlines()[0]
+    assert "batch_size: 3" in printed
