@@ -235,3 +235,13 @@ def test_retry_returns_the_value_once_a_retry_succeeds() -> None:
         return outcome
 
     assert retry("set_tags", once_flaky, backoff_s=0.0) == "ok"
+
+
+def test_eta_extrapolates_the_pace_since_the_start_of_this_fit(monkeypatch):
+    import jobs.training.loop as loop
+
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: 130.0)
+    # resumed at step 10, at step 20 after 30 s: 3 s a step, 80 steps left -> 240 s
+    assert loop.eta((100.0, 10), 20, 100) == "eta 4:00"
+    assert loop.eta((100.0, 10), 20, 1300) == "eta 1:04:00"
+    assert loop.eta((100.0, 20), 20, 100) == "eta -"  # nothing done yet in this fit

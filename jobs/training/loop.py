@@ -68,6 +68,9 @@ class TrainJob:
         seed_everything(train.seed + rank)  # the original seeds 42 + rank
         from pipeline.loaders import train_loader
 
+        if rank == 0:  # the first minutes would be silent otherwise: say what the start-up is doing
+            log.info("building the model (backbone %s, %s)", self.cfg.model.backbone_path or self.cfg.model.backbone,
+                     self.cfg.model.backbone_mode)  # fmt: skip
         self.model = build_training_model(self.cfg, self.device, world)
         self.backbone_id = str(self.model.backbone_id)
         batches = len(train_loader(self.cfg.data, self.cfg.model.image_size, rank, world, 0))
@@ -81,6 +84,9 @@ class TrainJob:
         self.corrupt_sets: list[set[str]] = []
         if train.max_steps:
             self.total_steps = min(self.total_steps, train.max_steps)
+        if rank == 0:
+            log.info("starting DeepSpeed ZeRO-%d on %d worker(s) (on CPU its first use on a machine builds a comm op "
+                     "with gcc, about 2 min)", train.zero_stage, world)  # fmt: skip
         self.engine = build_engine(self.model, self.cfg, world, self.steps_per_epoch)
         self.dtype = compute_dtype(self.engine)
         self.step = 0
@@ -117,6 +123,7 @@ class TrainJob:
         if self.step >= self.total_steps:
             log.info("run already complete at step %d", self.step)
         bar = _progress_bar(self.rank, self.total_steps, self.step)
+        self.timer = (time.perf_counter(), self.step)  # for the ETA of the progress lines
         start_epoch, done_in_epoch = divmod(self.step, self.steps_per_epoch)
         for epoch in range(start_epoch, self.cfg.train.epochs):
             if self.step >= self.total_steps:
@@ -185,8 +192,8 @@ class TrainJob:
         if torch.cuda.is_available():
             memory += f", gpu {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
         log.info(
-            "step %d/%d epoch %d | loss %.4f | lr %.3e | grad_norm %s | %.1f samples/s | data-wait %.0f%% | %s",
-            self.step, self.total_steps, epoch, metrics["train/loss"], lr,
+            "step %d/%d (%s) epoch %d | loss %.4f | lr %.3e | grad_norm %s | %.1f samples/s | data-wait %.0f%% | %s",
+            self.step, self.total_steps, eta(self.timer, self.step, self.total_steps), epoch, metrics["train/loss"], lr,
             f"{grad_norm:.3f}" if grad_norm is not None else "-", metrics["perf/samples_per_s"],
             100 * metrics["perf/data_wait_frac"], memory,
         )  # fmt: skip
@@ -324,6 +331,17 @@ def _json(tables: dict) -> str:
     import json
 
     return json.dumps(tables, indent=1, default=float)
+
+
+def eta(timer: tuple[float, int], step: int, total: int) -> str:
+    """`eta M:SS` (or H:MM:SS) for the steps left, at the pace since `timer` = (start time, step at start)."""
+    started, first = timer
+    done = step - first
+    if done <= 0:
+        return "eta -"
+    left = round((total - step) * (time.perf_counter() - started) / done)
+    hours, rest = divmod(left, 3600)
+    return f"eta {hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"eta {rest // 60}:{rest % 60:02d}"
 
 
 def _progress_bar(rank: int, total: int, initial: int) -> Any:
