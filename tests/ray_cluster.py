@@ -131,11 +131,7 @@ class LocalRayCluster:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        for pid in _pids_of_session(sid) | _pids_mentioning(str(self.root)) | _pids_mentioning(str(self.temp_dir)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill_all(sid, self.root, self.temp_dir)
         self.proc.wait(timeout=10)
         self.proc = None
         shutil.rmtree(self.temp_dir, ignore_errors=True)
@@ -178,14 +174,22 @@ class LocalRayNode:
         if self.proc is None:
             return
         sid = os.getsid(self.proc.pid)
-        for pid in _pids_of_session(sid) | _pids_mentioning(str(self.root)) | _pids_mentioning(str(self.temp_dir)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill_all(sid, self.root, self.temp_dir)
         self.proc.wait(timeout=10)
         self.proc = None
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _kill_all(session: int, *folders: Path) -> None:
+    """SIGKILL every process of `session` and every process whose command line names one of `folders`."""
+    pids = _pids_of_session(session)
+    for folder in folders:
+        pids |= _pids_mentioning(str(folder))
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _short_temp_dir() -> Path:
