@@ -67,17 +67,18 @@ def test_three_trials_interrupted_then_resumed_give_one_parent_three_children_an
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen([sys.executable, "-m", "jobs.sweep", *args], cwd=tmp_path, env=env, stdout=log,
                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 600
-    finished: list = []
-    while not finished and time.monotonic() < deadline and first.poll() is None:
-        time.sleep(2)
-        if (workdir / "sweeps" / "s3" / "sweep.json").exists():  # the sweep has created (migrated) mlflow.db
-            _, parents, children = _runs(workdir)
-            finished = [c for p in parents for c in children[p.info.run_id] if c.info.status == "FINISHED"]
-    assert finished, (tmp_path / "first.log").read_text()[-3000:]
+    # Trials run one at a time: a second trial's run folder means the first has finished training. Ctrl-C then.
+    runs, deadline = workdir / "sweeps" / "s3" / "runs", time.monotonic() + 600
+    while first.poll() is None and time.monotonic() < deadline:
+        if runs.is_dir() and len(list(runs.iterdir())) >= 2:
+            break
+        time.sleep(0.2)
+    assert first.poll() is None, "ended before the interrupt:\n" + (tmp_path / "first.log").read_text()[-3000:]
     os.kill(first.pid, signal.SIGINT)  # Ctrl-C
     assert first.wait(timeout=180) != 0  # interrupted, not finished
-    client, _, _ = _runs(workdir)
+    client, parents, children = _runs(workdir)
+    finished = [c for p in parents for c in children[p.info.run_id] if c.info.status == "FINISHED"]
+    assert finished, (tmp_path / "first.log").read_text()[-3000:]
     done_before = {c.info.run_id: _trace(client, c.info.run_id, workdir) for c in finished}
 
     assert main([*args]) == 0  # the same command resumes

@@ -71,8 +71,9 @@ def summarise(grid: Any, spec: Any, setup: dict[str, Any], folder: Path) -> Swee
     summary = SweepSummary(folder, setup["parent_run_id"])
     # Ctrl-C leaves trials neither terminated (finished or stopped by the scheduler) nor errored.
     summary.interrupted = grid.num_terminated + grid.num_errors < spec.trials
+    states = _trial_states(grid)
     for result in grid:
-        summary.trials.append(_trial_row(result, spec, setup, children, client, summary.interrupted))
+        summary.trials.append(_trial_row(result, spec, setup, children, client, summary.interrupted, states))
     summary.trials.sort(key=lambda t: t["trial"])
     ranked = [t for t in summary.trials if not math.isnan(t["best"])]
     if ranked:
@@ -91,7 +92,16 @@ def _children(client: Any, setup: dict[str, Any]) -> dict[str, Any]:
     return {r.data.tags.get(tracking.RUN_KEY_TAG): r for r in runs}
 
 
-def _trial_row(result: Any, spec: Any, setup: dict, children: dict, client: Any, interrupted: bool) -> dict[str, Any]:
+def _trial_states(grid: Any) -> dict[str, str]:
+    """Tune's status of each trial (TERMINATED: finished or stopped by the scheduler; ERROR; PENDING; RUNNING).
+    ResultGrid keeps them on its analysis object only (num_terminated / num_errors read the same list)."""
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    return {t.trial_id: t.status for t in trials}
+
+
+def _trial_row(
+    result: Any, spec: Any, setup: dict, children: dict, client: Any, interrupted: bool, states: dict[str, str]
+) -> dict[str, Any]:
     """One trial from its MLflow child run (the record that survives a restore: Tune's own result frame of a
     trial finished before a Ctrl-C is not reloaded) and Tune's view of its status and values."""
     trial_id = (result.metrics or {}).get("trial_id") or _trial_id(result.path)
@@ -102,7 +112,7 @@ def _trial_row(result: Any, spec: Any, setup: dict, children: dict, client: Any,
     best_step, best_value = pick(history, key=lambda sv: sv[1]) if history else (None, float("nan"))
     return {
         "trial": trial_id,
-        "status": _close_child(client, child, result, interrupted),
+        "status": _close_child(client, child, states.get(trial_id, "ERROR" if result.error else None), interrupted),
         "reports": len(history),
         "best": best_value,
         "best_step": best_step,
@@ -153,15 +163,16 @@ def _metrics_at(client: Any, child: Any, step: int | None) -> dict[str, float]:
     return values
 
 
-def _close_child(client: Any, child: Any, result: Any, interrupted: bool) -> str:
-    """A trial stopped by the scheduler never returns from fit(): its run is closed here as KILLED. After a
-    Ctrl-C a running trial is left RUNNING: the resumed sweep continues it in the same run."""
+def _close_child(client: Any, child: Any, tune_status: str | None, interrupted: bool) -> str:
+    """The trial's status, its child run closed to match. A trial the scheduler stopped is TERMINATED for Tune
+    but its fit() was cut off (the run is left RUNNING, or FAILED by the launcher): closed here as KILLED and
+    tagged. After a Ctrl-C a running trial is left RUNNING: the resumed sweep continues it in the same run."""
     if child is None:
-        return "ERROR" if result.error else "PENDING"
+        return "ERROR" if tune_status == "ERROR" else "PENDING"
     status = child.info.status
     if status == "RUNNING" and interrupted:
         return "RUNNING"
-    if status == "RUNNING" and result.error is None and result.metrics:
+    if tune_status == "TERMINATED" and status != "FINISHED":
         client.set_tag(child.info.run_id, "lma3d.sweep.stopped", "early (scheduler)")
         client.set_terminated(child.info.run_id, "KILLED")
         return "STOPPED"
