@@ -21,6 +21,25 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _placement_groups_given_back():
+    """After each test, the placement groups still held in its Ray are removed. Ray Train V2 keeps a failed run's
+    controller, and with it the workers' placement group, alive until the driver exits (a CLI run exits; this test
+    session does not): a test that makes training fail on purpose would otherwise starve every later run of
+    the session's 2 CPUs."""
+    yield
+    import ray
+
+    if not ray.is_initialized():
+        return
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, placement_group_table
+
+    for pg_id, info in placement_group_table().items():
+        if info["state"] == "CREATED":
+            ray.util.remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """The 2 cores are shared with Ray workers and servers: OpenMP threads spinning against other processes make
