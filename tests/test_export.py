@@ -168,3 +168,15 @@ def test_a_run_id_resolves_to_its_best_checkpoint_then_to_its_logged_weights(che
     reference = load_file(str(checkpoints / "zero1" / "reference.safetensors"))
     assert source.provenance["kind"] == "run" and source.config.backbone == "tiny" and source.config.num_points == 256
     assert all(torch.equal(source.weights[k], reference[k]) for k in reference)
+
+
+def test_registering_leaves_the_processes_tracking_uri_as_it_was(tmp_path, monkeypatch):
+    import mlflow
+
+    from jobs.evaluation.registry import tracking_uri_for_now
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = mlflow.get_tracking_uri()
+    with tracking_uri_for_now(f"sqlite:///{tmp_path / 'registry.db'}"):
+        assert os.environ["MLFLOW_TRACKING_URI"].endswith("registry.db")
+    assert "MLFLOW_TRACKING_URI" not in os.environ and mlflow.get_tracking_uri() == before

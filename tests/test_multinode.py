@@ -99,7 +99,7 @@ def test_two_nodes_train_survive_a_lost_node_and_evaluate_across_both(shards, tm
         final = shared / "runs" / "two-nodes" / "checkpoint_step000000006"
         shards_written = sorted(p.name for p in final.glob("global_step6/zero_pp_rank_*_optim_states.pt"))
         assert shards_written == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
-        assert sorted(p.name for p in final.glob("rng_rank*.pt")) == ["rng_rank0.pt", "rng_rank1.pt"]
+        assert sorted(p.name for p in final.glob("rng_rank*.json")) == ["rng_rank0.json", "rng_rank1.json"]
 
         evaluated = subprocess.run(
             [sys.executable, "-m", "jobs.eval", "--checkpoint", str(final), "--shards", str(shards),

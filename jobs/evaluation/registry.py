@@ -8,7 +8,10 @@ it; `lma3d predict --model models:/name@alias` reads the same artifact without g
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,25 @@ def _requirements() -> list[str]:
     return pins
 
 
+@contextlib.contextmanager
+def tracking_uri_for_now(uri: str) -> Iterator[None]:
+    """mlflow's fluent API (log_model) at `uri`, then the process as it was: mlflow.set_tracking_uri also sets
+    $MLFLOW_TRACKING_URI, which would send every later run of this process (and its children) to `uri`."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    saved_env, saved_uri = os.environ.get("MLFLOW_TRACKING_URI"), utils._tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        utils._tracking_uri = saved_uri
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
 def register(export_dir: str | Path, name: str, alias: str | None, tracking_uri: str, run_id: str) -> dict[str, Any]:
     """Log the exported folder as a pyfunc model in run `run_id`, register a version of `name`, set `alias`."""
     import mlflow
@@ -63,10 +85,9 @@ def register(export_dir: str | Path, name: str, alias: str | None, tracking_uri:
     import model
     import pipeline
 
-    mlflow.set_tracking_uri(tracking_uri)
     code = [str(Path(package.__file__).parent) for package in (model, pipeline, jobs)]
     try:
-        with mlflow.start_run(run_id=run_id):
+        with tracking_uri_for_now(tracking_uri), mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=AffordanceModel(),
