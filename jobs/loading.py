@@ -312,9 +312,13 @@ def _download_model(spec: str, tracking_uri: str | None, into: Path) -> Path:
     its exported model folder."""
     import mlflow
 
+    from jobs.training.tracking import tracking_uri_for_now
+
     uri = _tracking(tracking_uri)
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(into), tracking_uri=uri)
+        # A logged model's `models:/m-<id>` is looked up through the process's tracking URI, whatever is passed.
+        with tracking_uri_for_now(uri):
+            local = mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(into), tracking_uri=uri)
     except Exception as e:  # noqa: BLE001 - MLflow raises MlflowException / RestException / OSError
         raise UserError(f"{spec}: cannot fetch the model from {uri} ({e})") from None
     folder = exported_folder(Path(local))

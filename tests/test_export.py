@@ -173,7 +173,7 @@ def test_a_run_id_resolves_to_its_best_checkpoint_then_to_its_logged_weights(che
 def test_registering_leaves_the_processes_tracking_uri_as_it_was(tmp_path, monkeypatch):
     import mlflow
 
-    from jobs.evaluation.registry import tracking_uri_for_now
+    from jobs.training.tracking import tracking_uri_for_now
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     before = mlflow.get_tracking_uri()

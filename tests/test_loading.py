@@ -54,11 +54,14 @@ def test_an_override_of_an_unknown_key_is_a_user_error(tmp_path: Path) -> None:
 def test_registered_logged_and_local_mlflow_models_load_the_exported_weights(tmp_path: Path) -> None:
     import mlflow
 
+    from jobs.training.tracking import tracking_uri_for_now
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exported = export_tiny(tmp_path / "model", seed=6)
     registered = register_tiny(exported, "lma3d-load", "champion", uri, tmp_path / "work")
     expected = _predict(load(str(exported))[0])
-    local = mlflow.artifacts.download_artifacts(registered["model_uri"], dst_path=str(tmp_path / "d"), tracking_uri=uri)
+    with tracking_uri_for_now(uri):  # MLflow finds a logged model id through the process's tracking URI
+        local = mlflow.artifacts.download_artifacts(registered["model_uri"], dst_path=str(tmp_path / "d"))
     for spec, kind in [(registered["uri"], "registry"), (registered["model_uri"], "registry"), (local, "exported")]:
         model, _, origin = load(spec, uri)
         assert origin["kind"] == kind and origin["spec"] == spec

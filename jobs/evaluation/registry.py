@@ -8,10 +8,7 @@ it; `lma3d predict --model models:/name@alias` reads the same artifact without g
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ import mlflow.pyfunc
 import numpy as np
 
 from jobs.entry import UserError
+from jobs.training.tracking import tracking_uri_for_now
 
 log = logging.getLogger("lma3d.export.registry")
 ARTIFACT = "lma3d_model"
@@ -55,25 +53,6 @@ def _requirements() -> list[str]:
         except PackageNotFoundError:
             pins.append(name)
     return pins
-
-
-@contextlib.contextmanager
-def tracking_uri_for_now(uri: str) -> Iterator[None]:
-    """mlflow's fluent API (log_model) at `uri`, then the process as it was: mlflow.set_tracking_uri also sets
-    $MLFLOW_TRACKING_URI, which would send every later run of this process (and its children) to `uri`."""
-    import mlflow
-    from mlflow.tracking._tracking_service import utils
-
-    saved_env, saved_uri = os.environ.get("MLFLOW_TRACKING_URI"), utils._tracking_uri
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        utils._tracking_uri = saved_uri
-        if saved_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 def register(export_dir: str | Path, name: str, alias: str | None, tracking_uri: str, run_id: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ is retried with backoff and only warned about, so a flaky server never kills tra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -216,3 +217,22 @@ def _active(run_id: str) -> bool:
 
     run = mlflow.active_run()
     return run is not None and run.info.run_id == run_id
+
+
+@contextlib.contextmanager
+def tracking_uri_for_now(uri: str) -> Iterator[None]:
+    """mlflow's fluent API (log_model) at `uri`, then the process as it was: mlflow.set_tracking_uri also sets
+    $MLFLOW_TRACKING_URI, which would send every later run of this process (and its children) to `uri`."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    saved_env, saved_uri = os.environ.get("MLFLOW_TRACKING_URI"), utils._tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        utils._tracking_uri = saved_uri
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
