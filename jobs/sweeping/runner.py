@@ -24,9 +24,10 @@ from jobs.typed_yaml import build
 
 log = logging.getLogger("lma3d.sweep")
 STATE_FILE = "sweep.json"
-TRIAL_DRIVER_CPUS = 0.01
-"""What a trial's own actor asks for: it only starts the TorchTrainer and waits (Tune refuses 0); the workers
-ask for their own resources."""
+TRIAL_DRIVER_RESOURCES = {"memory": 1}
+"""What a trial's own actor asks for: it only starts the TorchTrainer and waits, so no CPU (Tune refuses an empty
+request; one byte of memory is not one): a demo trial's 2 workers x 1 CPU then fit a 2-CPU machine. The workers
+ask for their own resources, outside the trial's placement group."""
 
 
 @dataclass
@@ -89,7 +90,7 @@ def _interrupted_before_checkpoint(cfg: ExperimentConfig, name: str) -> bool:
 def trials_at_once(cfg: ExperimentConfig, cluster: dict[str, float]) -> int:
     """Whole trials the cluster fits at once: each needs num_workers x (cpus_per_worker [+ 1 GPU])."""
     train = cfg.train
-    fits = cluster.get("CPU", 1.0) // (train.num_workers * train.cpus_per_worker + TRIAL_DRIVER_CPUS)
+    fits = cluster.get("CPU", 1.0) // (train.num_workers * train.cpus_per_worker)
     if train.use_gpu:
         fits = min(fits, cluster.get("GPU", 0.0) // train.num_workers)
     return max(1, int(fits))
@@ -102,7 +103,7 @@ def sweep(cfg: ExperimentConfig, spec: SweepSpec, space: dict[str, tuple[str, li
 
     folder = sweep_dir(cfg, spec.name)
     setup = _setup(cfg, spec, space, folder)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"CPU": TRIAL_DRIVER_CPUS})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), TRIAL_DRIVER_RESOURCES)
     if tune.Tuner.can_restore(str(folder)):
         log.info("resuming sweep %s from %s (finished trials are kept)", spec.name, folder)
         tuner = tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=True)
