@@ -1,1 +1,1 @@
-"""Entry points (`lma3d <verb>` / `python -m jobs.<verb>`) and the glue only they need."""
+"""Entry points (`lma3d <verb>` / `python -m jobs.verbs.<verb>`) and the glue only they need."""

@@ -1,4 +1,4 @@
-"""`lma3d <verb> [args]`: one CLI; each verb is also `python -m jobs.<verb>`."""
+"""`lma3d <verb> [args]`: one CLI; each verb is also `python -m jobs.verbs.<verb>`."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _main(argv: list[str]) -> int:
     if argv and argv[0] == "--version":
         print(f"lma3d {version()}")
         return 0
-    available = {v: h for v, h in VERBS.items() if importlib.util.find_spec(f"jobs.{v}") is not None}
+    available = {v: h for v, h in VERBS.items() if importlib.util.find_spec(f"jobs.verbs.{v}") is not None}
     if not argv or argv[0] in ("-h", "--help"):
         lines = ["usage: lma3d [--version] <verb> [options]   (lma3d <verb> --help for a verb's options)", "", "verbs:"]
         lines += [f"  {v:<9} {h}" for v, h in available.items()]
@@ -55,7 +55,7 @@ def _main(argv: list[str]) -> int:
     if verb not in available:
         print(f"lma3d: unknown verb {verb!r}; choose from: {', '.join(available)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"jobs.{verb}")
+    module = importlib.import_module(f"jobs.verbs.{verb}")
     return module.main(rest)
 
 

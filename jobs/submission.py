@@ -43,7 +43,7 @@ def split_argv(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
 
 def entrypoint(verb: str, verb_args: list[str]) -> str:
     """The command the job runs on the cluster: the verb's module, so it works with or without the console script."""
-    return " ".join(shlex.quote(part) for part in ["python", "-m", f"jobs.{verb}", *verb_args])
+    return " ".join(shlex.quote(part) for part in ["python", "-m", f"jobs.verbs.{verb}", *verb_args])
 
 
 def runtime_env(path: str | None = None, working_dir: str | None = None) -> dict[str, Any]:

@@ -45,13 +45,13 @@ def get_json(url: str, timeout: float = 30.0) -> tuple[int, dict]:
 
 
 def start_serving(args: list[str], tmp: Path, env: dict[str, str] | None = None, timeout: float = 180.0) -> Served:
-    """`python -m jobs.serve ARGS --port FREE` in `tmp`, once GET /healthz answers 200."""
+    """`python -m jobs.verbs.serve ARGS --port FREE` in `tmp`, once GET /healthz answers 200."""
     port = free_port()
     log = tmp / f"serve-{port}.log"
     environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     environment.pop("RAY_ADDRESS", None)
     with log.open("w") as out:
-        command = [sys.executable, "-m", "jobs.serve", *args, "--port", str(port)]
+        command = [sys.executable, "-m", "jobs.verbs.serve", *args, "--port", str(port)]
         proc = subprocess.Popen(
             command, cwd=tmp, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )

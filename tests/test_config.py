@@ -80,7 +80,7 @@ def test_a_missing_base_names_the_file(tmp_path):
 
 
 def test_print_config_of_a_verb_that_loads_its_model_leaves_the_unused_model_section_out(capsys):
-    from jobs.eval import main as eval_main
+    from jobs.verbs.eval import main as eval_main
 
     with pytest.raises(SystemExit) as done:
         eval_main(["--checkpoint", "ckpt", "--print-config", "model.backbone_path=/m", "eval.batch_size=3"])

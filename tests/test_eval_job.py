@@ -69,7 +69,7 @@ def test_auto_sizes_the_pool_from_the_local_rays_cpus(shards) -> None:
 
 
 def test_use_gpu_on_a_local_ray_without_gpus_is_refused(shards, tmp_path, monkeypatch, capsys) -> None:
-    from jobs.eval import main as eval_main
+    from jobs.verbs.eval import main as eval_main
     from model.lmaffordance3d import build_model
     from model.pretrained import save_pretrained
 
@@ -125,7 +125,7 @@ def test_eval_cli_writes_results_renders_and_a_child_run_of_the_training_run(
     from mlflow.tracking import MlflowClient
     from PIL import Image
 
-    from jobs.eval import main as eval_main
+    from jobs.verbs.eval import main as eval_main
     from model.lmaffordance3d import build_model
     from model.metrics import evaluate
     from model.pretrained import save_pretrained

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from jobs.evaluation.consolidate import UnsafeCheckpoint, consolidate
-from jobs.export import main as export_main
+from jobs.verbs.export import main as export_main
 
 HERE = Path(__file__).parent
 STEP_DIR = "checkpoint_step000000002"

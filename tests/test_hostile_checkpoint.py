@@ -18,7 +18,7 @@ import torch
 from tiny import synth_shards, tiny_overrides
 
 from jobs.evaluation.consolidate import UnsafeCheckpoint, safe_load
-from jobs.train import main as train_main
+from jobs.verbs.train import main as train_main
 from jobs.training import checkpoint as ckpt
 from jobs.training import rng_state
 

@@ -13,7 +13,7 @@ import pytest
 from tiny import synth_shards, tiny_overrides
 
 from jobs.entry import entry, stage
-from jobs.train import main as train_main
+from jobs.verbs.train import main as train_main
 
 
 def _refused(capsys, argv: list[str], *needles: str) -> str:

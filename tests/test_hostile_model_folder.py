@@ -14,7 +14,7 @@ from tiny import tiny_model_config
 
 from jobs.entry import UserError
 from jobs.loading import resolve
-from jobs.predict import main as predict_main
+from jobs.verbs.predict import main as predict_main
 from model.lmaffordance3d import build_model
 from model.pretrained import save_pretrained
 

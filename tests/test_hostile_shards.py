@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from rawtree import write_agpil
 
-from jobs.inspect import main as inspect_main
+from jobs.verbs.inspect import main as inspect_main
 from pipeline.loaders import eval_loader, train_loader
 from pipeline.loaders.config import DataConfig
 from pipeline.loaders.reading import CorruptShard, corrupt_shard_line
@@ -338,7 +338,7 @@ def test_training_with_skip_logs_the_corrupt_shard_count_to_mlflow(train_shards,
 
 @pytest.mark.slow
 def test_training_on_a_corrupt_shard_exits_2_with_one_line_naming_it(train_shards, tmp_path, capsys):
-    from jobs.train import main as train_main
+    from jobs.verbs.train import main as train_main
 
     shards = tmp_path / "shards"
     shutil.copytree(train_shards, shards)
@@ -356,7 +356,7 @@ def test_eval_on_flipped_test_arrays_exits_2_with_one_line_naming_the_shard(trai
     import torch
     from tiny import tiny_model_config
 
-    from jobs.eval import main as eval_main
+    from jobs.verbs.eval import main as eval_main
     from model.lmaffordance3d import build_model
     from model.pretrained import save_pretrained
 

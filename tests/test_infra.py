@@ -99,22 +99,22 @@ def verb_namespace(verb: str, args: list[str], monkeypatch) -> argparse.Namespac
     monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", parse_and_stop)
     monkeypatch.setattr(jobs.entry, "setup_logging", lambda *a, **k: None)
     try:
-        importlib.import_module(f"jobs.{verb}").main(list(args))
+        importlib.import_module(f"jobs.verbs.{verb}").main(list(args))
     except _Parsed:
         pass
     except SystemExit as e:
         pytest.fail(f"`lma3d {verb}` rejects {args} (exit {e.code}); see the usage message above")
-    assert "ns" in seen, f"jobs.{verb}.main() returned without parsing its arguments"
+    assert "ns" in seen, f"jobs.verbs.{verb}.main() returned without parsing its arguments"
     assert not seen["extra"], f"`lma3d {verb}` does not know {seen['extra']}"
     return seen["ns"]
 
 
 def check_cli_call(command: str, monkeypatch) -> None:
-    """`python -m jobs.<verb> ...` or `lma3d [submit] <verb> ...` names a real verb, flags, configs and keys."""
+    """`python -m jobs.verbs.<verb> ...` or `lma3d [submit] <verb> ...` names a real verb, flags, configs and keys."""
     argv = shlex.split(command, comments=True)
     if argv[:2] == ["python", "-m"]:
-        assert argv[2].startswith("jobs."), command
-        verb, args = argv[2].removeprefix("jobs."), argv[3:]
+        assert argv[2].startswith("jobs.verbs."), command
+        verb, args = argv[2].removeprefix("jobs.verbs."), argv[3:]
     else:
         assert argv[0] == "lma3d", command
         verb, args = argv[1], argv[2:]
@@ -133,8 +133,8 @@ def check_cli_call(command: str, monkeypatch) -> None:
         pytest.skip("configs/agpil/*.yaml are not written yet: cannot check config paths")
     for config in concrete:
         assert (ROOT / config).is_file(), f"{command}: {config} does not exist"
-    if importlib.util.find_spec(f"jobs.{verb}") is None:
-        pytest.skip(f"jobs/{verb}.py does not exist yet: its flags cannot be checked")
+    if importlib.util.find_spec(f"jobs.verbs.{verb}") is None:
+        pytest.skip(f"jobs/verbs/{verb}.py does not exist yet: its flags cannot be checked")
     ns = verb_namespace(verb, args, monkeypatch)
     if hasattr(ns, "override_args") and configs == concrete and not any("$" in a or "<" in a for a in args):
         from jobs.config import resolve_config
@@ -241,12 +241,12 @@ def test_rayjob_runtime_env_is_valid_and_ships_the_images_repo_copy(name):
 def test_rayjob_entrypoint_is_a_real_cli_call_on_shared_storage(name, monkeypatch):
     entrypoint = docs(K8S / name)[0]["spec"]["entrypoint"]
     argv = shlex.split(entrypoint)
-    assert argv[:2] == ["python", "-m"] and argv[2] in {f"jobs.{v}" for v in ("shard", "train", "eval", "export")}
+    assert argv[:2] == ["python", "-m"] and argv[2] in {f"jobs.verbs.{v}" for v in ("shard", "train", "eval", "export")}
     paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--source", "--out", "--shards")]
     paths += [a.split("=", 1)[1] for a in argv if a.split("=")[0] in ("train.storage_path", "data.shards", "workdir")]
     assert paths and all(p.startswith(STORAGE + "/") for p in paths), f"node-local paths break multi-node: {paths}"
     writes = {"shard": ["--out"], "train": ["train.storage_path", "workdir"], "eval": ["--out", "workdir"]}
-    for key in writes.get(argv[2].removeprefix("jobs."), []):
+    for key in writes.get(argv[2].removeprefix("jobs.verbs."), []):
         assert any(a == key or a.startswith(key + "=") for a in argv), f"{name}: set {key} (on {STORAGE})"
     check_cli_call(entrypoint, monkeypatch)
 

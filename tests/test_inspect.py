@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from rawtree import RawTree, corrupt, write_agpil, write_laso
 
-from jobs.inspect import main
+from jobs.verbs.inspect import main
 from pipeline.names import AFFORDANCE_INDEX
 from pipeline.stats import dataset_stats
 

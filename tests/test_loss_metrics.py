@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from jobs.metrics import main as metrics_main
+from jobs.verbs.metrics import main as metrics_main
 from model.loss import heatmap_loss
 from model.metrics import evaluate, format_table, per_sample
 

@@ -102,7 +102,7 @@ def test_two_nodes_train_survive_a_lost_node_and_evaluate_across_both(shards, tm
         assert sorted(p.name for p in final.glob("rng_rank*.json")) == ["rng_rank0.json", "rng_rank1.json"]
 
         evaluated = subprocess.run(
-            [sys.executable, "-m", "jobs.eval", "--checkpoint", str(final), "--shards", str(shards),
+            [sys.executable, "-m", "jobs.verbs.eval", "--checkpoint", str(final), "--shards", str(shards),
              "--out", str(shared / "eval"), "--address", cluster.gcs_address, "--no-mlflow", "eval.num_actors=2",
              "eval.cpus_per_actor=0.5", "eval.batch_size=2", "eval.viz_samples=0", "workdir=work"],
             env=_env(cluster), cwd=REPO, capture_output=True, text=True, timeout=150,

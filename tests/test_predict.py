@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from tiny import tiny_model_config
 
-from jobs.predict import main as predict_main
+from jobs.verbs.predict import main as predict_main
 
 PIAD = Path(__file__).parent / "fixtures" / "piad"
 IMAGE, POINTS = PIAD / "Img_Test_Bag_lift_1.jpg", PIAD / "Point_Test_Bag_1.txt"

@@ -149,7 +149,7 @@ def test_the_preflight_check_accepts_a_good_file_and_none(tmp_path: Path) -> Non
 def test_training_a_paper_config_without_the_weights_file_is_refused_early(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    from jobs.train import main
+    from jobs.verbs.train import main
 
     monkeypatch.chdir(tmp_path)  # no ckpt/resnet18.pth here
     code = main(["--config", str(REPO / "configs/agpil/full_seen.yaml"), f"workdir={tmp_path / 'work'}"])

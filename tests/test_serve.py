@@ -21,7 +21,7 @@ import pytest
 from registered import IMAGE, INSTRUCTION, POINTS, export_tiny, register_tiny
 from serve_process import Served, get_json, start_serving
 
-from jobs.predict import main as predict_main
+from jobs.verbs.predict import main as predict_main
 
 pytestmark = pytest.mark.slow
 NAME = "lma3d-serve-test"

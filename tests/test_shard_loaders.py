@@ -9,7 +9,7 @@ import pytest
 import torch
 from rawtree import CORRUPTIONS, corrupt, write_agpil, write_laso, write_piad
 
-from jobs.shard import main as shard_main
+from jobs.verbs.shard import main as shard_main
 from pipeline.formats import iter_records
 from pipeline.loaders import eval_loader, train_loader
 from pipeline.loaders.config import DataConfig

@@ -8,7 +8,7 @@ import pytest
 from ray_cluster import LocalRayCluster
 from tiny import NUM_POINTS, tiny_overrides
 
-from jobs.submit import main as submit_main
+from jobs.verbs.submit import main as submit_main
 from pipeline.synth.config import SynthConfig
 from pipeline.synth.generate import generate
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from tiny import synth_shards, tiny_overrides
 
-from jobs.sweep import main
+from jobs.verbs.sweep import main
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_three_trials_interrupted_then_resumed_give_one_parent_three_children_an
     args = _args(shards, workdir, space, "--trials", "3", "--max-concurrent", "1", "--name", "s3", "train.epochs=2")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen([sys.executable, "-m", "jobs.sweep", *args], cwd=tmp_path, env=env, stdout=log,
+    first = subprocess.Popen([sys.executable, "-m", "jobs.verbs.sweep", *args], cwd=tmp_path, env=env, stdout=log,
                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     # Trials run one at a time: a second trial's run folder means the first has finished training. Ctrl-C then.
     runs, deadline = workdir / "sweeps" / "s3" / "runs", time.monotonic() + 600

@@ -7,7 +7,7 @@ import pytest
 
 import pipeline.ray_session
 from jobs.config import ExperimentConfig
-from jobs.sweep import main
+from jobs.verbs.sweep import main
 from jobs.sweeping.space import apply_trial, candidate_values, check_space, read_space
 from jobs.typed_yaml import ConfigError, to_dict
 

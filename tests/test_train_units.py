@@ -193,7 +193,7 @@ def test_unreachable_tracking_server_is_a_clear_error() -> None:
 
 
 def test_train_verb_stops_before_ray_when_tracking_is_unreachable(tmp_path, capsys) -> None:
-    from jobs.train import main
+    from jobs.verbs.train import main
 
     uri = f"http://127.0.0.1:{_closed_port()}"
     code = main([f"workdir={tmp_path}", f"mlflow.tracking_uri={uri}", "train.run_name=r1"])
@@ -203,7 +203,7 @@ def test_train_verb_stops_before_ray_when_tracking_is_unreachable(tmp_path, caps
 
 
 def test_train_verb_refuses_to_overwrite_an_existing_run(tmp_path, capsys) -> None:
-    from jobs.train import main
+    from jobs.verbs.train import main
 
     (tmp_path / "runs" / "r1").mkdir(parents=True)
     (tmp_path / "runs" / "r1" / "keep.txt").write_text("x")

@@ -8,7 +8,7 @@ import functools
 import json
 import sys
 
-from jobs import train
+from jobs.verbs import train
 from jobs.training import launcher
 
 if __name__ == "__main__":

@@ -86,8 +86,8 @@ def main(argv: list[str]) -> int:
 
     import ray
 
-    from jobs import eval as eval_verb
-    from jobs import export, predict, shard, synth
+    from jobs.verbs import eval as eval_verb
+    from jobs.verbs import export, predict, shard, synth
     from pipeline.ray_session import ensure_ray
 
     started = time.perf_counter()
