@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from jobs.cli import main
-from jobs.submission import SUBMIT_BOOL_FLAGS, SUBMIT_VALUE_FLAGS
+from jobs.verbs.submit import SUBMIT_BOOL_FLAGS, SUBMIT_VALUE_FLAGS
 
 
 def test_version_prints_the_installed_version(capsys):

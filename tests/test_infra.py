@@ -22,7 +22,7 @@ from ray.runtime_env import RuntimeEnv
 
 import jobs.entry
 from jobs.cli import VERBS
-from jobs.submission import split_argv
+from jobs.verbs.submit import split_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA, K8S = ROOT / "infra", ROOT / "infra" / "k8s"

@@ -12,7 +12,7 @@ from ray._private.ray_constants import DASHBOARD_CLIENT_MAX_SIZE
 from ray._private.runtime_env.packaging import GCS_STORAGE_MAX_SIZE, _dir_travel, _get_excludes
 from ray.runtime_env import RuntimeEnv
 
-from jobs.submission import runtime_env
+from jobs.runtime_env import runtime_env
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -41,7 +41,7 @@ def test_runtime_env_ships_the_checkout_with_ray_train_v2_and_the_excludes():
 
 
 def test_submit_excludes_what_rayignore_lists_even_with_a_runtime_env_file_without_excludes(tmp_path):
-    from jobs.submission import working_dir_excludes
+    from jobs.runtime_env import working_dir_excludes
 
     rayignore = [line for line in (ROOT / ".rayignore").read_text().splitlines() if line and line[0] != "#"]
     assert working_dir_excludes() == rayignore

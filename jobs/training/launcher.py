@@ -241,7 +241,7 @@ def launch(
     if mode == "overwrite":
         log.warning("starting run %s over: deleting %s", name, run_dir)
         delete_run(cfg.storage_path, name)
-    from jobs.submission import runtime_env
+    from jobs.runtime_env import runtime_env
     from pipeline.ray_session import ensure_ray
 
     ensure_ray(address, runtime_env() if address else None)

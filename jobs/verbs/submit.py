@@ -23,14 +23,21 @@ submit's own flags (anywhere on the line; everything else is the verb's):
 from __future__ import annotations
 
 import asyncio
+import os
+import shlex
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from jobs.entry import UserError, entry
-from jobs.submission import entrypoint, job_client, runtime_env, split_argv
+from jobs.runtime_env import runtime_env
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 ACTIONS = ("--status", "--logs", "--stop")
+# Flags that belong to `submit` wherever they stand on the command line; value-taking ones first.
+SUBMIT_VALUE_FLAGS = ("--address", "--runtime-env", "--submission-id", "--working-dir", "--entrypoint-num-cpus")
+SUBMIT_BOOL_FLAGS = ("--no-wait",)
 
 
 @entry("submit")
@@ -68,6 +75,47 @@ def main(argv: list[str]) -> int:
         print(f"follow it with: lma3d submit --logs {job_id} --address {client.get_address()}")
         return 0
     return _follow(client, job_id)
+
+
+def split_argv(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Pull submit's own flags (`--address URL`, `--address=URL`, `--no-wait` …) out of argv; the rest is the verb's."""
+    own: dict[str, Any] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name in SUBMIT_VALUE_FLAGS:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"{name} needs a value")
+                value, i = argv[i + 1], i + 1
+            own[name.lstrip("-").replace("-", "_")] = value
+        elif arg in SUBMIT_BOOL_FLAGS:
+            own[arg.lstrip("-").replace("-", "_")] = True
+        else:
+            rest.append(arg)
+        i += 1
+    return own, rest
+
+
+def entrypoint(verb: str, verb_args: list[str]) -> str:
+    """The command the job runs on the cluster: the verb's module, so it works with or without the console script."""
+    return " ".join(shlex.quote(part) for part in ["python", "-m", f"jobs.verbs.{verb}", *verb_args])
+
+
+def job_client(address: str | None):  # -> ray.job_submission.JobSubmissionClient
+    """A Jobs API client; a local token (from `ray start --head`) switches on token auth, which we keep on."""
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    if not address or not address.startswith("http"):
+        raise ValueError(f"--address must be the cluster's dashboard URL, e.g. http://HEAD:8265 (got {address!r})")
+    if "RAY_AUTH_MODE" not in os.environ and (
+        os.environ.get("RAY_AUTH_TOKEN") or Path.home().joinpath(".ray", "auth_token").exists()
+    ):
+        os.environ["RAY_AUTH_MODE"] = "token"
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address)
 
 
 def _submit(client, kwargs: dict, wait_s: float = 90.0) -> str:
