@@ -112,7 +112,7 @@ def test_registered_model_resolves_through_its_alias(
     import mlflow
     import pandas as pd
 
-    from jobs.evaluation.predicting import Item, predict_item
+    from jobs.serving.batch_predict import Item, predict_item
     from jobs.loading import resolve
     from model.pretrained import from_pretrained
 

@@ -10,7 +10,7 @@ import pytest
 from registered import IMAGE, INSTRUCTION, POINTS, export_tiny, register_tiny
 
 from jobs.entry import UserError
-from jobs.evaluation.predicting import Item, predict_item
+from jobs.serving.batch_predict import Item, predict_item
 from jobs.loading import load, model_from_package, model_package, resolve
 
 

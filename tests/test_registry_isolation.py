@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from registered import IMAGE, INSTRUCTION, POINTS, export_tiny, register_tiny
 
-from jobs.evaluation.registry import REQUIREMENTS
+from jobs.serving.model_registry import REQUIREMENTS
 
 HERE = Path(__file__).parent
 # Runs in a fresh interpreter where importing webdataset or ray (or anything under them) raises ImportError,
@@ -53,7 +53,7 @@ def test_registered_pyfunc_predicts_without_webdataset_or_ray(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [], "webdataset or ray was imported"
 
-    from jobs.evaluation.predicting import Item, predict_item
+    from jobs.serving.batch_predict import Item, predict_item
     from model.pretrained import from_pretrained
 
     direct = predict_item(from_pretrained(exported, fps_start="first"), Item("x", IMAGE, POINTS, INSTRUCTION))

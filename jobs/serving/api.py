@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.evaluation.predicting import BadInput, read_points
+from jobs.serving.batch_predict import BadInput, read_points
 from pipeline.pointfiles import SUFFIXES, PointFileError, read_point_file
 
 FIELDS = ("image", "points", "instruction")

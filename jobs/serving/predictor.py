@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from jobs.entry import UserError
-from jobs.evaluation.predicting import BadInput, HeatMap, Item, Prepared, predict_prepared, prepare
+from jobs.serving.batch_predict import BadInput, HeatMap, Item, Prepared, predict_prepared, prepare
 from jobs.serving.api import BadRequest, PredictRequest
 
 log = logging.getLogger("lma3d.serve")

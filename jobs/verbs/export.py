@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
         raise UserError("--alias needs --register NAME")
     cfg = resolve_config(args, model_from_source=True)
 
-    from jobs.evaluation.export import export
+    from jobs.serving.export_folder import export
 
     report = export(cfg, args.checkpoint, args.out, model_overrides(args), args.register, args.alias)
     lines = [

@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
         raise UserError("--image, --points and --instruction are all needed (or --batch)")
     cfg = resolve_config(args, model_from_source=True)
 
-    from jobs.evaluation.predicting import BadInput, Item, items_from, predict_item, write_heatmap
+    from jobs.serving.batch_predict import BadInput, Item, items_from, predict_item, write_heatmap
 
     try:
         items = (

@@ -55,7 +55,7 @@ def export(
         out, len(source.weights), sum(v.numel() for v in source.weights.values() if v.is_floating_point()), source
     )
     if register_name:
-        from jobs.evaluation.registry import register
+        from jobs.serving.model_registry import register
 
         run_id = tracking.start_run(
             tracking_uri,

@@ -35,7 +35,7 @@ class AffordanceModel(mlflow.pyfunc.PythonModel):
         self.model = load(context.artifacts[ARTIFACT]).model
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
-        from jobs.evaluation.predicting import Item, predict_item, rows_from
+        from jobs.serving.batch_predict import Item, predict_item, rows_from
 
         out = []
         for i, row in enumerate(rows_from(model_input)):
