@@ -181,7 +181,7 @@ def _folder(spec: str, path: Path, overrides: list[str]) -> Resolved:
 
 
 def _checkpoint(spec: str, path: Path, overrides: list[str]) -> Resolved:
-    from jobs.evaluation.consolidate import UnsafeCheckpoint, consolidate
+    from jobs.training.consolidate import UnsafeCheckpoint, consolidate
 
     try:
         meta = json.loads((path / META_FILE).read_text())

@@ -26,7 +26,7 @@ def main(folder: Path, stage: int, unscreened: bool) -> int:
     from tiny import tiny_model_config
 
     from jobs.config import ExperimentConfig
-    from jobs.evaluation.consolidate import UnsafeCheckpoint
+    from jobs.training.consolidate import UnsafeCheckpoint
     from jobs.training import checkpoint as ckpt
     from jobs.training import rng_state
     from jobs.training.engine import build_engine

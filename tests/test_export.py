@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from jobs.evaluation.consolidate import UnsafeCheckpoint, consolidate
+from jobs.training.consolidate import UnsafeCheckpoint, consolidate
 from jobs.verbs.export import main as export_main
 
 HERE = Path(__file__).parent

@@ -17,7 +17,7 @@ import pytest
 import torch
 from tiny import synth_shards, tiny_overrides
 
-from jobs.evaluation.consolidate import UnsafeCheckpoint, safe_load
+from jobs.training.consolidate import UnsafeCheckpoint, safe_load
 from jobs.verbs.train import main as train_main
 from jobs.training import checkpoint as ckpt
 from jobs.training import rng_state

@@ -7,7 +7,7 @@ Frozen parameters (the language backbone) are never written: the meta records th
 
 Reading one back never runs code from it (checkpoints sit on shared storage): `screen` loads every file
 DeepSpeed would unpickle with `torch.load(weights_only=True)` and the allow-list consolidation uses
-(jobs.evaluation.consolidate.safe_load), and DeepSpeed's own loading then goes through that same loader, so a
+(jobs.training.consolidate.safe_load), and DeepSpeed's own loading then goes through that same loader, so a
 file swapped after screening is refused too. RNG states are JSON (jobs.training.rng_state).
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from jobs.evaluation.consolidate import safe_load
+from jobs.training.consolidate import safe_load
 from jobs.training import rng_state
 
 log = logging.getLogger("lma3d.train.checkpoint")

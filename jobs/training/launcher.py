@@ -264,7 +264,7 @@ def launch(
 def screen_checkpoint(folder: str) -> None:
     """Driver, before MLflow or Ray start: the checkpoint the workers will load runs nothing when they load it
     (jobs.training.checkpoint.screen). Remote folders are screened by the workers, with the same code."""
-    from jobs.evaluation.consolidate import UnsafeCheckpoint
+    from jobs.training.consolidate import UnsafeCheckpoint
     from jobs.training.checkpoint import screen
 
     if "://" in folder:
@@ -277,7 +277,7 @@ def screen_checkpoint(folder: str) -> None:
 
 def _refused_checkpoint(error: BaseException) -> BaseException | None:
     """The UnsafeCheckpoint a worker raised, found inside Ray Train's wrappers (None if there is none)."""
-    from jobs.evaluation.consolidate import UnsafeCheckpoint
+    from jobs.training.consolidate import UnsafeCheckpoint
 
     return next((e for e in causes(error) if isinstance(e, UnsafeCheckpoint)), None)
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.evaluation.consolidate import UnsafeCheckpoint, safe_load
+from jobs.training.consolidate import UnsafeCheckpoint, safe_load
 
 FORMAT = "lma3d-rng-v1"
 
