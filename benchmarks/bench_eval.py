@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def model_config(name: str):
-    from jobs.config import ExperimentConfig
+    from jobs.experiment_config import ExperimentConfig
     from jobs.typed_yaml import load
 
     if name == "demo":
@@ -80,7 +80,7 @@ def main() -> None:
 
     import ray
 
-    from jobs.evaluation.config import EvalConfig
+    from jobs.evaluation.eval_config import EvalConfig
     from jobs.evaluation.runner import run_eval
     from model.lmaffordance3d import build_model
 

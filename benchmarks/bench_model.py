@@ -37,7 +37,7 @@ from reference_original import original_ops, original_step  # noqa: E402
 from reference_original import three_nn_interpolate as gathered  # noqa: E402
 
 import model.pointnet2  # noqa: E402
-from jobs.config import ExperimentConfig  # noqa: E402
+from jobs.experiment_config import ExperimentConfig  # noqa: E402
 from jobs.typed_yaml import load  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.lmaffordance3d import build_model  # noqa: E402

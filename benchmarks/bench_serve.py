@@ -36,7 +36,7 @@ INSTRUCTION = "Lift the bag by its handles."
 
 
 def export_model(name: str, out: Path) -> Path:
-    from jobs.config import ExperimentConfig
+    from jobs.experiment_config import ExperimentConfig
     from jobs.typed_yaml import load
     from model.lmaffordance3d import build_model
     from model.pretrained import save_pretrained
@@ -107,7 +107,7 @@ def main() -> None:
     from ray import serve
 
     from jobs.serving.app import application
-    from jobs.serving.config import ServeConfig
+    from jobs.serving.serve_config import ServeConfig
 
     torch.set_num_threads(max(1, int(args.replica_cpus)))
     body = request_body()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from jobs.config import ExperimentConfig
+from jobs.experiment_config import ExperimentConfig
 from jobs.training.launcher import launch
 from jobs.typed_yaml import load
 from model.config import ModelConfig

@@ -32,7 +32,7 @@ def main(out: Path, stages: list[int]) -> None:
     from safetensors.torch import save_file
     from tiny import tiny_model_config
 
-    from jobs.config import ExperimentConfig
+    from jobs.experiment_config import ExperimentConfig
     from jobs.training import checkpoint as ckpt
     from jobs.training.engine import build_engine
     from jobs.typed_yaml import to_dict

@@ -30,7 +30,7 @@ def main(out: Path, stage: int, precisions: list[str]) -> None:
     import torch.distributed as dist
     from tiny import tiny_model_config
 
-    from jobs.config import ExperimentConfig
+    from jobs.experiment_config import ExperimentConfig
     from jobs.training.engine import build_engine, compute_dtype, to_device
     from model.lmaffordance3d import build_model
     from model.loss import heatmap_loss

@@ -25,10 +25,10 @@ def main(folder: Path, stage: int, unscreened: bool) -> int:
     import torch.distributed as dist
     from tiny import tiny_model_config
 
-    from jobs.config import ExperimentConfig
-    from jobs.training.consolidate import UnsafeCheckpoint
+    from jobs.experiment_config import ExperimentConfig
     from jobs.training import checkpoint as ckpt
     from jobs.training import rng_state
+    from jobs.training.consolidate import UnsafeCheckpoint
     from jobs.training.engine import build_engine
     from model.lmaffordance3d import build_model
 

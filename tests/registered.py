@@ -26,7 +26,7 @@ def export_tiny(out: Path, seed: int) -> Path:
 
 def register_tiny(exported: Path, name: str, alias: str | None, tracking_uri: str, workdir: Path) -> dict:
     """`lma3d export --checkpoint EXPORTED --register NAME --alias ALIAS`, through the same code path."""
-    from jobs.config import ExperimentConfig
+    from jobs.experiment_config import ExperimentConfig
     from jobs.serving.export_folder import export
 
     cfg = ExperimentConfig(workdir=str(workdir))

@@ -11,11 +11,11 @@ import pytest
 from train_data import build_shards, train_overrides
 
 from jobs.cluster_storage import check_eval_outputs, check_train_outputs
-from jobs.config import ExperimentConfig
 from jobs.entry import UserError
+from jobs.experiment_config import ExperimentConfig
+from jobs.typed_yaml import load
 from jobs.verbs.eval import main as eval_main
 from jobs.verbs.train import main as train_main
-from jobs.typed_yaml import load
 
 CLUSTER_ENV = ("RAY_ADDRESS", "RAY_JOB_SUBMISSION_ID", "MLFLOW_TRACKING_URI")
 

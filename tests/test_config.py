@@ -1,6 +1,6 @@
 import pytest
 
-from jobs.config import ExperimentConfig
+from jobs.experiment_config import ExperimentConfig
 from jobs.typed_yaml import ConfigError, flatten, load, to_dict
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import ExperimentConfig
+from jobs.experiment_config import ExperimentConfig
 from jobs.typed_yaml import load
 
 ROOT = Path(__file__).resolve().parents[1] / "configs"

@@ -13,7 +13,7 @@ import torch
 from rawtree import write_agpil
 from tiny import NUM_POINTS, tiny_model_config
 
-from jobs.evaluation.config import EvalConfig
+from jobs.evaluation.eval_config import EvalConfig
 
 N_TEST = 11  # not a multiple of the batch size (3), nor of the samples per shard (4)
 pytestmark = pytest.mark.slow

@@ -170,15 +170,15 @@ def test_shuffled_instruction_runs_are_named_apart_from_evaluations() -> None:
     ],
 )
 def test_auto_pool_size_from_cluster_resources(changes, resources, expected) -> None:
-    from jobs.evaluation.config import EvalConfig
+    from jobs.evaluation.eval_config import EvalConfig
     from jobs.evaluation.runner import pool_size
 
     assert pool_size(EvalConfig(**({"num_actors": "auto"} | changes)), resources) == expected
 
 
 def test_eval_num_actors_defaults_to_auto_and_accepts_a_number_or_auto_only() -> None:
-    from jobs.config import ExperimentConfig
-    from jobs.evaluation.config import EvalConfig
+    from jobs.evaluation.eval_config import EvalConfig
+    from jobs.experiment_config import ExperimentConfig
     from jobs.typed_yaml import ConfigError, build
 
     assert EvalConfig().num_actors == "auto"

@@ -112,8 +112,8 @@ def test_registered_model_resolves_through_its_alias(
     import mlflow
     import pandas as pd
 
-    from jobs.serving.batch_predict import Item, predict_item
     from jobs.loading import resolve
+    from jobs.serving.batch_predict import Item, predict_item
     from model.pretrained import from_pretrained
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -8,8 +8,8 @@ import time
 import pytest
 from tiny import tiny_overrides
 
-from jobs.config import ExperimentConfig
 from jobs.entry import UserError
+from jobs.experiment_config import ExperimentConfig
 from jobs.training.launcher import _check_gpus
 from jobs.typed_yaml import load
 

@@ -17,10 +17,10 @@ import pytest
 import torch
 from tiny import synth_shards, tiny_overrides
 
-from jobs.training.consolidate import UnsafeCheckpoint, safe_load
-from jobs.verbs.train import main as train_main
 from jobs.training import checkpoint as ckpt
 from jobs.training import rng_state
+from jobs.training.consolidate import UnsafeCheckpoint, safe_load
+from jobs.verbs.train import main as train_main
 
 pytestmark = pytest.mark.slow  # real DeepSpeed checkpoints and shards (Ray Data) are built once per module
 HERE = Path(__file__).parent

@@ -319,7 +319,7 @@ def _train_overrides(shards: Path, workdir: Path, *extra: str) -> list[str]:
 def test_training_with_skip_logs_the_corrupt_shard_count_to_mlflow(train_shards, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from jobs.config import ExperimentConfig
+    from jobs.experiment_config import ExperimentConfig
     from jobs.training.launcher import launch
     from jobs.typed_yaml import load
 

@@ -137,7 +137,7 @@ def check_cli_call(command: str, monkeypatch) -> None:
         pytest.skip(f"jobs/verbs/{verb}.py does not exist yet: its flags cannot be checked")
     ns = verb_namespace(verb, args, monkeypatch)
     if hasattr(ns, "override_args") and configs == concrete and not any("$" in a or "<" in a for a in args):
-        from jobs.config import resolve_config
+        from jobs.experiment_config import resolve_config
 
         monkeypatch.chdir(ROOT)
         resolve_config(ns)  # unknown or mistyped override keys raise ConfigError naming them
@@ -252,7 +252,7 @@ def test_rayjob_entrypoint_is_a_real_cli_call_on_shared_storage(name, monkeypatc
 
 
 def test_eval_rayjob_evaluates_on_the_gpus_with_an_auto_sized_pool(monkeypatch):
-    from jobs.config import resolve_config
+    from jobs.experiment_config import resolve_config
 
     entrypoint = docs(K8S / "rayjob-eval.yaml")[0]["spec"]["entrypoint"]
     ns = verb_namespace("eval", shlex.split(entrypoint)[3:], monkeypatch)

@@ -10,8 +10,8 @@ import pytest
 from registered import IMAGE, INSTRUCTION, POINTS, export_tiny, register_tiny
 
 from jobs.entry import UserError
-from jobs.serving.batch_predict import Item, predict_item
 from jobs.loading import load, model_from_package, model_package, resolve
+from jobs.serving.batch_predict import Item, predict_item
 
 
 def _predict(model) -> np.ndarray:

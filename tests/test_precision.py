@@ -18,8 +18,8 @@ from tiny import tiny_model_config
 from jobs.evaluation.inference import predict_batch
 from jobs.loading import build_inference_model
 from jobs.precision import from_meta
-from jobs.training.config import TrainConfig
 from jobs.training.deepspeed_config import deepspeed_config
+from jobs.training.train_config import TrainConfig
 
 HERE = Path(__file__).parent
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 import pipeline.ray_session
-from jobs.config import ExperimentConfig
-from jobs.verbs.sweep import main
+from jobs.experiment_config import ExperimentConfig
 from jobs.sweeping.space import apply_trial, candidate_values, check_space, read_space
 from jobs.typed_yaml import ConfigError, to_dict
+from jobs.verbs.sweep import main
 
 
 def _space(tmp_path, text: str):

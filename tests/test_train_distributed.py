@@ -9,7 +9,7 @@ import torch
 from servers import find_postgres, mlflow_server, postgres_server
 from tiny import synth_shards, tiny_overrides
 
-from jobs.config import ExperimentConfig
+from jobs.experiment_config import ExperimentConfig
 from jobs.training.launcher import launch
 from jobs.training.schedule import original_lr
 from jobs.typed_yaml import load

@@ -12,7 +12,7 @@ import pytest
 import torch
 from tiny import tiny_overrides
 
-from jobs.config import ExperimentConfig
+from jobs.experiment_config import ExperimentConfig
 from jobs.typed_yaml import load, to_dict
 
 pytestmark = pytest.mark.slow

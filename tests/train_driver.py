@@ -8,8 +8,8 @@ import functools
 import json
 import sys
 
-from jobs.verbs import train
 from jobs.training import launcher
+from jobs.verbs import train
 
 if __name__ == "__main__":
     fault = json.loads(sys.argv[1]) or None

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from jobs import preflight
 from jobs.cluster_storage import check_eval_outputs
-from jobs.config import ExperimentConfig
 from jobs.entry import UserError, stage
 from jobs.evaluation import tracking
 from jobs.evaluation.outputs import write_outputs
 from jobs.evaluation.runner import EvalResult, run_eval, viz_inputs
 from jobs.evaluation.viz import display_image, pick_samples, render_sample
+from jobs.experiment_config import ExperimentConfig
 from jobs.loading import Resolved, resolve
 from jobs.typed_yaml import flatten, to_dict
 from pipeline.ray_session import ensure_ray

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.evaluation.config import EvalConfig
+from jobs.evaluation.eval_config import EvalConfig
 from jobs.evaluation.inference import as_list, merge, predict_batch
 from jobs.evaluation.outputs import Predictions
 from jobs.loading import model_from_package, model_package

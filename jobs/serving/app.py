@@ -24,8 +24,8 @@ from starlette.responses import JSONResponse, Response
 
 from jobs.serving import page
 from jobs.serving.api import BadRequest, PredictRequest, Upload, parse_form, parse_json
-from jobs.serving.config import ServeConfig
 from jobs.serving.predictor import Predictor
+from jobs.serving.serve_config import ServeConfig
 
 log = logging.getLogger("lma3d.serve")
 DEPLOYMENT = "lma3d"

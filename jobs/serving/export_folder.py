@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from jobs.config import ExperimentConfig
 from jobs.entry import UserError
 from jobs.evaluation import tracking
+from jobs.experiment_config import ExperimentConfig
 from jobs.loading import Resolved, resolve
 
 log = logging.getLogger("lma3d.export")

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from jobs.entry import UserError
-from jobs.serving.batch_predict import BadInput, HeatMap, Item, Prepared, predict_prepared, prepare
 from jobs.serving.api import BadRequest, PredictRequest
+from jobs.serving.batch_predict import BadInput, HeatMap, Item, Prepared, predict_prepared, prepare
 
 log = logging.getLogger("lma3d.serve")
 REGISTRY = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))$")

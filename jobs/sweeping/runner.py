@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from jobs.config import ExperimentConfig
 from jobs.entry import UserError
+from jobs.experiment_config import ExperimentConfig
 from jobs.sweeping import results
 from jobs.sweeping.space import apply_trial, to_tune
 from jobs.typed_yaml import build

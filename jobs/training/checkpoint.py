@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from jobs.training.consolidate import safe_load
 from jobs.training import rng_state
+from jobs.training.consolidate import safe_load
 
 log = logging.getLogger("lma3d.train.checkpoint")
 

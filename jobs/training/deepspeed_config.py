@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.training.config import TrainConfig
+from jobs.training.train_config import TrainConfig
 
 # Bucket sizes in elements: DeepSpeed's documented defaults are 5e8; 5e7 keeps the comm buffers of the
 # ~41 M trainable parameters small (200 MB fp32) without adding many collectives.

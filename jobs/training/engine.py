@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.config import ExperimentConfig
-from jobs.training.config import TrainConfig
+from jobs.experiment_config import ExperimentConfig
 from jobs.training.deepspeed_config import deepspeed_config, uses_cpu_adam
 from jobs.training.schedule import OriginalLRSchedule
+from jobs.training.train_config import TrainConfig
 
 log = logging.getLogger("lma3d.train")
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from jobs import preflight
 from jobs.cluster_storage import check_train_outputs, filesystem
-from jobs.config import ExperimentConfig
 from jobs.entry import UserError, causes, stage
+from jobs.experiment_config import ExperimentConfig
 from jobs.training import tracking
 from jobs.training.checkpoint import META_FILE
 from jobs.training.pretrained_check import check_resnet_weights
@@ -264,8 +264,8 @@ def launch(
 def screen_checkpoint(folder: str) -> None:
     """Driver, before MLflow or Ray start: the checkpoint the workers will load runs nothing when they load it
     (jobs.training.checkpoint.screen). Remote folders are screened by the workers, with the same code."""
-    from jobs.training.consolidate import UnsafeCheckpoint
     from jobs.training.checkpoint import screen
+    from jobs.training.consolidate import UnsafeCheckpoint
 
     if "://" in folder:
         return

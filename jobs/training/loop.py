@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import torch
 
-from jobs.config import ExperimentConfig
+from jobs.experiment_config import ExperimentConfig
 from jobs.log import setup_logging
 from jobs.training import checkpoint as ckpt
 from jobs.training import faults

@@ -11,8 +11,8 @@ import logging
 import os
 from typing import Any
 
-from jobs.config import ExperimentConfig
 from jobs.entry import JobFailed
+from jobs.experiment_config import ExperimentConfig
 from jobs.training import faults
 from jobs.typed_yaml import dump, to_dict
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.config import ExperimentConfig
+from jobs.experiment_config import ExperimentConfig
 from model.metrics import KEYS
 
 log = logging.getLogger("lma3d.train.validate")

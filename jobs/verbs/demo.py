@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
 
 
 def _train(config: str, overrides: list[str]) -> dict:
-    from jobs.config import ExperimentConfig
+    from jobs.experiment_config import ExperimentConfig
     from jobs.training.launcher import inspect_run, launch
     from jobs.typed_yaml import load
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.config import add_config_args, model_overrides, resolve_config
 from jobs.entry import UserError, entry
+from jobs.experiment_config import add_config_args, model_overrides, resolve_config
 
 
 @entry("export")

@@ -19,8 +19,8 @@ import logging
 import sys
 from pathlib import Path
 
-from jobs.config import add_config_args, model_overrides, resolve_config
 from jobs.entry import UserError, entry
+from jobs.experiment_config import add_config_args, model_overrides, resolve_config
 
 log = logging.getLogger("lma3d.predict")
 

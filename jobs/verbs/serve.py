@@ -21,8 +21,8 @@ import sys
 import threading
 from pathlib import Path
 
-from jobs.config import add_config_args, model_overrides, resolve_config
 from jobs.entry import UserError, entry
+from jobs.experiment_config import add_config_args, model_overrides, resolve_config
 
 FLAGS = {"host": str, "port": int, "replicas": int, "max_batch_size": int, "batch_wait_ms": float}
 APP_NAME = "lma3d"

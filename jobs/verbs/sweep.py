@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-from jobs.config import add_config_args, resolve_config
 from jobs.entry import entry
+from jobs.experiment_config import add_config_args, resolve_config
 
 
 @entry("sweep")
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
         parser.error("--trials and --grace-period must be >= 1, --max-concurrent >= 0")
     cfg = resolve_config(args)
 
-    from jobs.config import ExperimentConfig
+    from jobs.experiment_config import ExperimentConfig
     from jobs.sweeping.runner import SweepSpec, sweep
     from jobs.sweeping.space import check_space, read_space
     from jobs.typed_yaml import to_dict

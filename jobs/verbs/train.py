@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jobs.config import add_config_args, resolve_config
 from jobs.entry import UserError, entry
+from jobs.experiment_config import add_config_args, resolve_config
 
 
 @entry("train")

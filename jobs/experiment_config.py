@@ -9,9 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from jobs.evaluation.config import EvalConfig
-from jobs.serving.config import ServeConfig
-from jobs.training.config import TrackingConfig, TrainConfig
+from jobs.evaluation.eval_config import EvalConfig
+from jobs.serving.serve_config import ServeConfig
+from jobs.training.train_config import TrackingConfig, TrainConfig
 from jobs.typed_yaml import ConfigError, dump, load, to_dict
 from model.config import ModelConfig
 from pipeline.loaders.config import DataConfig
