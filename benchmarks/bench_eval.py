@@ -82,6 +82,7 @@ def main() -> None:
 
     from jobs.evaluation.eval_config import EvalConfig
     from jobs.evaluation.runner import run_eval
+    from jobs.loading import Resolved
     from model.lmaffordance3d import build_model
 
     cfg = model_config(args.model)
@@ -107,7 +108,7 @@ def main() -> None:
                         threads_per_actor=1,
                         viz_samples=0,
                     )
-                    results[kind, width].append(run_eval(str(shards), cfg, weights, eval_cfg, cfg.image_size))
+                    results[kind, width].append(run_eval(str(shards), Resolved(cfg, weights), eval_cfg))
             for width in sorted({1, args.cores}):
                 total, steady, n = min(results["plain", width], key=lambda r: r[1])
                 rows.append(("plain loop, 1 process", f"1 x {width} threads", width, total, steady, 0.0, n))

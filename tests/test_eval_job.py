@@ -14,6 +14,7 @@ from rawtree import write_agpil
 from tiny import NUM_POINTS, tiny_model_config
 
 from jobs.evaluation.eval_config import EvalConfig
+from jobs.loading import Resolved
 
 N_TEST = 11  # not a multiple of the batch size (3), nor of the samples per shard (4)
 pytestmark = pytest.mark.slow
@@ -47,7 +48,7 @@ def test_every_test_sample_is_predicted_exactly_once_by_two_actors(shards) -> No
 
     folder, keys = shards
     cfg, weights = _model()
-    pool = predict_shards(str(folder), cfg, weights, _eval_cfg(), cfg.image_size)
+    pool = predict_shards(str(folder), Resolved(cfg, weights), _eval_cfg())
     predictions = pool.predictions
     assert predictions.keys == keys and pool.duplicates == 0
     assert predictions.pred.shape == (N_TEST, NUM_POINTS) and np.isfinite(predictions.pred).all()
@@ -61,10 +62,10 @@ def test_auto_sizes_the_pool_from_the_local_rays_cpus(shards) -> None:
     folder, keys = shards
     assert ray.cluster_resources()["CPU"] == 2  # conftest's ray_local
     cfg, weights = _model()
-    pool = predict_shards(str(folder), cfg, weights, _eval_cfg(num_actors="auto", cpus_per_actor=0.5), cfg.image_size)
+    pool = predict_shards(str(folder), Resolved(cfg, weights), _eval_cfg(num_actors="auto", cpus_per_actor=0.5))
     assert pool.actors == 2, "(2 CPUs - 1 for the shard reader) / 0.5 CPU per actor"
     assert pool.predictions.keys == keys and pool.duplicates == 0
-    one = predict_shards(str(folder), cfg, weights, _eval_cfg(num_actors="auto", cpus_per_actor=1.0), cfg.image_size)
+    one = predict_shards(str(folder), Resolved(cfg, weights), _eval_cfg(num_actors="auto", cpus_per_actor=1.0))
     assert one.actors == 1 and one.predictions.keys == keys
 
 
@@ -88,8 +89,8 @@ def test_a_rerun_gives_identical_predictions_and_metrics(shards) -> None:
 
     folder, _ = shards
     cfg, weights = _model()
-    first = run_eval(str(folder), cfg, weights, _eval_cfg(), cfg.image_size)
-    second = run_eval(str(folder), cfg, weights, _eval_cfg(num_actors=1, cpus_per_actor=1.0), cfg.image_size)
+    first = run_eval(str(folder), Resolved(cfg, weights), _eval_cfg())
+    second = run_eval(str(folder), Resolved(cfg, weights), _eval_cfg(num_actors=1, cpus_per_actor=1.0))
     np.testing.assert_array_equal(first.predictions.pred, second.predictions.pred)
     assert json.dumps(first.metrics, sort_keys=True) == json.dumps(second.metrics, sort_keys=True)
 
@@ -105,7 +106,7 @@ def test_pool_predictions_match_the_in_process_loop_and_metrics_are_model_metric
 
     folder, _ = shards
     cfg, weights = _model("corrected")  # masks padding: a prediction does not depend on its batch-mates
-    pooled = run_eval(str(folder), cfg, weights, _eval_cfg(), cfg.image_size)
+    pooled = run_eval(str(folder), Resolved(cfg, weights), _eval_cfg())
     model = build_inference_model(cfg, weights)
     data = DataConfig(shards=str(folder), eval_batch_size=4, num_workers=0)
     local, _ = predict_loader(model, eval_loader(data, cfg.image_size, 0, 1))

@@ -83,10 +83,7 @@ def evaluate(
         _check_gpus(cfg, address)
         with stage("Ray Data evaluation"):
             try:
-                result = run_eval(
-                    shards, source.config, source.weights, cfg.eval, source.config.image_size,
-                    source.provenance["precision"], on_corrupt,
-                )  # fmt: skip
+                result = run_eval(shards, source, cfg.eval, on_corrupt)
             except Exception as error:
                 raise _corrupt_or(error) from None
         skipped = int(manifest["splits"].get("test", {}).get("samples", 0)) - len(result.predictions)

@@ -22,8 +22,7 @@ import torch
 from jobs.evaluation.eval_config import EvalConfig
 from jobs.evaluation.inference import as_list, merge, predict_batch
 from jobs.evaluation.outputs import Predictions
-from jobs.loading import model_from_package, model_package
-from model.config import ModelConfig
+from jobs.loading import Resolved, model_from_package, model_package
 
 log = logging.getLogger("lma3d.eval")
 READ_CPUS = 1
@@ -93,23 +92,17 @@ class Predictor:
         }
 
 
-def predict_shards(
-    shards: str,
-    model_cfg: ModelConfig,
-    weights: dict[str, torch.Tensor],
-    cfg: EvalConfig,
-    image_size: int,
-    precision: str = "fp32",
-    on_corrupt: str = "fail",
-) -> PoolOutput:
-    """Every test sample of `shards` predicted once through the actor pool, merged by key. Test shards are
-    verified as they are read (`on_corrupt`: data.on_corrupt_shard)."""
+def predict_shards(shards: str, source: Resolved, cfg: EvalConfig, on_corrupt: str = "fail") -> PoolOutput:
+    """Every test sample of `shards` predicted once by `source`'s model (at its config's image size, under its
+    training precision; fp32 when the provenance names none) through the actor pool, merged by key. Test shards
+    are verified as they are read (`on_corrupt`: data.on_corrupt_shard)."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
     from pipeline.loaders.raydata import read_test_shards
 
-    package = ray.put(model_package(model_cfg, weights, precision))
+    precision = source.provenance.get("precision", "fp32")
+    package = ray.put(model_package(source.config, source.weights, precision))
     resources = ray.cluster_resources()
     size = pool_size(cfg, resources)
     cpus = actor_cpus(cfg, resources.get("CPU", 1.0), size)
@@ -122,7 +115,7 @@ def predict_shards(
             Predictor,
             fn_constructor_kwargs={
                 "package": [package],
-                "image_size": image_size,
+                "image_size": source.config.image_size,
                 "votes": cfg.votes,
                 "seed": cfg.seed,
                 "threads": cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor)),
@@ -168,20 +161,12 @@ def actor_cpus(cfg: EvalConfig, cluster_cpus: float, actors: int) -> float:
     return fitted
 
 
-def run_eval(
-    shards: str,
-    model_cfg: ModelConfig,
-    weights: dict[str, torch.Tensor],
-    cfg: EvalConfig,
-    image_size: int,
-    precision: str = "fp32",
-    on_corrupt: str = "fail",
-) -> EvalResult:
-    """predict_shards (under the training `precision`) + the exact metrics (model.metrics.evaluate)."""
+def run_eval(shards: str, source: Resolved, cfg: EvalConfig, on_corrupt: str = "fail") -> EvalResult:
+    """predict_shards (under the training precision) + the exact metrics (model.metrics.evaluate)."""
     from model.metrics import evaluate
 
     start = time.perf_counter()
-    pool = predict_shards(shards, model_cfg, weights, cfg, image_size, precision, on_corrupt)
+    pool = predict_shards(shards, source, cfg, on_corrupt)
     inferred = time.perf_counter()
     if pool.duplicates:
         log.warning("%d duplicate test rows dropped (a key occurs twice in %s)", pool.duplicates, shards)
