@@ -1,10 +1,15 @@
 """Data pipeline throughput, measured side by side in one run on a synthetic AGPIL dataset.
 
-    python benchmarks/bench_data.py [--images 5000] [--workdir /tmp/lma3d-bench-data]
+    python benchmarks/bench_data.py [--images 5000] [--workdir /tmp/lma3d-bench-data] [--cpus 2] [--nodes 2]
+                                    [--shard-only]
 
 1. synth: generation speed with 1 and 2 processes.
 2. shard: the Ray Data job vs the same parse-and-write in one plain Python process vs the floor of reading
-   every raw byte once.
+   every raw byte once. The job three ways: as `lma3d shard` runs it (it starts a local Ray on every CPU of
+   the machine: timed with the start), submitted to a Ray already running with `--cpus` CPUs (its workers
+   start for it, as for any new driver), and run again in that driver (workers warm: the per-record cost).
+   `--nodes 2`: the job on a local two-node cluster (tests/ray_cluster.py: a head and a second raylet on
+   127.0.0.1, token auth, 1 CPU each), with the head alone and then with both nodes: samples/s and scaling.
 3. loader: train batches (3 point clouds per image) with 0/1/2 loader processes vs a tight loop that only
    decodes the same JPEGs and reads the same point arrays; peak RSS and PSS of a loader process.
 4. verification: reading every train shard with and without the sha256 / count / value checks, and the train
@@ -16,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
+import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +45,10 @@ from pipeline.shards.job import run as shard_job
 from pipeline.shards.samples import sample_members, write_tar
 from pipeline.synth.config import SynthConfig
 from pipeline.synth.generate import generate
+
+ROOT = Path(__file__).resolve().parent.parent
+PER_SHARD = 256
+Row = tuple[str, float, float, str]
 
 
 def raw_read_floor(root: Path) -> tuple[float, int]:
@@ -142,19 +154,86 @@ def verification_rows(shards: Path, image_size: int) -> list[tuple[str, float, f
     return rows
 
 
+def shard_rows(root: Path, work: Path, items: int, cpus: int) -> tuple[float, dict, list[Row]]:
+    """The Ray Data job against one plain process: started by the job, on a running Ray, and warm; (seconds of
+    the first, its manifest, the rows). Writes work/shards."""
+    import ray
+
+    plain_s = plain_shard(root, work / "plain", PER_SHARD)
+    rate = items / plain_s
+    start = time.perf_counter()
+    manifest = shard_job(root, "agpil", work / "shards", ShardConfig(samples_per_shard=PER_SHARD))
+    cold_s = time.perf_counter() - start
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        timed = []
+        for _ in range(2):  # the first run starts this driver's workers; the second finds them warm
+            start = time.perf_counter()
+            shard_job(root, "agpil", work / "shards-again", ShardConfig(samples_per_shard=PER_SHARD), overwrite=True)
+            timed.append(time.perf_counter() - start)
+    finally:
+        ray.shutdown()
+    machine = os.cpu_count()
+    return (
+        cold_s,
+        manifest,
+        [
+            (f"shard samples/s: plain vs job incl. Ray start ({machine} CPUs)", rate, items / cold_s, ""),
+            (f"shard samples/s: plain vs job on a running Ray ({cpus} CPUs)", rate, items / timed[0], ""),
+            (f"shard samples/s: plain vs job, again, warm ({cpus} CPUs)", rate, items / timed[1], ""),
+        ],
+    )
+
+
+def _timed_job(root: str, out: str, address: str) -> float:
+    """Seconds of one shard job joining `address` (run in a fresh process: a new driver, as a submission is)."""
+    start = time.perf_counter()
+    shard_job(root, "agpil", out, ShardConfig(samples_per_shard=PER_SHARD), address=address, overwrite=True)
+    return time.perf_counter() - start
+
+
+def node_scaling_rows(root: Path, work: Path, items: int, nodes: int) -> list[Row]:
+    """The job on a head with 1 CPU, then with `nodes - 1` more 1-CPU raylets joined (all on 127.0.0.1)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from ray_cluster import LocalRayCluster
+
+    cluster = LocalRayCluster(work / "cluster", num_cpus=1, env={"PYTHONPATH": str(ROOT)})
+    saved = dict(os.environ)
+    os.environ.update(cluster.client_env())  # the drivers (spawned below) talk to the cluster with its token
+    os.environ.pop("RAY_ADDRESS", None)
+    rates = {}
+    try:
+        cluster.start()
+        for count in range(1, nodes + 1):
+            if count > 1:
+                cluster.add_node(f"node{count}", num_cpus=1)
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                seconds = pool.apply(_timed_job, (str(root), str(work / f"shards-{count}-nodes"), cluster.gcs_address))
+            rates[count] = items / seconds
+    finally:
+        cluster.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+    return [(f"shard samples/s: 1 node vs {nodes} nodes, 1 CPU each", rates[1], rates[nodes], "")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--workdir", default="/tmp/lma3d-bench-data")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the running Ray the job is submitted to")
+    parser.add_argument("--nodes", type=int, default=1, help="2 or more: also the job on a local multi-node cluster")
+    parser.add_argument("--shard-only", action="store_true", help="only the dataset and the shard rows")
     args = parser.parse_args()
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     rows = []
 
-    small = SynthConfig(out=str(work / "raw-small"), train_images=400, test_samples=100)
-    t1 = generate(small, workers=1)["samples_per_s"]
-    t2 = generate(SynthConfig(**{**small.__dict__, "out": str(work / "raw-small2")}), workers=2)["samples_per_s"]
-    rows.append(("synth samples/s (demo size), 1 vs 2 procs", t1, t2, ""))
+    if not args.shard_only:
+        small = SynthConfig(out=str(work / "raw-small"), train_images=400, test_samples=100)
+        t1 = generate(small, workers=1)["samples_per_s"]
+        t2 = generate(SynthConfig(**{**small.__dict__, "out": str(work / "raw-small2")}), workers=2)["samples_per_s"]
+        rows.append(("synth samples/s (demo size), 1 vs 2 procs", t1, t2, ""))
     big = generate(
         SynthConfig(out=str(work / "raw"), train_images=args.images, test_samples=args.images // 5), workers=2
     )
@@ -163,33 +242,33 @@ def main() -> None:
     root = work / "raw"
     items = len(list_items(root, "agpil"))
     floor_s, raw_bytes = raw_read_floor(root)
-    start = time.perf_counter()
-    manifest = shard_job(root, "agpil", work / "shards", ShardConfig(samples_per_shard=256))
-    ray_s = time.perf_counter() - start
-    plain_s = plain_shard(root, work / "plain", 256)
+    ray_s, manifest, job_rows = shard_rows(root, work, items, args.cpus)
     mb = raw_bytes / 2**20
-    rows.append(("shard MB/s: raw-read floor vs Ray Data", mb / floor_s, mb / ray_s, f"{ray_s / floor_s:.1f}x floor"))
-    rows.append(("shard samples/s: plain process vs Ray Data", items / plain_s, items / ray_s,
-                 f"{plain_s / ray_s:.2f}x plain"))  # fmt: skip
+    rows.append(("shard MB/s: raw-read floor vs job incl. Ray start", mb / floor_s, mb / ray_s,
+                 f"{ray_s / floor_s:.1f}x floor"))  # fmt: skip
+    rows += job_rows
+    if args.nodes > 1:
+        rows += node_scaling_rows(root, work, items, args.nodes)
 
-    samples = 1200
-    floor = decode_floor(work / "shards", 224, samples, 3)
-    floor_rate = samples / floor
-    for workers in (0, 1, 2):
-        cfg = DataConfig(shards=str(work / "shards"), batch_size=6, num_workers=workers, shuffle_buffer=200)
-        seconds, images, rss, pss = loader_rate(cfg, 224)
-        rate = images / seconds
-        note = f"{100 * rate / floor_rate:.0f}% of floor"
-        if workers:
-            note += f"; loader process RSS {rss:.0f} MiB, PSS {pss:.0f} MiB"
-        rows.append((f"loader img/s (3 pairs), {workers} procs vs decode floor", floor_rate, rate, note))
-    rows += verification_rows(work / "shards", 224)
+    if not args.shard_only:
+        samples = 1200
+        floor = decode_floor(work / "shards", 224, samples, 3)
+        floor_rate = samples / floor
+        for workers in (0, 1, 2):
+            cfg = DataConfig(shards=str(work / "shards"), batch_size=6, num_workers=workers, shuffle_buffer=200)
+            seconds, images, rss, pss = loader_rate(cfg, 224)
+            rate = images / seconds
+            note = f"{100 * rate / floor_rate:.0f}% of floor"
+            if workers:
+                note += f"; loader process RSS {rss:.0f} MiB, PSS {pss:.0f} MiB"
+            rows.append((f"loader img/s (3 pairs), {workers} procs vs decode floor", floor_rate, rate, note))
+        rows += verification_rows(work / "shards", 224)
 
     print(f"dataset: {args.images} train images, {manifest['splits']['test']['samples']} test triplets, "
-          f"{manifest['point_bank']['clouds']} train clouds, {mb:.0f} MiB raw\n")  # fmt: skip
-    print(f"{'measurement':<52}{'reference':>11}{'ours':>10}  ratio")
+          f"{manifest['point_bank']['clouds']} train clouds, {items} raw items, {mb:.0f} MiB raw\n")  # fmt: skip
+    print(f"{'measurement':<60}{'reference':>11}{'ours':>10}  ratio")
     for name, ref, ours, note in rows:
-        print(f"{name:<52}{ref:>11.1f}{ours:>10.1f}  {note or f'{ours / ref:.2f}x'}")
+        print(f"{name:<60}{ref:>11.1f}{ours:>10.1f}  {note or f'{ours / ref:.2f}x'}")
 
 
 if __name__ == "__main__":

@@ -4,17 +4,18 @@ Duplicates are removed from the item list before anything is parsed: an item who
 an earlier item already has is quarantined as `duplicate` (the first is kept), so every key occurs once in
 the shards and a cloud listed twice is stored once in points.arrow.
 
-Shard contents are fixed before any parsing: the samples of a split, in list order, cut every
-`samples_per_shard` items, so shard names and bytes do not depend on task scheduling. Each Ray task parses
-its items and writes its own tar; the train point clouds go through Ray tasks too and stream, in list order,
-into points.arrow. Everything is written to a temporary folder renamed into place at the end.
+Shard contents are fixed before any parsing (plan.py): the samples of a split, in list order, cut every
+`samples_per_shard` items, and the train point clouds cut every `BANK_CHUNK`, so names and bytes depend neither
+on task scheduling nor on the number of workers. One Ray Data pipeline runs everything: each task takes a
+contiguous batch of shards (and point-bank chunks), parses their records and writes each shard's tar, and each
+bank chunk's arrays to a chunk file; the driver then streams the chunks, in list order, into points.arrow.
+Everything is written to a temporary folder renamed into place at the end.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
 import logging
 import os
@@ -33,10 +34,12 @@ from pipeline.record import Rejection
 from pipeline.shards.bank import BANK_FILE, write_bank
 from pipeline.shards.config import ShardConfig
 from pipeline.shards.manifest import FORMAT_VERSION, file_sha256
+from pipeline.shards.plan import TASKS_PER_CPU, Part, group_parts, plan_parts
 from pipeline.shards.samples import sample_members, write_tar
 
 log = logging.getLogger("lma3d.shard")
-BANK_CHUNK = 64
+BANK_PARTS = ".points-parts"
+"""Folder (inside the partial output) of the bank chunks' arrays, merged into points.arrow and removed."""
 DUPLICATE = "duplicate"
 """The quarantine reason code of an item whose key or source files an earlier item already has."""
 
@@ -80,32 +83,44 @@ def _serialise(records: list, rejections: list[dict]) -> tuple[list, list[tuple[
     return kept, samples
 
 
-def _shard_task(task: dict[str, Any], root: str, out: str, num_points: int) -> dict[str, Any]:
-    """Ray task: parse one shard's raw items and write its tar."""
-    records, rejections = _parse_rows(root, task["rows"], num_points)
-    name = shard_name(task["split"], int(task["index"]))
+def _write_shard(part: dict[str, Any], root: str, out: str, num_points: int) -> dict[str, Any]:
+    """Parse one shard's raw items and write its tar."""
+    records, rejections = _parse_rows(root, part["rows"], num_points)
+    name = shard_name(part["split"], int(part["index"]))
     records, samples = _serialise(records, rejections)
     size, digest = write_tar(Path(out, name), samples)
     return {
-        "name": name, "split": task["split"], "samples": len(records), "bytes": size, "sha256": digest,
-        "read": len(task["rows"]), "keys": json.dumps([r.key for r in records]),
-        "objects": json.dumps(Counter(r.object for r in records)),
-        "affordances": json.dumps(Counter(r.affordance for r in records if r.affordance)),
-        "rejections": json.dumps(rejections),
+        "kind": "shard", "name": name, "split": part["split"], "samples": len(records), "bytes": size,
+        "sha256": digest, "read": len(part["rows"]), "keys": [r.key for r in records],
+        "objects": Counter(r.object for r in records),
+        "affordances": Counter(r.affordance for r in records if r.affordance), "rejections": rejections,
     }  # fmt: skip
 
 
-def _bank_task(task: dict[str, Any], root: str, num_points: int) -> dict[str, Any]:
-    """Ray task: parse a chunk of train point clouds; arrays travel as one .npz blob per chunk."""
-    records, rejections = _parse_rows(root, task["rows"], num_points)
-    blob = io.BytesIO()
+def _write_bank_chunk(part: dict[str, Any], root: str, out: str, num_points: int) -> dict[str, Any]:
+    """Parse one chunk of train point clouds; its arrays go to a chunk file the driver merges in list order."""
+    records, rejections = _parse_rows(root, part["rows"], num_points)
     if records:
-        np.savez(blob, xyz=np.stack([r.xyz for r in records]), labels=np.stack([r.labels for r in records]))
+        path = _bank_chunk_path(Path(out), int(part["index"]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, xyz=np.stack([r.xyz for r in records]), labels=np.stack([r.labels for r in records]))
     return {
-        "order": task["order"], "read": len(task["rows"]), "keys": json.dumps([r.key for r in records]),
-        "objects": json.dumps([r.object for r in records]), "arrays": blob.getvalue(),
-        "rejections": json.dumps(rejections),
+        "kind": "bank", "index": int(part["index"]), "read": len(part["rows"]), "keys": [r.key for r in records],
+        "objects": [r.object for r in records], "rejections": rejections,
     }  # fmt: skip
+
+
+def _bank_chunk_path(out: Path, index: int) -> Path:
+    return out / BANK_PARTS / f"chunk-{index:06d}.npz"
+
+
+def _task(task: dict[str, Any], root: str, out: str, num_points: int) -> dict[str, Any]:
+    """Ray task: a batch of parts, each parsed and written on its own; the results travel as one JSON string."""
+    results = []
+    for part in task["parts"]:
+        write = _write_shard if part["kind"] == "shard" else _write_bank_chunk
+        results.append(write(part, root, out, num_points))
+    return {"results": json.dumps(results)}
 
 
 def _source_files(root: Path, item: RawItem) -> tuple[str, ...] | None:
@@ -160,8 +175,11 @@ def run(
     num_points: int = 2048,
     overwrite: bool = False,
     address: str | None = None,
+    tasks: int | None = None,
 ) -> dict[str, Any]:
-    """Shard `source` into `out`; returns the manifest. Raises FileExistsError / FileNotFoundError / ValueError."""
+    """Shard `source` into `out`; returns the manifest. Raises FileExistsError / FileNotFoundError / ValueError.
+    `tasks`: how many Ray tasks to cut the work into (default TASKS_PER_CPU per cluster CPU); the output does not
+    depend on it."""
     import ray
 
     source, out = Path(source).resolve(), Path(out).resolve()
@@ -177,13 +195,12 @@ def run(
     tmp.mkdir(parents=True)
     started = ensure_ray(address)
     try:
-        ray.data.DataContext.get_current().execution_options.preserve_order = True
-        shards, quarantine = _write_shards(items, source, tmp, cfg, num_points)
-        quarantine = duplicates + quarantine
-        bank = _write_points(items, source, tmp, num_points, quarantine)
+        shards, bank_parts = _run_parts(plan_parts(items, cfg.samples_per_shard), source, tmp, num_points, tasks)
     finally:
         if started:
             ray.shutdown()
+    quarantine = duplicates + [q for result in shards + bank_parts for q in result["rejections"]]
+    bank = _merge_bank(bank_parts, tmp, num_points)
     manifest = _manifest(source, fmt, listed, cfg, num_points, shards, bank, quarantine)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (tmp / "sizes.json").write_text(json.dumps({s["name"]: s["samples"] for s in shards}, indent=2))
@@ -194,60 +211,43 @@ def run(
     return manifest
 
 
-def _parallelism(tasks: int) -> int:
-    """Parse tasks to run at once: every CPU of the cluster. Ray Data's default resource budget otherwise runs
-    these one-row-per-task maps nearly one at a time (measured: 8 one-second tasks took 9.4 s on 2 CPUs)."""
+def _run_parts(parts: list[Part], source: Path, tmp: Path, num_points: int, tasks: int | None):
+    """Run every part in Ray tasks; (shard results by name, bank chunk results in list order)."""
     import ray
 
-    return max(1, min(tasks, int(ray.cluster_resources().get("CPU", 1))))
-
-
-def _write_shards(items: list[RawItem], source: Path, tmp: Path, cfg: ShardConfig, num_points: int):
-    import ray
-
-    tasks = []
-    for split in dict.fromkeys(item.split for item in items):
-        rows = [item.to_row() for item in items if item.split == split and item.kind != "points"]
-        for index, start in enumerate(range(0, len(rows), cfg.samples_per_shard)):
-            tasks.append({"split": split, "index": index, "rows": rows[start : start + cfg.samples_per_shard]})
-    if not tasks:
+    if not parts:
         return [], []
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    runs = group_parts(parts, tasks or TASKS_PER_CPU * cpus)
     kwargs = {"root": str(source), "out": str(tmp), "num_points": num_points}
-    dataset = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-    pool = ray.data.TaskPoolStrategy(size=_parallelism(len(tasks)))
-    results = dataset.map(_shard_task, fn_kwargs=kwargs, compute=pool).take_all()
-    results.sort(key=lambda r: r["name"])
-    quarantine = [q for r in results for q in json.loads(r["rejections"])]
-    return results, quarantine
+    dataset = ray.data.from_items([{"parts": [p.to_row() for p in run]} for run in runs], override_num_blocks=len(runs))
+    # Every CPU of the cluster at once: Ray Data's default resource budget otherwise runs these few long tasks
+    # nearly one at a time (measured: 8 one-second tasks took 9.4 s on 2 CPUs).
+    pool = ray.data.TaskPoolStrategy(size=min(len(runs), cpus))
+    results = [r for row in dataset.map(_task, fn_kwargs=kwargs, compute=pool).iter_rows()
+               for r in json.loads(row["results"])]  # fmt: skip
+    shards = sorted((r for r in results if r["kind"] == "shard"), key=lambda r: r["name"])
+    bank = sorted((r for r in results if r["kind"] == "bank"), key=lambda r: r["index"])
+    return shards, bank
 
 
-def _write_points(items: list[RawItem], source: Path, tmp: Path, num_points: int, quarantine: list[dict]):
-    import ray
-
-    rows = [item.to_row() for item in items if item.kind == "points"]
-    if not rows:
+def _merge_bank(parts: list[dict[str, Any]], tmp: Path, num_points: int) -> dict[str, Any] | None:
+    """points.arrow from the bank chunk files, one record batch per chunk in list order (so objects stay
+    contiguous); the chunk files are removed."""
+    if not parts:
         return None
-    tasks = [{"order": i, "rows": rows[s : s + BANK_CHUNK]} for i, s in enumerate(range(0, len(rows), BANK_CHUNK))]
-    kwargs = {"root": str(source), "num_points": num_points}
-    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-    ds = ds.map(_bank_task, fn_kwargs=kwargs, compute=ray.data.TaskPoolStrategy(size=_parallelism(len(tasks))))
-    stats = {"read": 0, "written": 0}
 
     def batches():
-        for result in ds.iter_rows():  # preserve_order: list order, so objects stay contiguous
-            stats["read"] += int(result["read"])
-            quarantine.extend(json.loads(result["rejections"]))
-            keys, objects = json.loads(result["keys"]), json.loads(result["objects"])
-            if not keys:
-                continue
-            arrays = np.load(io.BytesIO(result["arrays"]))
-            stats["written"] += len(keys)
-            yield list(zip(keys, objects, arrays["xyz"], arrays["labels"]))
+        for part in parts:
+            if part["keys"]:
+                with np.load(_bank_chunk_path(tmp, part["index"])) as arrays:
+                    yield list(zip(part["keys"], part["objects"], arrays["xyz"], arrays["labels"]))
 
     offsets = write_bank(tmp / BANK_FILE, batches(), num_points)
+    shutil.rmtree(tmp / BANK_PARTS, ignore_errors=True)
     return {
-        "file": BANK_FILE, "clouds": stats["written"], "read": stats["read"], "objects": offsets,
-        "bytes": (tmp / BANK_FILE).stat().st_size, "sha256": file_sha256(tmp / BANK_FILE),
+        "file": BANK_FILE, "clouds": sum(len(p["keys"]) for p in parts), "read": sum(p["read"] for p in parts),
+        "objects": offsets, "bytes": (tmp / BANK_FILE).stat().st_size, "sha256": file_sha256(tmp / BANK_FILE),
     }  # fmt: skip
 
 
@@ -257,8 +257,8 @@ def _manifest(source, fmt, items, cfg, num_points, shards, bank, quarantine) -> 
         mine = [s for s in shards if s["split"] == split]
         objects, affordances = Counter(), Counter()
         for s in mine:
-            objects.update(json.loads(s["objects"]))
-            affordances.update(json.loads(s["affordances"]))
+            objects.update(s["objects"])
+            affordances.update(s["affordances"])
         counts[split] = {
             "samples": sum(s["samples"] for s in mine),
             "shards": len(mine),
