@@ -40,6 +40,7 @@ import model.pointnet2  # noqa: E402
 from jobs.experiment_config import ExperimentConfig  # noqa: E402
 from jobs.typed_yaml import load  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
+from model.group_norm_bn import batchnorm_groups  # noqa: E402
 from model.lmaffordance3d import build_model  # noqa: E402
 from model.loss import heatmap_loss  # noqa: E402
 from model.metrics import per_sample  # noqa: E402
@@ -62,14 +63,21 @@ def timed(fn, rounds: int) -> float:
 def compare(reference, ours, rounds: int) -> tuple[float, float]:
     """Medians of `rounds` alternating runs of two functions (a noisy neighbour hits both alike), after one warm-up
     round (allocator, oneDNN primitives)."""
-    times: tuple[list[float], list[float]] = ([], [])
+    medians = compare_all({"reference": reference, "ours": ours}, rounds)
+    return medians["reference"], medians["ours"]
+
+
+def compare_all(fns: dict, rounds: int) -> dict[str, float]:
+    """Medians of `rounds` rounds, each running every function once in turn, after one warm-up round (which also
+    compiles the compiled variants)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(rounds + 1):
-        for i, fn in enumerate((reference, ours)):
+        for name, fn in fns.items():
             start = time.perf_counter()
             fn()
             if r:
-                times[i].append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def matmul_gflops(dtype: torch.dtype, rounds: int) -> float:
@@ -118,9 +126,9 @@ def describe(cfg: ModelConfig) -> str:
 
 
 def print_rows(rows: list[tuple[str, float, float]]) -> None:
-    print(f"{'measurement':<52}{'reference s':>12}{'ours s':>10}{'ratio':>9}")
+    print(f"{'measurement':<60}{'reference s':>12}{'ours s':>10}{'ratio':>9}")
     for name, ref, new in rows:
-        print(f"{name:<52}{ref:>12.3f}{new:>10.3f}{ref / new:>8.2f}x")
+        print(f"{name:<60}{ref:>12.3f}{new:>10.3f}{ref / new:>8.2f}x")
 
 
 def useful_flops(step) -> int:
@@ -216,48 +224,78 @@ def demo_eval_table(args: argparse.Namespace) -> None:
 
 
 def paper_encoder_table(args: argparse.Namespace) -> None:
-    """The paper's PointNet++ MSG, 6 x 3 clouds, forward + backward with training-mode BatchNorm."""
+    """The paper's PointNet++ MSG, 6 x 3 clouds, forward + backward with training-mode, per-cloud BatchNorm, against
+    the original; ours eager and with each speed lever (issue 20): compiled point MLPs, bf16 autocast, both."""
     cfg = paper_config(args)
-    encoder = build_model(cfg).point_encoder.train()
+    eager = build_model(cfg).point_encoder.train()
+    compiled = build_model(dataclasses.replace(cfg, compile_point_mlps=True)).point_encoder.train()
+    compiled.load_state_dict(eager.state_dict())
     b, k = images(args), 3
     _, points, _, _ = inputs(cfg, b, k)
     clouds = points.reshape(b * k, 3, cfg.num_points)
 
-    def ours():
-        encoder(clouds)[-1][1].sum().backward()
+    def run(encoder, bf16: bool = False, original: bool = False):
+        def step():
+            # the original's BatchNorm: plain kernels (it runs one call per cloud: statistics per cloud for free)
+            with original_ops() if original else batchnorm_groups(k):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = encoder(clouds)[-1][1]
+                out.float().sum().backward()
 
-    def original():
-        with original_ops():
-            ours()
+        return step
 
-    print(f"paper-encoder: {b * k} clouds x {cfg.num_points} points, SA1 {cfg.sa1_mlps}, training-mode BatchNorm")
-    print_rows([(f"point encoder fwd+bwd, paper MSG ({b * k} clouds)", *compare(original, ours, args.rounds))])
+    variants = {
+        "original": run(eager, original=True),
+        "eager fp32": run(eager),
+        "compiled point MLPs": run(compiled),
+        "eager, bf16 autocast": run(eager, bf16=True),
+        "compiled point MLPs, bf16 autocast": run(compiled, bf16=True),
+    }
+    start = time.perf_counter()
+    run(compiled)()
+    run(compiled, bf16=True)()
+    compile_s = time.perf_counter() - start
+    medians = compare_all(variants, args.rounds)
+    print(f"paper-encoder: {b * k} clouds x {cfg.num_points} points, SA1 {cfg.sa1_mlps}, training-mode per-cloud "
+          f"BatchNorm; first compiled calls (fp32 and bf16 graphs) {compile_s:.0f} s")  # fmt: skip
+    print_rows([(f"paper encoder, {name}", medians["original"], medians[name]) for name in list(variants)[1:]])
     print()
 
 
 def step_table(args: argparse.Namespace, size: str) -> None:
-    """A whole training step in training mode, ours (pairs batched) vs the original (three forward passes); at
-    demo size also its share of the fp32 matmul rate."""
+    """A whole training step in training mode, ours (pairs batched, eager and with compiled point MLPs) vs the
+    original (three forward passes); at demo size also its share of the fp32 matmul rate."""
     cfg = paper_config(args) if size == "paper" else demo_config(args)
     net = build_model(cfg).train()
+    compiled = build_model(dataclasses.replace(cfg, compile_point_mlps=True)).train()
+    compiled.load_state_dict(net.state_dict())
     b, k = images(args), 3
     image, points, labels, text = inputs(cfg, b, k)
 
-    def ours():
-        heatmap_loss(net(image, points, text), labels).backward()
+    def ours(model=net):
+        heatmap_loss(model(image, points, text), labels).backward()
 
     def original():
         with original_ops():
             original_step(net, heatmap_loss, image, points, labels, text)
 
-    theirs_s, ours_s = compare(original, ours, args.rounds)
-    print(f"{size}-step: batch {b} images x {k} clouds x {cfg.num_points} points, {describe(cfg)}, training mode")
-    print_rows([(f"training step fp32, {size} size, training mode", theirs_s, ours_s)])
+    start = time.perf_counter()
+    ours(compiled)
+    compile_s = time.perf_counter() - start
+    medians = compare_all({"original": original, "eager": ours, "compiled": lambda: ours(compiled)}, args.rounds)
+    print(f"{size}-step: batch {b} images x {k} clouds x {cfg.num_points} points, {describe(cfg)}, training mode; "
+          f"first compiled step {compile_s:.0f} s")  # fmt: skip
+    print_rows([
+        (f"training step fp32, {size} size, eager", medians["original"], medians["eager"]),
+        (f"training step fp32, {size} size, compiled point MLPs", medians["original"], medians["compiled"]),
+    ])  # fmt: skip
     if size == "demo":
         flops, fp32 = useful_flops(ours), matmul_gflops(torch.float32, args.rounds)
-        achieved = flops / ours_s / 1e9
-        print(f"demo-size step at {100 * achieved / fp32:.0f} % of this machine's fp32 matmul rate: {flops / 1e9:.1f} "
-              f"GFLOP in {ours_s:.3f} s = {achieved:.1f} GFLOP/s; 2048² fp32 matmul {fp32:.0f} GFLOP/s")  # fmt: skip
+        for name in ("eager", "compiled"):
+            achieved = flops / medians[name] / 1e9
+            print(f"demo-size step ({name}) at {100 * achieved / fp32:.0f} % of this machine's fp32 matmul rate: "
+                  f"{flops / 1e9:.1f} GFLOP in {medians[name]:.3f} s = {achieved:.1f} GFLOP/s; 2048² fp32 matmul "
+                  f"{fp32:.0f} GFLOP/s")  # fmt: skip
     print()
 
 

@@ -22,15 +22,23 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_SPLIT: ContextVar[tuple[int, int]] = ContextVar("batchnorm_split", default=(1, 1))
-_PENDING: ContextVar[list | None] = ContextVar("batchnorm_pending", default=None)
+
+class _Scope:
+    """The innermost `batchnorm_groups` split and `deferred_batchnorm_updates` list. Plain module state, not
+    ContextVars: torch.compile traces a global's attributes (and guards on them) but breaks its graph at
+    `ContextVar.get`. A training step runs in one thread; eval-mode calls never read it."""
+
+    split: tuple[int, int] = (1, 1)
+    pending: list | None = None
+
+
+_SCOPE = _Scope()
 
 
 @contextlib.contextmanager
@@ -40,11 +48,11 @@ def batchnorm_groups(groups: int, repeats: int = 1) -> Iterator[None]:
     groups == 1) makes each call count as that many identical calls."""
     if groups < 1 or repeats < 1 or (groups > 1 and repeats > 1):
         raise ValueError(f"batchnorm_groups: need groups >= 1 and repeats >= 1, not both > 1 (got {groups}, {repeats})")
-    token = _SPLIT.set((groups, repeats))
+    outer, _SCOPE.split = _SCOPE.split, (groups, repeats)
     try:
         yield
     finally:
-        _SPLIT.reset(token)
+        _SCOPE.split = outer
 
 
 @dataclass
@@ -60,11 +68,11 @@ def deferred_batchnorm_updates() -> Iterator[None]:
     per module round by round: (call 1, group 1), (call 2, group 1), ..., (call 1, group 2), ... as separate
     per-group forwards would. Nothing is applied if the body raises."""
     pending: list[_Statistics] = []
-    token = _PENDING.set(pending)
+    outer, _SCOPE.pending = _SCOPE.pending, pending
     try:
         yield
     finally:
-        _PENDING.reset(token)
+        _SCOPE.pending = outer
     by_module: dict[int, list[_Statistics]] = {}
     for stats in pending:
         by_module.setdefault(id(stats.module), []).append(stats)
@@ -85,9 +93,9 @@ class GroupedBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
         batch_stats = self.training or self.running_mean is None
-        groups, repeats = _SPLIT.get()
+        groups, repeats = _SCOPE.split
         tracking = self.training and self.track_running_stats
-        if not batch_stats or (groups == 1 and repeats == 1 and _PENDING.get() is None):
+        if not batch_stats or (groups == 1 and repeats == 1 and _SCOPE.pending is None):
             # contiguous: the CPU channels-last kernel takes the variance as E[x²] − E[x]² in fp32, which loses
             # up to 1e-4 of the output when a channel's mean is large against its spread (docs/fidelity.md)
             return super().forward(x.contiguous() if batch_stats else x)
@@ -108,7 +116,7 @@ class GroupedBatchNorm(nn.modules.batchnorm._BatchNorm):
             mean, var = mean.view(groups, c), var.view(groups, c)
             if repeats > 1:
                 mean, var = mean.expand(repeats, c), var.expand(repeats, c)
-            pending = _PENDING.get()
+            pending = _SCOPE.pending
             if pending is None:
                 for r in range(mean.shape[0]):
                     self._update_running(mean[r], var[r])

@@ -6,9 +6,11 @@ each branch is Conv2d 1x1 + BN2d + ReLU layers then a max over the neighbourhood
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import torch
+import torch._dynamo
 from torch import nn
 
 from model.config import ModelConfig
@@ -21,6 +23,24 @@ from model.point_ops import (
     square_distance,
     three_nn_interpolate,
 )
+
+
+def _pooled_branch(branch: nn.Module, grouped: torch.Tensor) -> torch.Tensor:
+    """[B,C,S,K] neighbourhoods -> [B,C',S]: the branch's MLP, then the max over each neighbourhood."""
+    return branch(grouped).max(dim=3).values
+
+
+def _apply_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return mlp(x)
+
+
+@functools.cache
+def _compiled(fn: Callable) -> Callable:
+    """`fn` through inductor with static shapes (dynamic shapes hit an inductor error on these graphs in torch
+    2.13). Every branch and input shape is one cache entry of the same code object, more than dynamo's default
+    limit of 8, hence the higher limit."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(fn, dynamic=False)
 
 
 def _conv_stack(conv: type[nn.Module], norm: type[nn.Module], in_channel: int, widths: Sequence[int]) -> nn.Sequential:
@@ -46,6 +66,7 @@ class SetAbstractionMSG(nn.Module):
         self.branches = nn.ModuleList(_conv_stack(nn.Conv2d, GroupedBatchNorm, in_channel + 3, m) for m in mlps)
         self.out_channels = sum(m[-1] for m in mlps)
         self.fps_impl = "loop"  # set from ModelConfig.fps_impl by PointNet2Encoder
+        self.pool = _pooled_branch  # compiled by PointNet2Encoder under ModelConfig.compile_point_mlps
 
     def forward(self, xyz: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """xyz [B,3,N], feats [B,C,N] -> centres [B,3,S], features [B,C_out,S]."""
@@ -62,7 +83,7 @@ class SetAbstractionMSG(nn.Module):
             # channels-last inputs loses precision (docs/fidelity.md), and no transposing copy is needed.
             grouped = group_points(source, idx)
             grouped[:, -3:] -= centres.unsqueeze(3)  # xyz relative to the centre, as the original
-            outputs.append(branch(grouped).max(dim=3).values)  # [B,C',S]
+            outputs.append(self.pool(branch, grouped))  # [B,C',S]
         return centres, torch.cat(outputs, dim=1)
 
 
@@ -79,8 +100,9 @@ class PointNet2Encoder(nn.Module):
             cfg.sa3_npoint, cfg.sa3_radii, cfg.sa3_nsample, self.sa2.out_channels, cfg.sa3_mlps, cfg.fps_start
         )
         self.channels = (3, self.sa1.out_channels, self.sa2.out_channels, self.sa3.out_channels)
+        pool = _compiled(_pooled_branch) if cfg.compile_point_mlps else _pooled_branch
         for sa in (self.sa1, self.sa2, self.sa3):
-            sa.fps_impl = cfg.fps_impl
+            sa.fps_impl, sa.pool = cfg.fps_impl, pool
 
     def forward(self, xyz: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         levels = [(xyz, xyz)]
@@ -92,10 +114,11 @@ class PointNet2Encoder(nn.Module):
 class FeaturePropagation(nn.Module):
     """Upsample features from `xyz_from` to `xyz_to` (3-NN inverse distance) and fuse with the skip features."""
 
-    def __init__(self, in_channel: int, mlp: Sequence[int], eps: float = 0.01) -> None:
+    def __init__(self, in_channel: int, mlp: Sequence[int], eps: float = 0.01, compiled: bool = False) -> None:
         super().__init__()
         self.mlp = _conv_stack(nn.Conv1d, GroupedBatchNorm, in_channel, mlp)
         self.eps = eps
+        self.apply_mlp = _compiled(_apply_mlp) if compiled else _apply_mlp  # ModelConfig.compile_point_mlps
 
     def forward(
         self, xyz_to: torch.Tensor, xyz_from: torch.Tensor, skip: torch.Tensor | None, feats_from: torch.Tensor
@@ -105,4 +128,4 @@ class FeaturePropagation(nn.Module):
             xyz_to.transpose(1, 2), xyz_from.transpose(1, 2), feats_from.transpose(1, 2), self.eps
         )
         up = up.transpose(1, 2)
-        return self.mlp(up if skip is None else torch.cat([skip, up], dim=1))
+        return self.apply_mlp(self.mlp, up if skip is None else torch.cat([skip, up], dim=1))
