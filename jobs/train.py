@@ -49,10 +49,8 @@ def main(argv: list[str]) -> int:
         except ValueError as error:
             raise UserError(str(error)) from None
     try:
-        summary = launch(
-            cfg, address=args.address, resume=args.resume, overwrite=args.overwrite, run_name=args.run_name,
-            no_ray=args.no_ray,
-        )
+        summary = launch(cfg, address=args.address, resume=args.resume, overwrite=args.overwrite,
+                         run_name=args.run_name, no_ray=args.no_ray)  # fmt: skip
     except Exception as error:
         line = corrupt_shard_line(error)  # a corrupt shard a loader met (data.on_corrupt_shard: fail): one line
         if line:
