@@ -198,8 +198,10 @@ def launch(
         screen_checkpoint(metas[-1]["path"])
         log.info("resuming run %s from its latest checkpoint (step %d)", name, metas[-1]["step"])
     run_id = _mlflow_run(cfg, name, run_dir, mode, metas, resume_from)
-    if mode == "resume":  # the loop takes the newer of this and its session's own (a Ray run's snapshot knows
-        resume_from = metas[-1]["path"]  # nothing of what a --no-ray job registered, and the other way round)
+    if mode == "resume" and "://" not in cfg.storage_path:
+        # The loop takes the newer of this and its session's own: Ray's snapshot knows nothing of what a --no-ray
+        # job registered, and the other way round (remote storage has Ray's alone: --no-ray writes local folders).
+        resume_from = metas[-1]["path"]
     if mode == "overwrite":
         log.warning("starting run %s over: deleting %s", name, run_dir)
         delete_run(cfg.storage_path, name)

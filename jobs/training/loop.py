@@ -117,7 +117,7 @@ class TrainJob:
         checkpoint of a run that the other kind of job, Ray or --no-ray, registered); else nothing."""
         resume_from = self.config.get("resume_from")
         with self.session.latest_checkpoint() as folder:
-            if folder is not None and (not resume_from or _step(folder) >= _step(resume_from)):
+            if folder is not None and (not resume_from or "://" in resume_from or _step(folder) >= _step(resume_from)):
                 meta = self._load(folder)
             elif resume_from:
                 meta = self._load(resume_from)
