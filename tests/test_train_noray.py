@@ -29,11 +29,11 @@ def _overrides(shards: Path, workdir: Path, max_steps: int) -> list[str]:
     return train_overrides(shards, workdir, num_workers=1, max_steps=max_steps, checkpoint_every=2, val_every=1)
 
 
-def _no_ray(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
+def _no_ray(args: list[str], stdin: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "PYTHONBREAKPOINT": "pdb.set_trace"}
     env.pop("RAY_ADDRESS", None)
     run = subprocess.run([sys.executable, "-c", RUNNER, "--no-ray", *args], env=env, cwd=REPO, capture_output=True,
-                         text=True, timeout=600)  # fmt: skip
+                         text=True, timeout=600, input=stdin)  # fmt: skip
     assert run.returncode == 0, run.stderr[-4000:]
     return run
 
@@ -114,6 +114,13 @@ def test_no_ray_rerun_with_the_same_name_resumes_at_its_checkpoint_in_the_same_m
 def test_no_ray_process_never_imports_ray(runs):
     for job in ("first", "second"):
         assert "ray imported: False" in runs[job].stdout
+
+
+def test_breakpoint_in_a_configured_step_callback_stops_the_no_ray_run_in_its_process(shards, tmp_path):
+    callback = "train.step_callbacks=[tests.debug_callbacks.stop_at_first_step]"
+    overrides = train_overrides(shards, tmp_path, max_steps=1)
+    run = _no_ray(["--run-name", "pdb", *overrides, callback], stdin="p ('at step', event.step)\nc\n")
+    assert "(Pdb) ('at step', 1)" in run.stdout
 
 
 def test_no_ray_checkpoints_load_through_the_one_loader(runs):
