@@ -49,7 +49,8 @@ def test_compiled_point_mlps_match_eager_training_up_to_rounding_in_one_graph_ea
     out_compiled = _step(compiled, compiled_fp, xyz)
     assert dict(torch._dynamo.utils.counters["graph_break"]) == {}  # BatchNorm's groups are traced, not broken
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 7  # 6 branches + 1 FP MLP
-    out_eager, out_exact = _step(eager, eager_fp, xyz), _step(exact, exact_fp, xyz.double())
+    out_eager = _step(eager, eager_fp, xyz)
+    _step(exact, exact_fp, xyz.double())
 
     assert list(compiled.state_dict()) == list(eager.state_dict())
     torch.testing.assert_close(out_compiled, out_eager, rtol=0, atol=1e-4)
@@ -67,6 +68,7 @@ def test_compile_point_mlps_is_refused_with_zero_3(tmp_path):
     from jobs.preflight import train_inputs
     from jobs.typed_yaml import load
 
-    cfg = load(ExperimentConfig, None, ["model.compile_point_mlps=true", "train.zero_stage=3", f"data.shards={tmp_path}"])
+    overrides = ["model.compile_point_mlps=true", "train.zero_stage=3", f"data.shards={tmp_path}"]
+    cfg = load(ExperimentConfig, None, overrides)
     with pytest.raises(UserError, match="model.compile_point_mlps: not with train.zero_stage 3"):
         train_inputs(cfg)

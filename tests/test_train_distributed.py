@@ -13,6 +13,7 @@ from jobs.experiment_config import ExperimentConfig
 from jobs.training.launcher import launch
 from jobs.training.schedule import original_lr
 from jobs.typed_yaml import load
+from tests.fault_injection import FaultInjector
 
 pytestmark = pytest.mark.slow
 TRAIN_IMAGES = 24
@@ -91,9 +92,9 @@ def test_two_workers_with_batch_b_step_like_one_worker_with_batch_2b(shards, tmp
 
 def test_a_sigkilled_worker_restarts_from_the_last_checkpoint_and_finishes_in_one_mlflow_run(shards, tmp_path):
     cfg = _config(shards, tmp_path, max_steps=4, checkpoint_every=1, max_failures=1, zero_stage=2)
-    fault = {"rank": 1, "step": 3, "marker": str(tmp_path / "killed")}
-    summary = launch(cfg, run_name="fault", fault_injection=fault)
-    assert Path(fault["marker"]).exists() and summary.last_step == 4
+    fault = FaultInjector(rank=1, step=3, marker=str(tmp_path / "killed"))
+    summary = launch(cfg, run_name="fault", step_callbacks=[fault])
+    assert Path(fault.marker).exists() and summary.last_step == 4
     from mlflow.tracking import MlflowClient
 
     runs = MlflowClient(cfg.tracking_uri).search_runs(

@@ -39,7 +39,8 @@ def train_overrides(shards: Path, workdir: Path, **train) -> list[str]:
 def run_driver(
     args: list[str], env: dict[str, str], log: Path, fault: dict | None = None, timeout: float = 600
 ) -> tuple[int, str]:
-    """`lma3d train ARGS` in its own process (tests/train_driver.py), with an optional injected fault: (exit code,
+    """`lma3d train ARGS` in its own process (tests/train_driver.py), with an optional injected fault
+    (tests/fault_injection.py, e.g. {"kind": "oom", "rank": 1, "step": 3, "marker": ...}): (exit code,
     the lines of its own `lma3d train:` messages on stderr, among Ray's logs). Its whole output is in `log`(.err)."""
     import json
 

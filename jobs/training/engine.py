@@ -1,8 +1,8 @@
-"""Inside a Ray Train worker: device, threads and seeds, then `deepspeed.initialize` with our optimizer and schedule.
+"""Inside a training rank: device, threads and seeds, then `deepspeed.initialize` with our optimizer and schedule.
 
-Ray owns the process group (gloo on CPU, NCCL on GPU) and the device placement; DeepSpeed wraps the
-already-initialised torch.distributed group instead of launching its own (a second launcher under Ray
-Train would start a second process group).
+The session owns the process group (Ray Train's, or the one-process group of `--no-ray`: gloo on CPU, NCCL on
+GPU) and the device placement; DeepSpeed wraps the already-initialised torch.distributed group instead of
+launching its own (a second launcher under Ray Train would start a second process group).
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ from jobs.training.train_config import TrainConfig
 log = logging.getLogger("lma3d.train")
 
 
-def configure_worker(train: TrainConfig) -> torch.device:
-    """Threads, DS_ACCELERATOR and the device this worker trains on (call before importing deepspeed)."""
+def configure_worker(train: TrainConfig, device: torch.device | None = None) -> torch.device:
+    """Threads, DS_ACCELERATOR and the device this worker trains on (call before importing deepspeed); `device`
+    is the one its session assigned (None: the CPU)."""
     if not train.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     torch.set_num_threads(max(1, train.threads_per_worker or train.cpus_per_worker))
-    import ray.train.torch
-
-    device = ray.train.torch.get_device() if train.use_gpu else torch.device("cpu")
+    device = device or torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)  # before any collective: a barrier on the wrong GPU hangs (Ray PR #42751)
     return device

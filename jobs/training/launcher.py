@@ -1,4 +1,5 @@
-"""The driver side of `lma3d train`: run name, resume/overwrite decision, MLflow run, TorchTrainer.fit().
+"""The driver side of `lma3d train`: run name, resume/overwrite decision, MLflow run, TorchTrainer.fit() (or the
+loop in this process with --no-ray).
 
 Ray Train 2.60 ("Train V2") resumes by reusing `RunConfig(storage_path, name)`: the controller reloads
 its checkpoint snapshot and `ray.train.get_checkpoint()` hands the workers the latest *reported*
@@ -9,7 +10,6 @@ before Ray starts, whether that directory is resumed, overwritten or refused.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import shlex
@@ -19,18 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from jobs import preflight
-from jobs.cluster_storage import check_train_outputs, filesystem
+from jobs.cluster_storage import check_train_outputs
 from jobs.entry import UserError, causes, stage
 from jobs.experiment_config import ExperimentConfig
 from jobs.training import tracking
 from jobs.training.checkpoint import META_FILE
 from jobs.training.pretrained_check import check_resnet_weights
+from jobs.training.run_folder import delete_run, inspect_run  # inspect_run: where demo and sweeps import it from
 from jobs.training.trainer import fit
 from jobs.typed_yaml import dump, flatten, to_dict
 
 log = logging.getLogger("lma3d.train")
-
-RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 
 
 def default_run_name(cfg: ExperimentConfig, today: dt.date) -> str:
@@ -64,50 +63,6 @@ def decide_start(run_dir: str, exists: bool, has_checkpoints: bool, resume: str 
             "pass --overwrite to start it over or choose another --run-name"
         )
     return "fresh"
-
-
-def inspect_run(storage_path: str, name: str) -> tuple[bool, list[dict[str, Any]]]:
-    """(run dir exists, metadata of its checkpoints sorted by step) — checkpoints only count once Ray has
-    registered one (its snapshot file exists)."""
-    import pyarrow.fs
-
-    fs, root = filesystem(storage_path)
-    run_path = f"{root.rstrip('/')}/{name}"
-    if fs.get_file_info(run_path).type == pyarrow.fs.FileType.NotFound:
-        return False, []
-    snapshot_path = f"{run_path}/{RAY_SNAPSHOT_FILE}"
-    if fs.get_file_info(snapshot_path).type == pyarrow.fs.FileType.NotFound:
-        return True, []
-    with fs.open_input_stream(snapshot_path) as f:
-        registered = _registered_dirs(f.read().decode())
-    metas = []
-    for info in fs.get_file_info(pyarrow.fs.FileSelector(run_path)):
-        if registered is not None and info.base_name not in registered:
-            continue  # written by an attempt that died before Ray registered it
-        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
-            meta_path = f"{info.path}/{META_FILE}"
-            if fs.get_file_info(meta_path).type == pyarrow.fs.FileType.File:
-                with fs.open_input_stream(meta_path) as f:
-                    metas.append({**json.loads(f.read().decode()), "path": info.path})
-    return True, sorted(metas, key=lambda m: m["step"])
-
-
-def _registered_dirs(snapshot: str) -> set[str] | None:
-    """Checkpoint folder names in Ray's run snapshot (None if its format is not the one we know)."""
-    try:
-        state = json.loads(snapshot)
-        names = {r["checkpoint_dir_name"] for r in state.get("checkpoint_results", [])}
-        latest = state.get("latest_checkpoint_result") or {}
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-    if latest.get("checkpoint_dir_name"):
-        names.add(latest["checkpoint_dir_name"])
-    return names
-
-
-def delete_run(storage_path: str, name: str) -> None:
-    fs, root = filesystem(storage_path)
-    fs.delete_dir(f"{root.rstrip('/')}/{name}")
 
 
 def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -210,11 +165,15 @@ def launch(
     resume: str | None = None,
     overwrite: bool = False,
     run_name: str | None = None,
-    fault_injection: dict[str, Any] | None = None,
+    no_ray: bool = False,
+    step_callbacks: list[Any] = (),
     callbacks: list[Any] = (),
 ) -> TrainSummary:
-    """Decide the run, attach MLflow, run TorchTrainer.fit() and summarise the result. `callbacks` are Ray Train
-    UserCallbacks (a sweep's TuneReportCallback)."""
+    """Decide the run, attach MLflow, run TorchTrainer.fit() (or, with `no_ray`, the same loop in this process as
+    one rank: jobs/training/local.py) and summarise the result. `step_callbacks` are called by the loop after each
+    step (jobs/training/callbacks.py); `callbacks` are Ray Train UserCallbacks (a sweep's TuneReportCallback)."""
+    if no_ray:
+        cfg = _one_rank(cfg, address, callbacks)
     check_train_outputs(cfg, address)
     cfg = absolute_paths(cfg)
     check_resnet_weights(cfg.model)
@@ -228,6 +187,7 @@ def launch(
     # Everything the job reads, checked before anything is created (MLflow run, Ray, DeepSpeed): one line, exit 2.
     tracking.check_tracking_uri(cfg.tracking_uri)
     preflight.train_inputs(cfg)
+    _check_step_callbacks(cfg)
     resume_from = None
     if mode == "from_path":
         resume_from = str(Path(resume).resolve()) if "://" not in resume else resume
@@ -238,18 +198,22 @@ def launch(
         screen_checkpoint(metas[-1]["path"])
         log.info("resuming run %s from its latest checkpoint (step %d)", name, metas[-1]["step"])
     run_id = _mlflow_run(cfg, name, run_dir, mode, metas, resume_from)
+    if mode == "resume" and "://" not in cfg.storage_path:
+        # The loop takes the newer of this and its session's own: Ray's snapshot knows nothing of what a --no-ray
+        # job registered, and the other way round (remote storage has Ray's alone: --no-ray writes local folders).
+        resume_from = metas[-1]["path"]
     if mode == "overwrite":
         log.warning("starting run %s over: deleting %s", name, run_dir)
         delete_run(cfg.storage_path, name)
-    from jobs.runtime_env import runtime_env
-    from pipeline.ray_session import ensure_ray
-
-    ensure_ray(address, runtime_env() if address else None)
-    _check_gpus(cfg, address)
     summary = TrainSummary(name, run_dir, cfg.tracking_uri, cfg.experiment_name, run_id, mode)
     try:
-        with stage("Ray Train (TorchTrainer.fit)"):
-            result = fit(cfg, name, run_id, resume_from, fault_injection, list(callbacks))
+        if no_ray:
+            from jobs.training import local
+
+            with stage("training in this process (--no-ray)"):
+                result = local.fit(cfg, name, run_id, resume_from, list(step_callbacks))
+        else:
+            result = _fit_on_ray(cfg, address, name, run_id, resume_from, list(step_callbacks), list(callbacks))
     except BaseException as e:
         _terminate(cfg.tracking_uri, run_id, "FAILED")
         refused = _refused_checkpoint(e)
@@ -259,6 +223,41 @@ def launch(
     _summarise(summary, result)
     _terminate(cfg.tracking_uri, run_id, "FINISHED")
     return summary
+
+
+def _fit_on_ray(
+    cfg: ExperimentConfig, address: str | None, name: str, run_id: str, resume_from: str | None,
+    step_callbacks: list[Any], callbacks: list[Any],
+) -> Any:  # fmt: skip
+    from jobs.runtime_env import runtime_env
+    from pipeline.ray_session import ensure_ray
+
+    ensure_ray(address, runtime_env() if address else None)
+    _check_gpus(cfg, address)
+    with stage("Ray Train (TorchTrainer.fit)"):
+        return fit(cfg, name, run_id, resume_from, step_callbacks, callbacks)
+
+
+def _one_rank(cfg: ExperimentConfig, address: str | None, callbacks: list[Any]) -> ExperimentConfig:
+    """The config of a --no-ray run: one worker, local storage; what only Ray could do is refused."""
+    if address or callbacks:
+        raise UserError("--no-ray trains in this process: --address (and Ray Train callbacks) need Ray")
+    if "://" in cfg.storage_path:
+        raise UserError(f"--no-ray writes checkpoints to a local folder; train.storage_path is {cfg.storage_path}")
+    if cfg.train.num_workers != 1:
+        log.info("--no-ray: one rank (train.num_workers %d -> 1)", cfg.train.num_workers)
+    return replace(cfg, train=replace(cfg.train, num_workers=1))
+
+
+def _check_step_callbacks(cfg: ExperimentConfig) -> None:
+    """train.step_callbacks import here, in seconds, rather than in every worker after the model is built."""
+    from jobs.training.callbacks import resolve
+
+    for name in cfg.train.step_callbacks:
+        try:
+            resolve(name)
+        except ValueError as e:
+            raise UserError(str(e)) from None
 
 
 def screen_checkpoint(folder: str) -> None:

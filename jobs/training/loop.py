@@ -1,15 +1,15 @@
-"""`train_func`: what every Ray Train worker runs (build → restore → epochs of steps → validate → checkpoint).
+"""The training loop of one rank (build → restore → epochs of steps → validate → checkpoint), free of Ray.
 
+It talks to whatever runs it through a jobs.training.session.Session: Ray Train's workers
+(jobs/training/ray_worker.py) or one plain process (jobs/training/local.py, `lma3d train --no-ray`).
 Every collective decision (log, validate, checkpoint, stop) depends only on the step and epoch counters,
-which are identical on all ranks, so every rank calls `ray.train.report` the same number of times.
+which are identical on all ranks, so every rank calls `session.report` the same number of times.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import signal
 import socket
 import sys
 import tempfile
@@ -21,9 +21,8 @@ import psutil
 import torch
 
 from jobs.experiment_config import ExperimentConfig
-from jobs.log import setup_logging
 from jobs.training import checkpoint as ckpt
-from jobs.training import faults
+from jobs.training.callbacks import StepEvent, resolve_all
 from jobs.training.engine import (
     build_engine,
     build_training_model,
@@ -32,9 +31,10 @@ from jobs.training.engine import (
     seed_everything,
     to_device,
 )
+from jobs.training.session import Session
 from jobs.training.tracking import RunLogger
 from jobs.training.validate import validate
-from jobs.typed_yaml import build
+from jobs.typed_yaml import build, dump, to_dict
 
 log = logging.getLogger("lma3d.train")
 
@@ -59,12 +59,28 @@ class Window:
         }
 
 
+def loop_config(
+    cfg: ExperimentConfig, name: str, run_id: str, resume_from: str | None, step_callbacks: list[Any]
+) -> dict[str, Any]:
+    """What TrainJob is given (Ray Train's train_loop_config): plain data, plus picklable step callbacks."""
+    return {
+        "config": to_dict(cfg),
+        "config_yaml": dump(cfg),
+        "run_name": name,
+        "mlflow_run_id": run_id,
+        "resume_from": resume_from,
+        "step_callbacks": list(step_callbacks),
+    }
+
+
 class TrainJob:
-    def __init__(self, config: dict[str, Any], rank: int, world: int) -> None:
-        self.config, self.rank, self.world = config, rank, world
+    def __init__(self, config: dict[str, Any], session: Session) -> None:
+        self.config, self.session = config, session
+        self.rank, self.world = rank, world = session.rank, session.world_size
         self.cfg: ExperimentConfig = build(ExperimentConfig, config["config"], "train_loop_config")
         train = self.cfg.train
-        self.device = configure_worker(train)
+        self.callbacks = resolve_all([*train.step_callbacks, *config.get("step_callbacks", [])])
+        self.device = configure_worker(train, session.device(train.use_gpu))
         seed_everything(train.seed + rank)  # the original seeds 42 + rank
         from pipeline.loaders import train_loader
 
@@ -97,16 +113,16 @@ class TrainJob:
 
     # ---- restore -------------------------------------------------------------------------------------
     def restore(self) -> None:
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
+        """From the newer of the run's latest registered checkpoint and `resume_from` (--resume PATH, or the latest
+        checkpoint of a run that the other kind of job, Ray or --no-ray, registered); else nothing."""
+        resume_from = self.config.get("resume_from")
+        with self.session.latest_checkpoint() as folder:
+            if folder is not None and (not resume_from or "://" in resume_from or _step(folder) >= _step(resume_from)):
                 meta = self._load(folder)
-        elif self.config.get("resume_from"):
-            meta = self._load(self.config["resume_from"])
-        else:
-            return
+            elif resume_from:
+                meta = self._load(resume_from)
+            else:
+                return
         self.step = int(meta["step"])
         self.best = meta.get("best", self.best)
         log.info("resumed at step %d (lr %.3e)", self.step, self.engine.lr_scheduler.get_last_lr()[0])
@@ -169,7 +185,7 @@ class TrainJob:
             self.step += 1
             if bar is not None:
                 bar.update(1)
-            self._maybe_inject_fault()
+            self._call_back()
             if self.step % train.log_every == 0 or self.step == self.total_steps:
                 self._log(window, lr, epoch)
                 window = Window()
@@ -178,6 +194,15 @@ class TrainJob:
                 return
             if train.checkpoint_every and self.step % train.checkpoint_every == 0 and not last_of_epoch:
                 self._checkpoint(epoch, {})
+
+    def _call_back(self) -> None:
+        if not self.callbacks:
+            return
+        run_dir = f"{self.cfg.storage_path.rstrip('/')}/{self.config['run_name']}"
+        event = StepEvent(self.rank, self.world, self.step, self.total_steps, run_dir, self.last_checkpoint,
+                          dict(self.last_train))  # fmt: skip
+        for callback in self.callbacks:
+            callback(event)
 
     def _log(self, window: Window, lr: float, epoch: int) -> None:
         metrics = window.reduced(self.world) | {"train/lr": lr}
@@ -221,8 +246,6 @@ class TrainJob:
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     def _checkpoint(self, epoch: int, val: dict[str, float]) -> None:
-        import ray.train
-
         score = val.get("val/auc", float("nan"))
         improved = not math.isnan(score) and (math.isnan(self.best["val/auc"]) or score > self.best["val/auc"])
         if improved:
@@ -249,7 +272,7 @@ class TrainJob:
             folder = Path(tmp, name)
             ckpt.save(self.engine, folder, step=self.step, rank=self.rank, meta=meta)
             weights = ckpt.trainable_weights(self.engine, self.cfg.train.zero_stage, self.rank)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_dir_name=name)
+            self.session.report(metrics, folder, name)
         self.last_checkpoint = name
         if self.rank == 0:
             path = f"{self.cfg.storage_path.rstrip('/')}/{self.config['run_name']}/{name}"
@@ -267,38 +290,9 @@ class TrainJob:
             if improved:
                 self.run.artifact(path, "weights/best")
 
-    def _maybe_inject_fault(self) -> None:
-        """Test hook: once (a marker file remembers) at a given step on a given rank, after Ray has registered the
-        last checkpoint (its controller collects reports every ~2 s; a crash inside that window falls back to the
-        checkpoint before, which would make the test's expectations racy), fail the way a cluster fails:
-        `kind` "kill" (default) SIGKILLs this worker; "oom" fills `bytes` of host memory and holds it until Ray's
-        memory monitor kills the worker; "hang" blocks so that the test can kill this worker's node."""
-        fault = self.config.get("fault_injection")
-        if not fault or self.rank != fault["rank"] or self.step != fault["step"] or Path(fault["marker"]).exists():
-            return
-        snapshot = Path(self.cfg.storage_path, self.config["run_name"], "checkpoint_manager_snapshot.json")
-        deadline = time.monotonic() + 60
-        while self.last_checkpoint and time.monotonic() < deadline and "://" not in self.cfg.storage_path:
-            if snapshot.exists() and self.last_checkpoint in snapshot.read_text():
-                break
-            time.sleep(0.2)
-        kind = fault.get("kind", "kill")
-        Path(fault["marker"]).write_text(str(self.step))
-        log.warning("fault injection: %s on rank %d at step %d", kind, self.rank, self.step)
-        if kind == "oom":
-            held = []
-            while len(held) < int(fault["bytes"]) // 2**28 and psutil.virtual_memory().available > 2 * 2**30:
-                held.append(torch.ones(2**28, dtype=torch.uint8))  # touched pages: resident, as the monitor sees
-            # Ray's memory monitor kills this process, or others of its node (it picks the newest first), well
-            # before; released after hold_s so that the retried worker group does not meet the same pressure.
-            time.sleep(float(fault.get("hold_s", 120)))
-            gib = len(held) / 4
-            del held
-            raise RuntimeError(f"fault injection: {gib:.1f} GiB held for {fault.get('hold_s', 120)} s, not killed")
-        if kind == "hang":
-            time.sleep(600)
-            raise RuntimeError("fault injection: this worker's node was not killed within 600 s")
-        os.kill(os.getpid(), signal.SIGKILL)
+
+def _step(folder: str | Path) -> int:
+    return int(ckpt.read_meta(folder)["step"])
 
 
 def set_train_mode(module: torch.nn.Module, norm_eval: bool) -> None:
@@ -352,14 +346,8 @@ def _progress_bar(rank: int, total: int, initial: int) -> Any:
     return tqdm(total=total, initial=initial, desc="train", unit="step")
 
 
-def train_func(config: dict[str, Any]) -> None:
-    import ray.train
-
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    setup_logging(rank)
-    if rank == 0:  # first thing: the driver's failure budget counts attempts, those dying in set-up too
-        faults.record_attempt(config["config"]["train"]["storage_path"], config["run_name"])
-    job = TrainJob(config, rank, world)
+def run(config: dict[str, Any], session: Session) -> None:
+    """One rank's whole job: build, restore, train."""
+    job = TrainJob(config, session)
     job.restore()
     job.fit()

@@ -58,6 +58,9 @@ class TrainConfig:
     norm_eval: bool = False
     """Keep BatchNorm layers in eval mode while training (running statistics instead of per-batch ones;
     their affine weights still train): results then do not depend on how a batch is split over workers."""
+    step_callbacks: list[str] = field(default_factory=list)
+    """Importable names (`package.module:function`) called on every rank after each optimizer step with a
+    jobs.training.callbacks.StepEvent (rank, step, run folder, last checkpoint, last metrics)."""
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):

@@ -14,7 +14,6 @@ from typing import Any
 from jobs.entry import JobFailed
 from jobs.experiment_config import ExperimentConfig
 from jobs.training import faults
-from jobs.typed_yaml import dump, to_dict
 
 log = logging.getLogger("lma3d.train")
 # Secrets and endpoints the workers need to reach MLflow and its artifact store (passed via runtime_env).
@@ -26,14 +25,14 @@ FORWARDED_ENV = (
 
 
 def fit(
-    cfg: ExperimentConfig, name: str, run_id: str, resume_from: str | None, fault: dict | None, callbacks: list
+    cfg: ExperimentConfig, name: str, run_id: str, resume_from: str | None, step_callbacks: list, callbacks: list
 ) -> Any:
     """TorchTrainer.fit(), run again with the same RunConfig (so from the latest registered checkpoint) after a
     system fault Ray did not retry, while the failures of all attempts stay within train.max_failures."""
     budget, failures = cfg.train.max_failures, 0
     counted = faults.count_attempts(cfg.storage_path, name)  # attempts of earlier jobs of a resumed run
     while True:
-        attempt = torch_trainer(cfg, name, run_id, resume_from, fault, budget - failures, callbacks)
+        attempt = torch_trainer(cfg, name, run_id, resume_from, step_callbacks, budget - failures, callbacks)
         try:
             return attempt.fit()
         except Exception as e:
@@ -58,14 +57,17 @@ def torch_trainer(
     name: str,
     run_id: str,
     resume_from: str | None,
-    fault: dict | None,
+    step_callbacks: list[Any],
     max_failures: int,
     callbacks: list[Any],
 ) -> Any:
+    """`step_callbacks` run in the workers' loop (jobs/training/callbacks.py); `callbacks` are Ray Train's, in
+    its controller."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from jobs.training.loop import train_func
+    from jobs.training.loop import loop_config
+    from jobs.training.ray_worker import train_func
     from jobs.training.torch_backend import FaultTolerantTorchConfig
 
     train = cfg.train
@@ -73,17 +75,9 @@ def torch_trainer(
     env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     if not train.use_gpu:
         env_vars["DS_ACCELERATOR"] = "cpu"  # must be set before deepspeed is imported in the worker
-    loop_config = {
-        "config": to_dict(cfg),
-        "config_yaml": dump(cfg),
-        "run_name": name,
-        "mlflow_run_id": run_id,
-        "resume_from": resume_from,
-        "fault_injection": fault,
-    }
     return TorchTrainer(
         train_func,
-        train_loop_config=loop_config,
+        train_loop_config=loop_config(cfg, name, run_id, resume_from, step_callbacks),
         scaling_config=ScalingConfig(
             num_workers=train.num_workers,
             use_gpu=train.use_gpu,

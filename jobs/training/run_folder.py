@@ -1,0 +1,119 @@
+"""A run's folder `<train.storage_path>/<run name>`: which of its checkpoint folders are registered (complete).
+
+Two registries, one per way of training, and a checkpoint counts once either lists it:
+
+- Ray Train's run snapshot `checkpoint_manager_snapshot.json`, written by its controller once every rank has
+  reported a checkpoint (a folder an attempt wrote before dying is never in it);
+- `lma3d_checkpoints.json`, written by `lma3d train --no-ray` (jobs/training/local.py) after it has moved a
+  complete checkpoint folder into place. A separate file, not a hand-made Ray snapshot: Ray's controller reloads
+  its snapshot on resume and would refuse (or misread) one it did not write. With both, a run started without
+  Ray continues under Ray and the other way round (the launcher hands Ray the latest checkpoint as resume_from
+  when its own snapshot does not know it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from jobs.cluster_storage import filesystem
+from jobs.training.checkpoint import META_FILE
+
+RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+LOCAL_REGISTRY_FILE = "lma3d_checkpoints.json"
+LOCAL_REGISTRY_FORMAT = "lma3d-checkpoints-v1"
+
+
+def inspect_run(storage_path: str, name: str) -> tuple[bool, list[dict[str, Any]]]:
+    """(run dir exists, metadata of its registered checkpoints sorted by step, each with its `path`)."""
+    import pyarrow.fs
+
+    fs, root = filesystem(storage_path)
+    run_path = f"{root.rstrip('/')}/{name}"
+    if fs.get_file_info(run_path).type == pyarrow.fs.FileType.NotFound:
+        return False, []
+    registered: set[str] | None = set()
+    found = False
+    for file, parse in ((RAY_SNAPSHOT_FILE, _registered_dirs), (LOCAL_REGISTRY_FILE, _local_dirs)):
+        path = f"{run_path}/{file}"
+        if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+            continue
+        found = True
+        with fs.open_input_stream(path) as f:
+            names = parse(f.read().decode())
+        registered = None if names is None or registered is None else registered | names
+    if not found:
+        return True, []
+    metas = []
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(run_path)):
+        if registered is not None and info.base_name not in registered:
+            continue  # written by an attempt that died before it was registered
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            meta_path = f"{info.path}/{META_FILE}"
+            if fs.get_file_info(meta_path).type == pyarrow.fs.FileType.File:
+                with fs.open_input_stream(meta_path) as f:
+                    metas.append({**json.loads(f.read().decode()), "path": info.path})
+    return True, sorted(metas, key=lambda m: m["step"])
+
+
+def _registered_dirs(snapshot: str) -> set[str] | None:
+    """Checkpoint folder names in Ray's run snapshot (None if its format is not the one we know)."""
+    try:
+        state = json.loads(snapshot)
+        names = {r["checkpoint_dir_name"] for r in state.get("checkpoint_results", [])}
+        latest = state.get("latest_checkpoint_result") or {}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if latest.get("checkpoint_dir_name"):
+        names.add(latest["checkpoint_dir_name"])
+    return names
+
+
+def _local_dirs(text: str) -> set[str] | None:
+    try:
+        return {r["checkpoint_dir_name"] for r in json.loads(text)["checkpoints"]}
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def read_local_registry(run_dir: Path) -> list[dict[str, Any]]:
+    """The checkpoints a --no-ray job registered, oldest first: {"checkpoint_dir_name", "metrics"}."""
+    path = run_dir / LOCAL_REGISTRY_FILE
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or data.get("format") != LOCAL_REGISTRY_FORMAT:
+        raise ValueError(f"{path}: format {data.get('format') if isinstance(data, dict) else data!r}, "
+                         f"expected {LOCAL_REGISTRY_FORMAT!r}")  # fmt: skip
+    return list(data["checkpoints"])
+
+
+def register_local(run_dir: Path, name: str, metrics: dict[str, Any], keep: int) -> list[dict[str, Any]]:
+    """Add `<run_dir>/<name>` (complete, in place) to the --no-ray registry, then apply Ray's retention rule:
+    the `keep` best by val/auc and always the latest; the folders of the others are deleted. Returns the kept."""
+    entries = [e for e in read_local_registry(run_dir) if e["checkpoint_dir_name"] != name]
+    entries.append({"checkpoint_dir_name": name, "metrics": metrics})
+    # As Ray's checkpoint manager ranks them: by score, and among equal scores the newer first.
+    by_score = sorted(range(len(entries)), key=lambda i: (_score(entries[i]["metrics"]), i), reverse=True)
+    kept_names = {entries[i]["checkpoint_dir_name"] for i in by_score[:keep]} | {name}
+    kept = [e for e in entries if e["checkpoint_dir_name"] in kept_names]
+    tmp = run_dir / (LOCAL_REGISTRY_FILE + ".tmp")
+    tmp.write_text(json.dumps({"format": LOCAL_REGISTRY_FORMAT, "checkpoints": kept}, indent=1, default=float))
+    tmp.replace(run_dir / LOCAL_REGISTRY_FILE)  # the registry changes in one step: it never lists a missing folder
+    for entry in entries:
+        if entry["checkpoint_dir_name"] not in kept_names:
+            shutil.rmtree(run_dir / entry["checkpoint_dir_name"], ignore_errors=True)
+    return kept
+
+
+def _score(metrics: dict[str, Any]) -> float:
+    value = metrics.get("val/auc")
+    return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else -math.inf
+
+
+def delete_run(storage_path: str, name: str) -> None:
+    fs, root = filesystem(storage_path)
+    fs.delete_dir(f"{root.rstrip('/')}/{name}")

@@ -1,0 +1,66 @@
+"""Fast tests of a run folder's two checkpoint registries (Ray's snapshot, --no-ray's lma3d_checkpoints.json),
+--no-ray's retention rule and the step-callback names; no Ray, no model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jobs.training.callbacks import StepEvent, resolve
+from jobs.training.run_folder import inspect_run, register_local
+
+
+def _checkpoint(run: Path, step: int) -> str:
+    name = f"checkpoint_step{step:09d}"
+    (run / name).mkdir(parents=True)
+    (run / name / "lma3d_meta.json").write_text(json.dumps({"step": step}))
+    return name
+
+
+def test_inspect_run_counts_what_either_registry_lists(tmp_path):
+    run = tmp_path / "run"
+    for step in (2, 4, 6, 8):
+        _checkpoint(run, step)
+    ray_snapshot = {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_step000000002"}]}
+    (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(ray_snapshot))
+    register_local(run, "checkpoint_step000000006", {"val/auc": -1.0}, keep=5)
+    _, metas = inspect_run(str(tmp_path), "run")
+    assert [m["step"] for m in metas] == [2, 6]  # 4 and 8: written, never registered
+
+
+def test_register_local_keeps_the_k_best_by_val_auc_and_always_the_latest(tmp_path):
+    run = tmp_path / "run"
+    scores = {1: 0.7, 2: -1.0, 3: 0.9, 4: 0.5, 5: -1.0}  # -1: not validated
+    for step, auc in scores.items():
+        kept = register_local(run, _checkpoint(run, step), {"val/auc": auc}, keep=2)
+    # best two: 3 (0.9) and 1 (0.7); the latest, 5, whatever its score
+    assert [e["checkpoint_dir_name"][-1] for e in kept] == ["1", "3", "5"]
+    assert sorted(p.name[-1] for p in run.glob("checkpoint_*")) == ["1", "3", "5"]
+
+
+def test_register_local_breaks_ties_for_the_newer_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    for step in (1, 2, 3):
+        kept = register_local(run, _checkpoint(run, step), {"val/auc": -1.0}, keep=2)
+    assert [e["checkpoint_dir_name"][-1] for e in kept] == ["2", "3"]
+
+
+def _record(event: StepEvent) -> None:
+    pass
+
+
+def test_step_callback_names_resolve_with_a_colon_or_a_dot():
+    assert resolve("test_train_run_folder:_record") is _record
+    assert resolve("test_train_run_folder._record") is _record
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [("nodots", "not an importable name"), ("no_such_module_xyz:f", "cannot import"),
+     ("json:no_such_function", "cannot import"), ("json:__doc__", "not callable")],
+)  # fmt: skip
+def test_bad_step_callback_names_fail_naming_the_entry(name, message):
+    with pytest.raises(ValueError, match=f"train.step_callbacks: .*{message}"):
+        resolve(name)
