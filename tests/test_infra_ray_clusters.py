@@ -1,159 +1,42 @@
-"""infra/: manifests parse and agree with each other, the installed Ray and MLflow, and the CLI they call.
+"""infra/: the Ray clusters. The KubeRay manifests (RayCluster, the RayJobs, the RayService) parse, pass KubeRay's
+CRD schema and rules, agree with each other, the images and the installed Ray, and call the real CLI; the `ray up`
+launcher config passes Ray's schema.
 
 Text-level checks (no docker, Kubernetes or network), with Ray's own schema and packaging code where they exist."""
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import importlib.util
 import json
 import re
 import shlex
-from pathlib import Path
 
-import mlflow
 import pytest
 import ray
 import yaml
-from mlflow.server.security_utils import is_allowed_host_header
+from cli_calls import check_cli_call, verb_namespace
+from infra_files import (
+    IMAGE_TAG,
+    INFRA,
+    K8S,
+    RAY_FILES,
+    RAYJOBS,
+    ROOT,
+    STORAGE,
+    cluster_spec,
+    dockerfile,
+    docs,
+    k8s_objects,
+    ray_pods,
+    secrets,
+    the,
+)
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.runtime_env import RuntimeEnv
 
-import jobs.entry
-from jobs.cli import VERBS
-from jobs.verbs.submit import split_argv
-
-ROOT = Path(__file__).resolve().parents[1]
-INFRA, K8S = ROOT / "infra", ROOT / "infra" / "k8s"
-RAY_FILES = ["raycluster.yaml", "rayjob-shard.yaml", "rayjob-train.yaml", "rayjob-eval.yaml"]
-RAYJOBS = RAY_FILES[1:]
-STORAGE = "/mnt/cluster_storage"
-IMAGE_TAG = re.compile(r"/lma3d:(?P<ray>\d+\.\d+\.\d+)-(?P<suffix>py\d+-(?:cu\d+|cpu))$")
 API_VERSIONS = {"RayCluster": "ray.io/v1", "RayJob": "ray.io/v1", "RayService": "ray.io/v1",
                 "Deployment": "apps/v1", "StatefulSet": "apps/v1", "Job": "batch/v1", "Service": "v1",
                 "PersistentVolumeClaim": "v1", "Secret": "v1"}  # fmt: skip
-
-
-def docs(path: Path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-
-
-def k8s_objects() -> list[dict]:
-    return [d for p in sorted(K8S.rglob("*.yaml")) for d in docs(p)]
-
-
-def the(kind: str, name: str) -> dict:
-    return next(d for d in k8s_objects() if d["kind"] == kind and d["metadata"].get("name") == name)
-
-
-def cluster_spec(doc: dict) -> dict:
-    return doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
-
-
-def ray_pods(name: str) -> list[tuple[str, dict]]:
-    """(group, pod spec) for the head and every worker group of a RayCluster or a RayJob's cluster."""
-    spec = cluster_spec(docs(K8S / name)[0])
-    groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
-    return [(group, g["template"]["spec"]) for group, g in groups]
-
-
-def dockerfile(name: str) -> str:
-    return (INFRA / "docker" / name).read_text().replace("\\\n", " ")
-
-
-def secrets() -> dict[str, dict]:
-    """The example Secrets (mlflow/secret.example.yaml, ray-auth.example.yaml) by name."""
-    return {d["metadata"]["name"]: d["stringData"] for d in k8s_objects() if d["kind"] == "Secret"}
-
-
-def services() -> dict[str, set[int]]:
-    return {
-        d["metadata"]["name"]: {p["port"] for p in d["spec"]["ports"]} for d in k8s_objects() if d["kind"] == "Service"
-    }
-
-
-def compose() -> dict:
-    return yaml.safe_load((INFRA / "mlflow" / "docker-compose.yml").read_text())
-
-
-def interpolate(text: str) -> str:
-    """Docker compose variable substitution with the values of infra/mlflow/.env.example."""
-    env = dict(line.split("=", 1) for line in (INFRA / "mlflow" / ".env.example").read_text().splitlines()
-               if line and not line.startswith("#"))  # fmt: skip
-    return re.sub(r"\$\{(\w+)(?:(?::-|:\?)[^}]*)?\}", lambda m: env[m.group(1)], text).replace("$$", "$")
-
-
-class _Parsed(Exception):
-    pass
-
-
-def verb_namespace(verb: str, args: list[str], monkeypatch) -> argparse.Namespace:
-    """Run the verb's real main() up to its argument parsing; fail if its parser rejects `args`."""
-    real, seen = argparse.ArgumentParser.parse_known_args, {}
-
-    def parse_and_stop(self, args=None, namespace=None):
-        seen["ns"], seen["extra"] = real(self, args, namespace)
-        raise _Parsed
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", parse_and_stop)
-    monkeypatch.setattr(jobs.entry, "setup_logging", lambda *a, **k: None)
-    try:
-        importlib.import_module(f"jobs.verbs.{verb}").main(list(args))
-    except _Parsed:
-        pass
-    except SystemExit as e:
-        pytest.fail(f"`lma3d {verb}` rejects {args} (exit {e.code}); see the usage message above")
-    assert "ns" in seen, f"jobs.verbs.{verb}.main() returned without parsing its arguments"
-    assert not seen["extra"], f"`lma3d {verb}` does not know {seen['extra']}"
-    return seen["ns"]
-
-
-def check_cli_call(command: str, monkeypatch) -> None:
-    """`python -m jobs.verbs.<verb> ...` or `lma3d [submit] <verb> ...` names a real verb, flags, configs and keys."""
-    argv = shlex.split(command, comments=True)
-    if argv[:2] == ["python", "-m"]:
-        assert argv[2].startswith("jobs.verbs."), command
-        verb, args = argv[2].removeprefix("jobs.verbs."), argv[3:]
-    else:
-        assert argv[0] == "lma3d", command
-        verb, args = argv[1], argv[2:]
-        if verb == "submit":
-            _, rest = split_argv(args)
-            if rest[0] in ("--status", "--logs", "--stop"):
-                assert len(rest) == 2, command
-                return
-            verb, args = rest[0], rest[1:]
-    assert verb in VERBS, f"{command}: no verb {verb!r} in jobs/cli.py"
-    if "--help" in args:
-        return
-    configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
-    concrete = [c for c in configs if "$" not in c and "<" not in c]
-    if not list(ROOT.glob("configs/agpil/*.yaml")):
-        pytest.skip("configs/agpil/*.yaml are not written yet: cannot check config paths")
-    for config in concrete:
-        assert (ROOT / config).is_file(), f"{command}: {config} does not exist"
-    if importlib.util.find_spec(f"jobs.verbs.{verb}") is None:
-        pytest.skip(f"jobs/verbs/{verb}.py does not exist yet: its flags cannot be checked")
-    ns = verb_namespace(verb, args, monkeypatch)
-    if hasattr(ns, "override_args") and configs == concrete and not any("$" in a or "<" in a for a in args):
-        from jobs.experiment_config import resolve_config
-
-        monkeypatch.chdir(ROOT)
-        resolve_config(ns)  # unknown or mistyped override keys raise ConfigError naming them
-
-
-def doc_commands() -> dict[str, str]:
-    """`lma3d ...` / `python -m jobs....` lines inside the code blocks of the docs, by file and command number."""
-    found = {}
-    for path in (ROOT / "docs" / "cluster.md", INFRA / "README.md"):
-        text, in_code = path.read_text().replace("\\\n", " ") if path.exists() else "", False
-        for line in text.splitlines():
-            in_code ^= line.lstrip().startswith("```")
-            line = line.strip().rstrip(";")
-            if in_code and (line.startswith("lma3d ") or line.startswith("python -m jobs.")):
-                found[f"{path.name}#{sum(k.startswith(path.name) for k in found) + 1}"] = line
-    return found
 
 
 MANIFESTS = sorted(p for p in INFRA.rglob("*") if p.suffix in (".yaml", ".yml"))
@@ -263,64 +146,6 @@ def test_eval_rayjob_evaluates_on_the_gpus_with_an_auto_sized_pool(monkeypatch):
     assert all(p["containers"][0]["resources"]["limits"].get("nvidia.com/gpu") for p in gpu_groups)
 
 
-@pytest.mark.parametrize("where", sorted(doc_commands()))
-def test_docs_commands_are_real_cli_calls(where, monkeypatch):
-    check_cli_call(doc_commands()[where], monkeypatch)
-
-
-def test_dockerfiles_install_the_project_and_run_the_cli(capsys):
-    for name in ("Dockerfile", "Dockerfile.cpu"):
-        text = dockerfile(name)
-        assert not re.search(r"^ENTRYPOINT", text, re.M), f"{name}: KubeRay/`ray up` replace the command, no ENTRYPOINT"
-        assert re.search(r"pip install \"torch==\$\{TORCH_VERSION\}\" --index-url", text), name
-        assert re.search(r"^COPY --chown=ray:users \. /home/ray/lma3d$", text, re.M), f"{name}: copy the repo"
-        assert re.search(r"pip install [^\n]*/home/ray/lma3d\s", text), f"{name}: must pip install the copied project"
-        cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
-        assert cmd == ["lma3d", "--help"] and importlib.import_module("jobs.cli").main(cmd[1:]) == 0
-        ignored = (INFRA / "docker" / f"{name}.dockerignore").read_text().split()
-        assert {".git", "**/.venv", "work", "**/*.tar"} <= set(ignored)
-        assert not {"jobs", "model", "pipeline", "configs", "pyproject.toml", "README.md"} & set(ignored)
-    assert "DS_ACCELERATOR=cuda DS_BUILD_CPU_ADAM=1" in dockerfile("Dockerfile")
-    assert re.search(r"^ENV [^\n]*DS_ACCELERATOR=cpu", dockerfile("Dockerfile.cpu"), re.M)
-    assert re.search(r"ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu$", dockerfile("Dockerfile.cpu"), re.M)
-    capsys.readouterr()
-
-
-def test_compose_runs_postgres_minio_bucket_init_and_a_proxying_mlflow_server():
-    services_ = compose()["services"]
-    assert {"postgres", "minio", "minio-init", "mlflow"} <= set(services_)
-    server = services_["mlflow"]
-    argv = shlex.split(interpolate(server["command"]))
-    backend, artifacts = argv[argv.index("--backend-store-uri") + 1], argv[argv.index("--artifacts-destination") + 1]
-    assert argv[:2] == ["mlflow", "server"] and "--no-serve-artifacts" not in argv
-    # +psycopg2: the driver the server image installs (SQLAlchemy 2.1 maps bare postgresql:// to psycopg 3).
-    assert re.fullmatch(r"postgresql\+psycopg2://mlflow@postgres:5432/mlflow", backend), f"no password: {backend}"
-    bucket_script = (INFRA / "mlflow" / "create-bucket.sh").read_text()
-    assert artifacts == "s3://mlflow" and "mc mb --ignore-existing" in bucket_script
-    assert services_["minio-init"]["environment"]["MLFLOW_BUCKET"] == "${MLFLOW_BUCKET:-mlflow}"
-    assert server["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
-    assert server["depends_on"] == {"postgres": {"condition": "service_healthy"},
-                                    "minio-init": {"condition": "service_completed_successfully"}}  # fmt: skip
-    for name in ("postgres", "minio", "mlflow"):
-        assert services_[name]["healthcheck"]["test"], name
-    assert set(compose()["volumes"]) == {"postgres-data", "minio-data"}
-
-
-def test_k8s_mlflow_server_points_at_the_postgres_and_minio_services():
-    (server,) = the("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"]
-    args = dict(a.lstrip("-").split("=", 1) for a in server["args"])
-    uri = args["backend-store-uri"]
-    backend = re.fullmatch(r"postgresql\+psycopg2://\$\(POSTGRES_USER\)@(\w+):(\d+)/\$\(POSTGRES_DB\)", uri)
-    assert backend and int(backend[2]) in services()[backend[1]]
-    env = {e["name"]: e.get("value") for e in server["env"]}
-    endpoint = re.fullmatch(r"http://(\w+):(\d+)", env["MLFLOW_S3_ENDPOINT_URL"])
-    assert endpoint and int(endpoint[2]) in services()[endpoint[1]]
-    bucket_job = the("Job", "minio-create-bucket")["spec"]["template"]["spec"]["containers"][0]["args"][0]
-    assert args["artifacts-destination"] == "s3://mlflow" and "mc mb --ignore-existing minio/mlflow" in bucket_job
-    assert {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "AWS_ACCESS_KEY_ID"} <= set(secrets()["mlflow-server"])
-    assert server["readinessProbe"]["httpGet"]["path"] == "/health"
-
-
 def test_every_secret_and_volume_claim_a_k8s_manifest_uses_exists():
     text = "\n".join(p.read_text() for p in K8S.rglob("*.yaml"))
     for name, key in re.findall(r"secretKeyRef: \{name: ([\w-]+), key: (\w+)\}", text):
@@ -329,24 +154,6 @@ def test_every_secret_and_volume_claim_a_k8s_manifest_uses_exists():
         assert name in secrets(), name
     claims = {d["metadata"]["name"] for d in k8s_objects() if d["kind"] == "PersistentVolumeClaim"}
     assert set(re.findall(r"claimName: ([\w-]+)", text)) <= claims
-
-
-def test_mlflow_server_accepts_the_host_names_clients_use():
-    k8s_env = the("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]["env"]
-    k8s_hosts = next(e["value"] for e in k8s_env if e["name"] == "MLFLOW_SERVER_ALLOWED_HOSTS")
-    for hosts in (k8s_hosts, compose()["services"]["mlflow"]["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"]):
-        allowed = hosts.split(",")
-        for host in ("mlflow:5000", "mlflow.lma3d.svc.cluster.local:5000", "localhost:5000", "10.0.3.7:5000"):
-            assert is_allowed_host_header(allowed, host), host
-        assert not is_allowed_host_header(allowed, "attacker.example.com")
-
-
-def test_mlflow_server_image_runs_the_clients_mlflow_version():
-    pinned = re.search(r"^ARG MLFLOW_VERSION=(\S+)", (INFRA / "mlflow" / "Dockerfile").read_text(), re.M).group(1)
-    assert pinned == mlflow.__version__
-    server = the("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
-    for image in (compose()["services"]["mlflow"]["image"], server["image"]):
-        assert image.endswith(f"/lma3d-mlflow:{pinned}"), image
 
 
 def test_launcher_config_passes_rays_schema_and_uses_the_modern_layout():
@@ -468,52 +275,3 @@ def test_ray_cluster_requires_the_token_from_the_auth_secret(name):
     for group, pod in ray_pods(name):
         env = {e["name"] for c in pod["containers"] for e in c.get("env", [])}
         assert not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} & env, f"{group}: KubeRay sets these from authOptions"
-
-
-def k8s_containers() -> list[tuple[str, dict]]:
-    """(owner name, container) for every Deployment, StatefulSet and Job in infra/k8s."""
-    kinds = ("Deployment", "StatefulSet", "Job")
-    return [(d["metadata"]["name"], c) for d in k8s_objects() if d["kind"] in kinds
-            for c in d["spec"]["template"]["spec"]["containers"]]  # fmt: skip
-
-
-SECRET_NAMES = re.compile(r"PASSWORD|SECRET|TOKEN")
-
-
-def test_server_passwords_come_from_secrets_through_the_environment():
-    values = {v for data in secrets().values() for k, v in data.items() if SECRET_NAMES.search(k)}
-    for owner, container in k8s_containers():
-        argv = " ".join(container.get("command", []) + container.get("args", []))
-        assert not SECRET_NAMES.search(re.sub(r"\$(\w+)", "", argv)), f"{owner}: a secret expanded into its command"
-        assert not any(v in argv for v in values), f"{owner}: a secret value on its command line"
-        for e in container.get("env", []):
-            if SECRET_NAMES.search(e["name"]):
-                assert "secretKeyRef" in e.get("valueFrom", {}), f"{owner}: {e['name']} must come from a Secret"
-        assert not container.get("envFrom"), f"{owner}: take single keys (secretKeyRef), not the whole Secret"
-    for name, service in compose()["services"].items():
-        command = service.get("command", "")
-        assert "PASSWORD" not in command and "SECRET" not in command, f"compose {name}: a secret in its command"
-        for key, value in service.get("environment", {}).items():
-            if SECRET_NAMES.search(key):
-                assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", value), f"compose {name}: {key} must come from .env"
-
-
-def test_mlflow_server_has_its_own_s3_keys_not_minio_root():
-    server_secret = secrets()["mlflow-server"]
-    assert server_secret["AWS_ACCESS_KEY_ID"] != server_secret["MINIO_ROOT_USER"]
-    assert server_secret["AWS_SECRET_ACCESS_KEY"] != server_secret["MINIO_ROOT_PASSWORD"]
-    (server,) = the("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"]
-    keys = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in server["env"] if "valueFrom" in e}
-    assert keys["AWS_ACCESS_KEY_ID"] == "AWS_ACCESS_KEY_ID" and not any("MINIO_ROOT" in k for k in keys.values())
-    (init,) = the("Job", "minio-create-bucket")["spec"]["template"]["spec"]["containers"]
-    init_keys = {e["valueFrom"]["secretKeyRef"]["key"] for e in init["env"] if "valueFrom" in e}
-    assert {"MINIO_ROOT_USER", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= init_keys
-    script = init["args"][0]
-    assert 'mc admin user add minio "$MLFLOW_S3_ACCESS_KEY"' in script
-    assert "mc admin policy attach minio mlflow-artifacts" in script
-    env = compose()["services"]["mlflow"]["environment"]
-    assert env["AWS_ACCESS_KEY_ID"].startswith("${MLFLOW_S3_ACCESS_KEY")
-    assert env["AWS_SECRET_ACCESS_KEY"].startswith("${MLFLOW_S3_SECRET_KEY")
-    bucket_script = (INFRA / "mlflow" / "create-bucket.sh").read_text()
-    assert 'mc admin user add minio "$MLFLOW_S3_ACCESS_KEY"' in bucket_script
-    assert "mc alias set" not in bucket_script + script, "the root password would be an argument of mc"
