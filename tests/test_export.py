@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from ds_one_process import run_script
 from safetensors.torch import load_file
 
 from jobs.training.consolidate import UnsafeCheckpoint, consolidate
@@ -26,11 +25,7 @@ STEP_DIR = "checkpoint_step000000002"
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ds")
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(HERE.parent)}
-    done = subprocess.run(
-        [sys.executable, str(HERE / "ds_checkpoint.py"), str(out), "0", "1", "2", "3"],
-        cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    done = run_script("ds_checkpoint.py", str(out), "0", "1", "2", "3")
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 

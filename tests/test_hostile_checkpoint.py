@@ -5,16 +5,14 @@ DeepSpeed model states, ZeRO optimizer shard) is refused with one line naming th
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from ds_one_process import run_script
 from tiny import synth_shards, tiny_overrides
 
 from jobs.training import checkpoint as ckpt
@@ -23,7 +21,6 @@ from jobs.training.consolidate import UnsafeCheckpoint, safe_load
 from jobs.verbs.train import main as train_main
 
 pytestmark = pytest.mark.slow  # real DeepSpeed checkpoints and shards (Ray Data) are built once per module
-HERE = Path(__file__).parent
 STEP_DIR = "checkpoint_step000000002"
 MODEL_STATES = "global_step2/mp_rank_00_model_states.pt"
 OPTIM_STATES = "global_step2/zero_pp_rank_0_mp_rank_00_optim_states.pt"
@@ -39,18 +36,11 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
-def _script(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(HERE.parent)}
-    return subprocess.run(
-        [sys.executable, *args], cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=600
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real ZeRO-2 checkpoint of the tiny model, written as training writes it."""
     out = tmp_path_factory.mktemp("ds")
-    done = _script(str(HERE / "ds_checkpoint.py"), str(out), "2")
+    done = run_script("ds_checkpoint.py", str(out), "2")
     assert done.returncode == 0, done.stderr[-3000:]
     return out / "zero2" / STEP_DIR
 
@@ -119,13 +109,13 @@ def test_deepspeed_loading_itself_refuses_a_file_replaced_after_screening(checkp
     folder = shutil.copytree(checkpoint, tmp_path / STEP_DIR)
     marker = tmp_path / "pwned"
     _plant(folder / MODEL_STATES, marker)
-    done = _script(str(HERE / "ds_resume.py"), str(folder), "2", "--unscreened")
+    done = run_script("ds_resume.py", str(folder), "2", "--unscreened")
     assert done.returncode == 3, done.stdout + done.stderr[-3000:]
     assert str(folder / MODEL_STATES) in done.stdout and not marker.exists()
 
 
 def test_a_clean_checkpoint_restores_weights_and_the_json_rng_state(checkpoint) -> None:
-    done = _script(str(HERE / "ds_resume.py"), str(checkpoint), "2")
+    done = run_script("ds_resume.py", str(checkpoint), "2")
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "loaded step 2 rng_restored True" in done.stdout
 
