@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from ds_one_process import run_script
+from pickle_payload import TouchOnUnpickle
 from tiny import synth_shards, tiny_overrides
 
 from jobs.training import checkpoint as ckpt
@@ -24,16 +25,6 @@ pytestmark = pytest.mark.slow  # real DeepSpeed checkpoints and shards (Ray Data
 STEP_DIR = "checkpoint_step000000002"
 MODEL_STATES = "global_step2/mp_rank_00_model_states.pt"
 OPTIM_STATES = "global_step2/zero_pp_rank_0_mp_rank_00_optim_states.pt"
-
-
-class _Payload:
-    """Unpickling this runs touch(marker): what a planted checkpoint file could do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +44,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory, ray_local) -> Path:
 def _plant(file: Path, marker: Path) -> None:
     """Rewrite a real checkpoint file with the payload added next to its real content."""
     content = safe_load(file, mmap=False)
-    torch.save({**content, "payload": _Payload(marker)}, file)
+    torch.save({**content, "payload": TouchOnUnpickle(marker)}, file)
 
 
 def _train_args(shards: Path, workdir: Path, *extra: str) -> list[str]:
@@ -74,7 +65,7 @@ def test_pickle_planted_in_the_rng_file_is_refused_by_resume_path(checkpoint, sh
     marker = tmp_path / "pwned"
     (folder / "rng_rank0.json").unlink()
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    torch.save({**state, "payload": _Payload(marker)}, folder / "rng_rank0.pt")
+    torch.save({**state, "payload": TouchOnUnpickle(marker)}, folder / "rng_rank0.pt")
     code = train_main(_train_args(shards, tmp_path / "work", "--resume", str(folder), "--run-name", "r"))
     _assert_refused(code, capsys.readouterr().err, folder / "rng_rank0.pt", marker)
     assert not (tmp_path / "work" / "runs" / "r").exists() and not (tmp_path / "work" / "mlflow.db").exists()
@@ -138,7 +129,7 @@ def test_an_old_pickled_rng_file_is_read_with_weights_only(tmp_path) -> None:
 
 def test_an_old_pickled_rng_file_with_a_payload_is_refused(tmp_path) -> None:
     marker = tmp_path / "pwned"
-    torch.save({"python": random.getstate(), "payload": _Payload(marker)}, tmp_path / "rng_rank0.pt")
+    torch.save({"python": random.getstate(), "payload": TouchOnUnpickle(marker)}, tmp_path / "rng_rank0.pt")
     with pytest.raises(UnsafeCheckpoint, match="rng_rank0.pt"):
         rng_state.read_legacy(tmp_path / "rng_rank0.pt")
     assert not marker.exists()

@@ -196,7 +196,7 @@ def test_rayservice_serve_config_passes_serves_schema_and_builds_lma3d_serves_ap
     autoscaling = deployment._deployment_config.autoscaling_config
     args = app["args"]
     assert (autoscaling.min_replicas, autoscaling.max_replicas) == (args["replicas"], args["max_replicas"])
-    (worker,) = ray_pods_of(RAYSERVICE)[1:]
+    (worker,) = ray_pods(RAYSERVICE)[1:]
     limits = worker[1]["containers"][0]["resources"]["limits"]
     assert deployment.ray_actor_options["num_gpus"] == 1 and int(limits["nvidia.com/gpu"]) >= 1
     assert deployment.ray_actor_options["num_cpus"] <= int(limits["cpu"])
@@ -204,16 +204,10 @@ def test_rayservice_serve_config_passes_serves_schema_and_builds_lma3d_serves_ap
     assert autoscaling.max_replicas <= cluster["workerGroupSpecs"][0]["maxReplicas"] * int(limits["nvidia.com/gpu"])
 
 
-def ray_pods_of(name: str) -> list[tuple[str, dict]]:
-    spec = docs(K8S / name)[0]["spec"]["rayClusterSpec"]
-    groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
-    return [(group, g["template"]["spec"]) for group, g in groups]
-
-
 def test_rayservice_pods_read_the_mlflow_secret_expose_serve_and_run_the_installed_ray():
     cluster = docs(K8S / RAYSERVICE)[0]["spec"]["rayClusterSpec"]
     assert cluster["rayVersion"] == ray.__version__
-    for group, pod in ray_pods_of(RAYSERVICE):
+    for group, pod in ray_pods(RAYSERVICE):
         (container,) = pod["containers"]
         tag = IMAGE_TAG.search(container["image"])
         assert tag and tag["ray"] == ray.__version__, group
@@ -222,7 +216,7 @@ def test_rayservice_pods_read_the_mlflow_secret_expose_serve_and_run_the_install
         assert container["resources"]["limits"] == container["resources"]["requests"], group
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         assert {v["name"]: v for v in pod["volumes"]}[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory"}
-    head = ray_pods_of(RAYSERVICE)[0][1]["containers"][0]
+    head = ray_pods(RAYSERVICE)[0][1]["containers"][0]
     assert {p["containerPort"] for p in head["ports"]} == {6379, 8265, 10001, 8000}
 
 
