@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from ds_one_process import run_script
+from pickle_payload import TouchOnUnpickle
 from safetensors.torch import load_file
 
 from jobs.training.consolidate import UnsafeCheckpoint, consolidate
@@ -26,11 +26,7 @@ STEP_DIR = "checkpoint_step000000002"
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ds")
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(HERE.parent)}
-    done = subprocess.run(
-        [sys.executable, str(HERE / "ds_checkpoint.py"), str(out), "0", "1", "2", "3"],
-        cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    done = run_script("ds_checkpoint.py", str(out), "0", "1", "2", "3")
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -75,22 +71,12 @@ def test_export_then_from_pretrained_predicts_exactly_as_the_checkpoint(
     np.testing.assert_array_equal(pred.numpy(), np.load(checkpoints / f"zero{stage}" / "reference_pred.npy"))
 
 
-class _Payload:
-    """Unpickling this runs touch(marker): what an untrusted checkpoint could do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
 def test_a_checkpoint_needing_arbitrary_code_is_refused_before_it_runs(tmp_path: Path) -> None:
     tag = tmp_path / "ckpt" / "global_step1"
     tag.mkdir(parents=True)
     (tmp_path / "ckpt" / "latest").write_text("global_step1")
     marker = tmp_path / "pwned"
-    torch.save({"module": {"w": torch.zeros(1)}, "evil": _Payload(marker)}, tag / "mp_rank_00_model_states.pt")
+    torch.save({"module": {"w": torch.zeros(1)}, "evil": TouchOnUnpickle(marker)}, tag / "mp_rank_00_model_states.pt")
     assert not marker.exists()
     with pytest.raises(UnsafeCheckpoint, match="weights_only=True"):
         consolidate(tmp_path / "ckpt")

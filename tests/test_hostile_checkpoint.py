@@ -5,16 +5,15 @@ DeepSpeed model states, ZeRO optimizer shard) is refused with one line naming th
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from ds_one_process import run_script
+from pickle_payload import TouchOnUnpickle
 from tiny import synth_shards, tiny_overrides
 
 from jobs.training import checkpoint as ckpt
@@ -23,34 +22,16 @@ from jobs.training.consolidate import UnsafeCheckpoint, safe_load
 from jobs.verbs.train import main as train_main
 
 pytestmark = pytest.mark.slow  # real DeepSpeed checkpoints and shards (Ray Data) are built once per module
-HERE = Path(__file__).parent
 STEP_DIR = "checkpoint_step000000002"
 MODEL_STATES = "global_step2/mp_rank_00_model_states.pt"
 OPTIM_STATES = "global_step2/zero_pp_rank_0_mp_rank_00_optim_states.pt"
-
-
-class _Payload:
-    """Unpickling this runs touch(marker): what a planted checkpoint file could do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
-def _script(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(HERE.parent)}
-    return subprocess.run(
-        [sys.executable, *args], cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=600
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real ZeRO-2 checkpoint of the tiny model, written as training writes it."""
     out = tmp_path_factory.mktemp("ds")
-    done = _script(str(HERE / "ds_checkpoint.py"), str(out), "2")
+    done = run_script("ds_checkpoint.py", str(out), "2")
     assert done.returncode == 0, done.stderr[-3000:]
     return out / "zero2" / STEP_DIR
 
@@ -63,7 +44,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory, ray_local) -> Path:
 def _plant(file: Path, marker: Path) -> None:
     """Rewrite a real checkpoint file with the payload added next to its real content."""
     content = safe_load(file, mmap=False)
-    torch.save({**content, "payload": _Payload(marker)}, file)
+    torch.save({**content, "payload": TouchOnUnpickle(marker)}, file)
 
 
 def _train_args(shards: Path, workdir: Path, *extra: str) -> list[str]:
@@ -84,7 +65,7 @@ def test_pickle_planted_in_the_rng_file_is_refused_by_resume_path(checkpoint, sh
     marker = tmp_path / "pwned"
     (folder / "rng_rank0.json").unlink()
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    torch.save({**state, "payload": _Payload(marker)}, folder / "rng_rank0.pt")
+    torch.save({**state, "payload": TouchOnUnpickle(marker)}, folder / "rng_rank0.pt")
     code = train_main(_train_args(shards, tmp_path / "work", "--resume", str(folder), "--run-name", "r"))
     _assert_refused(code, capsys.readouterr().err, folder / "rng_rank0.pt", marker)
     assert not (tmp_path / "work" / "runs" / "r").exists() and not (tmp_path / "work" / "mlflow.db").exists()
@@ -119,13 +100,13 @@ def test_deepspeed_loading_itself_refuses_a_file_replaced_after_screening(checkp
     folder = shutil.copytree(checkpoint, tmp_path / STEP_DIR)
     marker = tmp_path / "pwned"
     _plant(folder / MODEL_STATES, marker)
-    done = _script(str(HERE / "ds_resume.py"), str(folder), "2", "--unscreened")
+    done = run_script("ds_resume.py", str(folder), "2", "--unscreened")
     assert done.returncode == 3, done.stdout + done.stderr[-3000:]
     assert str(folder / MODEL_STATES) in done.stdout and not marker.exists()
 
 
 def test_a_clean_checkpoint_restores_weights_and_the_json_rng_state(checkpoint) -> None:
-    done = _script(str(HERE / "ds_resume.py"), str(checkpoint), "2")
+    done = run_script("ds_resume.py", str(checkpoint), "2")
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "loaded step 2 rng_restored True" in done.stdout
 
@@ -148,7 +129,7 @@ def test_an_old_pickled_rng_file_is_read_with_weights_only(tmp_path) -> None:
 
 def test_an_old_pickled_rng_file_with_a_payload_is_refused(tmp_path) -> None:
     marker = tmp_path / "pwned"
-    torch.save({"python": random.getstate(), "payload": _Payload(marker)}, tmp_path / "rng_rank0.pt")
+    torch.save({"python": random.getstate(), "payload": TouchOnUnpickle(marker)}, tmp_path / "rng_rank0.pt")
     with pytest.raises(UnsafeCheckpoint, match="rng_rank0.pt"):
         rng_state.read_legacy(tmp_path / "rng_rank0.pt")
     assert not marker.exists()

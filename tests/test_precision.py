@@ -5,14 +5,12 @@ under the precision a checkpoint or an export records."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from ds_one_process import run_script
 from tiny import tiny_model_config
 
 from jobs.evaluation.inference import predict_batch
@@ -21,17 +19,11 @@ from jobs.precision import from_meta
 from jobs.training.deepspeed_config import deepspeed_config
 from jobs.training.train_config import TrainConfig
 
-HERE = Path(__file__).parent
-
 
 @pytest.fixture(scope="module")
 def steps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("precision")
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(HERE.parent)}
-    done = subprocess.run(
-        [sys.executable, str(HERE / "ds_precision.py"), str(out), "2", "fp32", "bf16-autocast"],
-        cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    done = run_script("ds_precision.py", str(out), "2", "fp32", "bf16-autocast", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return {p: torch.load(out / f"{p}.pt", weights_only=True) for p in ("fp32", "bf16-autocast")}
 

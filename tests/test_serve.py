@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pickle_payload import TouchOnUnpickle
 from registered import IMAGE, INSTRUCTION, POINTS, export_tiny, register_tiny
 from serve_process import Served, get_json, start_serving
 
@@ -143,20 +144,10 @@ def test_predict_multipart_equals_lma3d_predict(
     np.testing.assert_allclose(np.asarray(body["heatmap"]), expected(registry.first, tmp_path), atol=1e-5)
 
 
-class Unpickled:
-    """Unpickling this creates a file: proof that the server unpickled what a client sent."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
 def bad_requests(tmp_path: Path) -> dict[str, tuple[str, bytes, str]]:
     """case -> (content type, body, what the one-line error says)."""
     marker = tmp_path / "unpickled"
-    pickled = np.array([Unpickled(marker)], dtype=object)
+    pickled = np.array([TouchOnUnpickle(marker)], dtype=object)
     few = XYZ[:10].tolist()
     nan = XYZ.tolist()
     nan[5][1] = float("nan")
