@@ -108,8 +108,11 @@ def _batch_norm(norm: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 def conv_bn_relu(stack: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The original's `F.relu(bn(conv(x)))`, with a real convolution (the project computes its 1x1 convs as
+    matmuls: model/pointwise.py)."""
     for conv, norm in _conv_norm_pairs(stack):
-        x = F.relu(_batch_norm(norm, conv(x)))
+        convolve = F.conv2d if x.dim() == 4 else F.conv1d
+        x = F.relu(_batch_norm(norm, convolve(x, conv.weight, conv.bias)))
     return x
 
 

@@ -1,7 +1,8 @@
 """PointNet++ MSG point encoder (three set-abstraction levels) and the feature-propagation layer.
 
 Channels follow the original (docs/original.md §1.2 b): SA1 reuses xyz as its input features (3 + 3 relative xyz),
-each branch is Conv2d 1x1 + BN2d + ReLU layers then a max over the neighbourhood.
+each branch is Conv2d 1x1 (computed as a matmul: model/pointwise.py) + BN2d + ReLU layers then a max over the
+neighbourhood.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from model.point_ops import (
     square_distance,
     three_nn_interpolate,
 )
+from model.pointwise import PointwiseConv1d, PointwiseConv2d
 
 
 def _pooled_branch(branch: nn.Module, grouped: torch.Tensor) -> torch.Tensor:
@@ -63,7 +65,9 @@ class SetAbstractionMSG(nn.Module):
     ) -> None:
         super().__init__()
         self.npoint, self.radii, self.nsamples, self.fps_start = npoint, tuple(radii), tuple(nsamples), fps_start
-        self.branches = nn.ModuleList(_conv_stack(nn.Conv2d, GroupedBatchNorm, in_channel + 3, m) for m in mlps)
+        self.branches = nn.ModuleList(
+            _conv_stack(PointwiseConv2d, GroupedBatchNorm, in_channel + 3, m) for m in mlps
+        )
         self.out_channels = sum(m[-1] for m in mlps)
         self.fps_impl = "loop"  # set from ModelConfig.fps_impl by PointNet2Encoder
         self.pool = _pooled_branch  # compiled by PointNet2Encoder under ModelConfig.compile_point_mlps
@@ -116,7 +120,7 @@ class FeaturePropagation(nn.Module):
 
     def __init__(self, in_channel: int, mlp: Sequence[int], eps: float = 0.01, compiled: bool = False) -> None:
         super().__init__()
-        self.mlp = _conv_stack(nn.Conv1d, GroupedBatchNorm, in_channel, mlp)
+        self.mlp = _conv_stack(PointwiseConv1d, GroupedBatchNorm, in_channel, mlp)
         self.eps = eps
         self.apply_mlp = _compiled(_apply_mlp) if compiled else _apply_mlp  # ModelConfig.compile_point_mlps
 
