@@ -46,7 +46,8 @@ def stage(name: str) -> Iterator[None]:
 
 
 def causes(error: BaseException) -> Iterator[BaseException]:
-    """`error` and everything it wraps: chained exceptions, Ray's task causes, Ray Train's worker failures."""
+    """`error` and everything it wraps: chained exceptions, Ray's task causes, Ray Train's worker, controller and
+    health-check failures."""
     seen, todo = set(), [error]
     while todo:
         e = todo.pop(0)
@@ -54,7 +55,9 @@ def causes(error: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(e))
         yield e
-        wrapped = [getattr(e, name, None) for name in ("_base_exc", "cause", "controller_failure")]
+        wrapped = [
+            getattr(e, name, None) for name in ("_base_exc", "cause", "controller_failure", "health_check_failure")
+        ]
         todo += [w for w in wrapped if isinstance(w, BaseException)]
         todo += list((getattr(e, "worker_failures", None) or {}).values())
         todo += [e.__cause__, e.__context__]

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+
+from jobs.entry import causes
 
 log = logging.getLogger("lma3d.train")
 
@@ -53,25 +54,10 @@ def count_attempts(storage_path: str, run_name: str) -> int:
     return len(fs.get_file_info(selector))
 
 
-def _causes(error: BaseException) -> Iterator[BaseException]:
-    """The error, the errors it wraps (Ray Train's worker and controller failures, health checks) and causes."""
-    seen: set[int] = set()
-    stack = [error]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        stack += [e.__cause__, e.__context__, getattr(e, "controller_failure", None)]
-        stack += [getattr(e, "health_check_failure", None), getattr(e, "cause", None)]
-        stack += list((getattr(e, "worker_failures", None) or {}).values())
-
-
 def is_out_of_memory(error: BaseException) -> bool:
     import ray.exceptions
 
-    for e in _causes(error):
+    for e in causes(error):
         if isinstance(e, ray.exceptions.OutOfMemoryError) or "memory monitor" in str(e).lower():
             return True
     return False
@@ -88,8 +74,8 @@ def is_system_fault(error: BaseException) -> bool:
     system = (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError,
               ray.exceptions.ObjectLostError)  # fmt: skip
     if isinstance(error, WorkerGroupError):  # the ranks that survived a dead one fail too: any dead one decides
-        return any(isinstance(e, system) for f in error.worker_failures.values() for e in _causes(f))
-    return any(isinstance(e, system) for e in _causes(error))
+        return any(isinstance(e, system) for f in error.worker_failures.values() for e in causes(f))
+    return any(isinstance(e, system) for e in causes(error))
 
 
 def describe(error: BaseException) -> str:
