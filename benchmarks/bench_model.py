@@ -8,10 +8,12 @@ round, same weights and inputs. Rows (`--only` names):
   encoder forward+backward, the training step (ours: pairs batched, vectorised LLM input; original: three forward
   passes, per-sample loop) with the max abs difference of their outputs, bf16 autocast, metrics on 1000 x 2048
   (vectorised vs per-sample scikit-learn), achieved GFLOP/s of the step against this machine's dense matmul, peak RSS.
-- paper-encoder: the paper's PointNet++ MSG, 18 clouds x 2048 points, forward+backward, training-mode BatchNorm.
+- paper-encoder: the paper's PointNet++ MSG, 18 clouds x 2048 points, forward+backward, training-mode per-cloud
+  BatchNorm; ours eager, with compiled point MLPs (`model.compile_point_mlps`), under bf16 autocast, and both.
 - paper-step / demo-step: a whole training step (training mode) at paper sizes (224 px, ResNet18 width 64, paper
-  PointNet++ and fusion widths, `tiny` backbone) and at demo sizes; demo-step adds the step's share of this
-  machine's fp32 2048² matmul rate (FLOPs counted with FlopCounterMode, the matmul timed in the same run).
+  PointNet++ and fusion widths, `tiny` backbone) and at demo sizes, ours eager and with compiled point MLPs;
+  demo-step adds the step's share of this machine's fp32 2048² matmul rate (FLOPs counted with FlopCounterMode,
+  the matmul timed in the same run).
 - batchnorm: `released` BatchNorm statistics per point cloud (the original's K forwards) against joint statistics
   over all B·K clouds, whole training step, same model with `per_cloud_batchnorm` flipped, at demo size (6 images)
   and paper size (2 images), each x 3 clouds ("reference" column: joint, "ours": per cloud).
