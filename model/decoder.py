@@ -18,7 +18,7 @@ class AffordanceDecoder(nn.Module):
         self.k_instr, self.v_instr = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.k_sem, self.v_sem = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.norm = nn.LayerNorm(dim)
-        self.fuse = nn.Sequential(nn.Conv1d(2 * dim, dim, 1), GroupedBatchNorm(dim), nn.ReLU(inplace=True))
+        self.fuse = nn.Sequential(nn.Conv1d(2 * dim, dim, 1), GroupedBatchNorm(dim), nn.ReLU())
         self.scale = 1.0 / math.sqrt(dim)
         self.released = released
 

@@ -35,8 +35,8 @@ class Fusion(nn.Module):
     def __init__(self, in_channel: int, hidden: int, dim: int, heads: int, released: bool) -> None:
         super().__init__()
         self.shared_mlp = nn.Sequential(
-            nn.Conv1d(in_channel, hidden, 1), GroupedBatchNorm(hidden), nn.ReLU(inplace=True),
-            nn.Conv1d(hidden, dim, 1), GroupedBatchNorm(dim), nn.ReLU(inplace=True),
+            nn.Conv1d(in_channel, hidden, 1), GroupedBatchNorm(hidden), nn.ReLU(),
+            nn.Conv1d(hidden, dim, 1), GroupedBatchNorm(dim), nn.ReLU(),
         )  # fmt: skip
         self.image_attention = SelfAttention(dim, heads, released)
         self.point_attention = SelfAttention(dim, heads, released)

@@ -83,8 +83,21 @@ def deferred_batchnorm_updates() -> Iterator[None]:
                     s.module._update_running(s.mean[r], s.var[r])
 
 
+def batch_split(n: int) -> tuple[int, int]:
+    """The innermost `batchnorm_groups` (groups, repeats), checked against a batch of `n` samples."""
+    groups, repeats = _SCOPE.split
+    if n % groups:
+        raise ValueError(f"GroupedBatchNorm: batch of {n} samples does not split into {groups} groups")
+    return groups, repeats
+
+
 class GroupedBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """`nn.BatchNorm1d`/`2d` (any input [N, C, *]) with per-group statistics under `batchnorm_groups`."""
+    """`nn.BatchNorm1d`/`2d` (any input [N, C, *]) with per-group statistics under `batchnorm_groups`.
+
+    With groups > 1 in training, the output is a view of the kernel's [B, G·C, *] result: an in-place op on it
+    (`nn.ReLU(inplace=True)`) makes autograd route the whole gradient through a CopySlices copy, which cost the
+    paper-size point encoder 2.5 s of its 11 s forward + backward. The point, fusion and decoder stacks therefore
+    follow it with an out-of-place ReLU (as the original's `F.relu`)."""
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
@@ -93,15 +106,13 @@ class GroupedBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
         batch_stats = self.training or self.running_mean is None
-        groups, repeats = _SCOPE.split
-        tracking = self.training and self.track_running_stats
-        if not batch_stats or (groups == 1 and repeats == 1 and _SCOPE.pending is None):
+        if not batch_stats or (_SCOPE.split == (1, 1) and _SCOPE.pending is None):
             # contiguous: the CPU channels-last kernel takes the variance as E[x²] − E[x]² in fp32, which loses
             # up to 1e-4 of the output when a channel's mean is large against its spread (docs/fidelity.md)
             return super().forward(x.contiguous() if batch_stats else x)
         n, c = x.shape[0], x.shape[1]
-        if n % groups:
-            raise ValueError(f"GroupedBatchNorm: batch of {n} samples does not split into {groups} groups")
+        groups, _ = batch_split(n)
+        tracking = self.training and self.track_running_stats
         # [B·G, C, *] -> [B, G·C, *]: channel g·C + c holds channel c of group g, so one kernel normalises
         # every group over its own B samples (a view for contiguous inputs)
         grouped = x.reshape(n // groups, groups * c, *x.shape[2:]).contiguous()
@@ -111,18 +122,24 @@ class GroupedBatchNorm(nn.modules.batchnorm._BatchNorm):
         weight = self.weight.repeat(groups) if self.weight is not None else None
         bias = self.bias.repeat(groups) if self.bias is not None else None
         # momentum 1.0 into zeroed buffers: the kernel hands back each group's mean and unbiased variance
-        out = F.batch_norm(grouped, mean, var, weight, bias, True, 1.0, self.eps).reshape(x.shape)
+        out = F.batch_norm(grouped, mean, var, weight, bias, True, 1.0, self.eps)
+        if groups > 1:
+            out = out.view(x.shape)
         if tracking:
-            mean, var = mean.view(groups, c), var.view(groups, c)
-            if repeats > 1:
-                mean, var = mean.expand(repeats, c), var.expand(repeats, c)
-            pending = _SCOPE.pending
-            if pending is None:
-                for r in range(mean.shape[0]):
-                    self._update_running(mean[r], var[r])
-            else:
-                pending.append(_Statistics(self, mean, var))
+            self.record_statistics(mean.view(groups, c), var.view(groups, c))
         return out
+
+    def record_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Running-statistic updates from one training-mode call: mean and unbiased variance [G, C] of each
+        group, repeated under `batchnorm_groups(1, repeats)`, deferred under `deferred_batchnorm_updates`."""
+        repeats = _SCOPE.split[1]
+        if repeats > 1:
+            mean, var = mean.expand(repeats, -1), var.expand(repeats, -1)
+        if _SCOPE.pending is not None:
+            _SCOPE.pending.append(_Statistics(self, mean, var))
+            return
+        for r in range(mean.shape[0]):
+            self._update_running(mean[r], var[r])
 
     @torch.no_grad()
     def _update_running(self, mean: torch.Tensor, var: torch.Tensor) -> None:

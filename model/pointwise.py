@@ -15,7 +15,8 @@ from torch import nn
 
 def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x [B,C_in,*] -> [B,C_out,*] with weight [C_out,C_in,1,...]: one [C_out,C_in] x [C_in,L] product per sample
-    (L = the product of the trailing sizes), the bias added by the same kernel."""
+    (L = the product of the trailing sizes), the bias ([C_out], or [B,C_out]: one per sample) added by the same
+    kernel."""
     batch, c_in = x.shape[:2]
     c_out = weight.shape[0]
     flat = x.reshape(batch, c_in, -1)
@@ -23,7 +24,7 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
     if bias is None:
         out = torch.bmm(matrix, flat)
     else:
-        out = torch.baddbmm(bias.view(1, c_out, 1).expand(batch, c_out, flat.shape[2]), matrix, flat)
+        out = torch.baddbmm(bias.reshape(-1, c_out, 1).expand(batch, c_out, flat.shape[2]), matrix, flat)
     return out.view(batch, c_out, *x.shape[2:])
 
 

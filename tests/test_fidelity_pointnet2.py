@@ -115,6 +115,9 @@ class OriginalFeaturePropagation(nn.Module):
 
 # Large enough (32k values per BatchNorm channel) for the old channels-last kernel's fp32 variance to show.
 SA = dict(npoint=256, radii=(0.15, 0.3), nsamples=(32, 64), in_channel=3, mlps=((16, 16, 32), (32, 32, 64)))
+# As SA2: 24 + 3 input channels, wider than the first branch's first layer (16: convolved on the points before
+# grouping) and narrower than the second's (32: grouped first, as the original).
+SA_WIDE = {**SA, "in_channel": 24}
 
 
 def _copy_weights(project: nn.Module, original: nn.Module) -> None:
@@ -171,15 +174,16 @@ def _grad_errors(ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> list[f
     return [float((a - t).abs().max()) / largest for a, t in zip(ours, theirs)]
 
 
-def _compare_sa(dtype: torch.dtype, b: int = 2, n: int = 1024):
-    project = SetAbstractionMSG(**{**SA, "fps_start": "random"}).to(dtype)
+def _compare_sa(dtype: torch.dtype, sa: dict, b: int = 2, n: int = 1024):
+    project = SetAbstractionMSG(**{**sa, "fps_start": "random"}).to(dtype)
     _perturb(project)
-    original = OriginalSetAbstraction(**SA).to(dtype)
+    original = OriginalSetAbstraction(**sa).to(dtype)
     _copy_weights(project, original)
     xyz = _cloud(b, n, dtype)
     # input features with a gradient of their own, offset from 0 so that channel means are large against their
     # spread: the condition under which fp32 variance formulas differ (SA1 sees absolute coordinates)
-    feats = xyz * 2 + 4
+    noise = torch.randn(b, sa["in_channel"] - 3, n, generator=torch.Generator().manual_seed(11)).to(dtype)
+    feats = torch.cat([xyz * 2, noise], 1) + 4
     ours = _train_step(project, [xyz, feats], seed=5)
     theirs = _train_step(original, [xyz, feats], seed=5)
     grads = _grad_errors(ours[1], _in_project_order(original, theirs[1]))
@@ -196,13 +200,17 @@ def _in_project_order(original: nn.Module, grads: list[torch.Tensor]) -> list[to
     return ordered
 
 
-def test_set_abstraction_matches_the_original_in_fp64_training_mode():
-    out, grads, feats_grad = _compare_sa(torch.float64)
+@pytest.mark.parametrize("sa", [SA, SA_WIDE], ids=["sa1", "sa2-first-conv-on-points"])
+def test_set_abstraction_matches_the_original_in_fp64_training_mode(sa):
+    project = SetAbstractionMSG(**{**sa, "fps_start": "random"})
+    assert project.convolve_points_first == ((False, False) if sa is SA else (True, False))
+    out, grads, feats_grad = _compare_sa(torch.float64, sa)
     assert out < 1e-9 and max(grads) < 1e-9 and feats_grad < 1e-9, (out, grads, feats_grad)
 
 
-def test_set_abstraction_gradients_match_the_original_in_fp32_training_mode():
-    out, grads, feats_grad = _compare_sa(torch.float32)
+@pytest.mark.parametrize("sa", [SA, SA_WIDE], ids=["sa1", "sa2-first-conv-on-points"])
+def test_set_abstraction_gradients_match_the_original_in_fp32_training_mode(sa):
+    out, grads, feats_grad = _compare_sa(torch.float32, sa)
     assert out < 1e-5 and max(grads) < 1e-4 and feats_grad < 1e-4, (out, grads, feats_grad)
 
 
