@@ -9,11 +9,13 @@ round, same weights and inputs. Rows (`--only` names):
   passes, per-sample loop) with the max abs difference of their outputs, bf16 autocast, metrics on 1000 x 2048
   (vectorised vs per-sample scikit-learn), achieved GFLOP/s of the step against this machine's dense matmul, peak RSS.
 - paper-encoder: the paper's PointNet++ MSG, 18 clouds x 2048 points, forward+backward, training-mode per-cloud
-  BatchNorm; ours eager, with compiled point MLPs (`model.compile_point_mlps`), under bf16 autocast, and both.
+  BatchNorm; ours layer by layer as at the start of issue 20, then with its levers added one at a time (out-of-place
+  ReLU, first conv on the points, pooled last layer = the default), with compiled point MLPs
+  (`model.compile_point_mlps`), under bf16 autocast, and both.
 - paper-step / demo-step: a whole training step (training mode) at paper sizes (224 px, ResNet18 width 64, paper
   PointNet++ and fusion widths, `tiny` backbone) and at demo sizes, ours eager and with compiled point MLPs;
   demo-step adds the step's share of this machine's fp32 2048² matmul rate (FLOPs counted with FlopCounterMode,
-  the matmul timed in the same run).
+  ours and the original's for the same step, the matmul timed in the same run).
 - batchnorm: `released` BatchNorm statistics per point cloud (the original's K forwards) against joint statistics
   over all B·K clouds, whole training step, same model with `per_cloud_batchnorm` flipped, at demo size (6 images)
   and paper size (2 images), each x 3 clouds ("reference" column: joint, "ours": per cloud).
@@ -24,6 +26,7 @@ round, same weights and inputs. Rows (`--only` names):
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import resource
 import statistics
@@ -225,9 +228,22 @@ def demo_eval_table(args: argparse.Namespace) -> None:
 # ---- training-mode rows against the original at paper and demo sizes (issue 20) -------------------------------
 
 
+def layer_by_layer(encoder: torch.nn.Module, inplace_relu: bool, points_first: bool, pooled: bool) -> torch.nn.Module:
+    """A copy of `encoder` with this issue's levers switched: in-place ReLU after BatchNorm, the first conv on the
+    points before grouping, the last layer and max without the normalised tensor."""
+    encoder = copy.deepcopy(encoder)
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.ReLU):
+            module.inplace = inplace_relu
+        if isinstance(module, model.pointnet2.SetAbstractionMSG):
+            module.convolve_points_first = tuple(f and points_first for f in module.convolve_points_first)
+            module.pool_last_layer = pooled
+    return encoder
+
+
 def paper_encoder_table(args: argparse.Namespace) -> None:
     """The paper's PointNet++ MSG, 6 x 3 clouds, forward + backward with training-mode, per-cloud BatchNorm, against
-    the original; ours eager and with each speed lever (issue 20): compiled point MLPs, bf16 autocast, both."""
+    the original; ours with the levers added one at a time (issue 20), compiled point MLPs, bf16 autocast, both."""
     cfg = paper_config(args)
     eager = build_model(cfg).point_encoder.train()
     compiled = build_model(dataclasses.replace(cfg, compile_point_mlps=True)).point_encoder.train()
@@ -248,7 +264,10 @@ def paper_encoder_table(args: argparse.Namespace) -> None:
 
     variants = {
         "original": run(eager, original=True),
-        "eager fp32": run(eager),
+        "eager, layer by layer, in-place ReLU (before)": run(layer_by_layer(eager, True, False, False)),
+        "+ out-of-place ReLU after per-cloud BatchNorm": run(layer_by_layer(eager, False, False, False)),
+        "+ first conv on the points (SA2, SA3)": run(layer_by_layer(eager, False, True, False)),
+        "+ last layer and max pooled (= eager fp32)": run(eager),
         "compiled point MLPs": run(compiled),
         "eager, bf16 autocast": run(eager, bf16=True),
         "compiled point MLPs, bf16 autocast": run(compiled, bf16=True),
@@ -292,12 +311,15 @@ def step_table(args: argparse.Namespace, size: str) -> None:
         (f"training step fp32, {size} size, compiled point MLPs", medians["original"], medians["compiled"]),
     ])  # fmt: skip
     if size == "demo":
+        # ours executes fewer FLOPs than the original for the same step (first convs on the points): both counts
         flops, fp32 = useful_flops(ours), matmul_gflops(torch.float32, args.rounds)
+        original_flops = useful_flops(original)
         for name in ("eager", "compiled"):
             achieved = flops / medians[name] / 1e9
             print(f"demo-size step ({name}) at {100 * achieved / fp32:.0f} % of this machine's fp32 matmul rate: "
                   f"{flops / 1e9:.1f} GFLOP in {medians[name]:.3f} s = {achieved:.1f} GFLOP/s; 2048² fp32 matmul "
-                  f"{fp32:.0f} GFLOP/s")  # fmt: skip
+                  f"{fp32:.0f} GFLOP/s; the original's {original_flops / 1e9:.1f} GFLOP in that time: "
+                  f"{100 * original_flops / medians[name] / 1e9 / fp32:.0f} %")  # fmt: skip
     print()
 
 
