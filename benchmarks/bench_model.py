@@ -10,10 +10,10 @@ round, same weights and inputs. Rows (`--only` names):
   (vectorised vs per-sample scikit-learn), achieved GFLOP/s of the step against this machine's dense matmul, peak RSS.
 - paper-encoder: the paper's PointNet++ MSG, 18 clouds x 2048 points, forward+backward, training-mode per-cloud
   BatchNorm; ours layer by layer as at the start of issue 20, then with its levers added one at a time (out-of-place
-  ReLU, first conv on the points, pooled last layer = the default), with compiled point MLPs
-  (`model.compile_point_mlps`), under bf16 autocast, and both.
+  ReLU, first conv on the points, pooled last layer = the default), and under bf16 autocast. (Inductor on the
+  point MLPs, `model.compile_point_mlps`, was measured slower than these eager rewrites and removed: README.)
 - paper-step / demo-step: a whole training step (training mode) at paper sizes (224 px, ResNet18 width 64, paper
-  PointNet++ and fusion widths, `tiny` backbone) and at demo sizes, ours eager and with compiled point MLPs;
+  PointNet++ and fusion widths, `tiny` backbone) and at demo sizes;
   demo-step adds the step's share of this machine's fp32 2048² matmul rate (FLOPs counted with FlopCounterMode,
   ours and the original's for the same step, the matmul timed in the same run).
 - batchnorm: `released` BatchNorm statistics per point cloud (the original's K forwards) against joint statistics
@@ -74,7 +74,7 @@ def compare(reference, ours, rounds: int) -> tuple[float, float]:
 
 def compare_all(fns: dict, rounds: int) -> dict[str, float]:
     """Medians of `rounds` rounds, each running every function once in turn, after one warm-up round (which also
-    compiles the compiled variants)."""
+    builds oneDNN primitives and warms the allocator)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(rounds + 1):
         for name, fn in fns.items():
@@ -243,11 +243,9 @@ def layer_by_layer(encoder: torch.nn.Module, inplace_relu: bool, points_first: b
 
 def paper_encoder_table(args: argparse.Namespace) -> None:
     """The paper's PointNet++ MSG, 6 x 3 clouds, forward + backward with training-mode, per-cloud BatchNorm, against
-    the original; ours with the levers added one at a time (issue 20), compiled point MLPs, bf16 autocast, both."""
+    the original; ours with the levers added one at a time (issue 20), and under bf16 autocast."""
     cfg = paper_config(args)
     eager = build_model(cfg).point_encoder.train()
-    compiled = build_model(dataclasses.replace(cfg, compile_point_mlps=True)).point_encoder.train()
-    compiled.load_state_dict(eager.state_dict())
     b, k = images(args), 3
     _, points, _, _ = inputs(cfg, b, k)
     clouds = points.reshape(b * k, 3, cfg.num_points)
@@ -268,58 +266,42 @@ def paper_encoder_table(args: argparse.Namespace) -> None:
         "+ out-of-place ReLU after per-cloud BatchNorm": run(layer_by_layer(eager, False, False, False)),
         "+ first conv on the points (SA2, SA3)": run(layer_by_layer(eager, False, True, False)),
         "+ last layer and max pooled (= eager fp32)": run(eager),
-        "compiled point MLPs": run(compiled),
         "eager, bf16 autocast": run(eager, bf16=True),
-        "compiled point MLPs, bf16 autocast": run(compiled, bf16=True),
     }
-    start = time.perf_counter()
-    run(compiled)()
-    run(compiled, bf16=True)()
-    compile_s = time.perf_counter() - start
     medians = compare_all(variants, args.rounds)
     print(f"paper-encoder: {b * k} clouds x {cfg.num_points} points, SA1 {cfg.sa1_mlps}, training-mode per-cloud "
-          f"BatchNorm; first compiled calls (fp32 and bf16 graphs) {compile_s:.0f} s")  # fmt: skip
+          f"BatchNorm")  # fmt: skip
     print_rows([(f"paper encoder, {name}", medians["original"], medians[name]) for name in list(variants)[1:]])
     print()
 
 
 def step_table(args: argparse.Namespace, size: str) -> None:
-    """A whole training step in training mode, ours (pairs batched, eager and with compiled point MLPs) vs the
+    """A whole training step in training mode, ours (pairs batched) vs the
     original (three forward passes); at demo size also its share of the fp32 matmul rate."""
     cfg = paper_config(args) if size == "paper" else demo_config(args)
     net = build_model(cfg).train()
-    compiled = build_model(dataclasses.replace(cfg, compile_point_mlps=True)).train()
-    compiled.load_state_dict(net.state_dict())
     b, k = images(args), 3
     image, points, labels, text = inputs(cfg, b, k)
 
-    def ours(model=net):
-        heatmap_loss(model(image, points, text), labels).backward()
+    def ours():
+        heatmap_loss(net(image, points, text), labels).backward()
 
     def original():
         with original_ops():
             original_step(net, heatmap_loss, image, points, labels, text)
 
-    start = time.perf_counter()
-    ours(compiled)
-    compile_s = time.perf_counter() - start
-    medians = compare_all({"original": original, "eager": ours, "compiled": lambda: ours(compiled)}, args.rounds)
-    print(f"{size}-step: batch {b} images x {k} clouds x {cfg.num_points} points, {describe(cfg)}, training mode; "
-          f"first compiled step {compile_s:.0f} s")  # fmt: skip
-    print_rows([
-        (f"training step fp32, {size} size, eager", medians["original"], medians["eager"]),
-        (f"training step fp32, {size} size, compiled point MLPs", medians["original"], medians["compiled"]),
-    ])  # fmt: skip
+    medians = compare_all({"original": original, "ours": ours}, args.rounds)
+    print(f"{size}-step: batch {b} images x {k} clouds x {cfg.num_points} points, {describe(cfg)}, training mode")
+    print_rows([(f"training step fp32, {size} size", medians["original"], medians["ours"])])
     if size == "demo":
         # ours executes fewer FLOPs than the original for the same step (first convs on the points): both counts
-        flops, fp32 = useful_flops(ours), matmul_gflops(torch.float32, args.rounds)
-        original_flops = useful_flops(original)
-        for name in ("eager", "compiled"):
-            achieved = flops / medians[name] / 1e9
-            print(f"demo-size step ({name}) at {100 * achieved / fp32:.0f} % of this machine's fp32 matmul rate: "
-                  f"{flops / 1e9:.1f} GFLOP in {medians[name]:.3f} s = {achieved:.1f} GFLOP/s; 2048² fp32 matmul "
-                  f"{fp32:.0f} GFLOP/s; the original's {original_flops / 1e9:.1f} GFLOP in that time: "
-                  f"{100 * original_flops / medians[name] / 1e9 / fp32:.0f} %")  # fmt: skip
+        flops, original_flops = useful_flops(ours), useful_flops(original)
+        fp32 = matmul_gflops(torch.float32, args.rounds)
+        achieved = flops / medians["ours"] / 1e9
+        print(f"demo-size step at {100 * achieved / fp32:.0f} % of this machine's fp32 matmul rate: "
+              f"{flops / 1e9:.1f} GFLOP in {medians['ours']:.3f} s = {achieved:.1f} GFLOP/s; 2048² fp32 matmul "
+              f"{fp32:.0f} GFLOP/s; the original's {original_flops / 1e9:.1f} GFLOP in that time: "
+              f"{100 * original_flops / medians['ours'] / 1e9 / fp32:.0f} %")  # fmt: skip
     print()
 
 

@@ -73,8 +73,6 @@ def model_files(model: Any) -> None:
 
 def train_inputs(cfg: Any) -> None:
     """Everything `lma3d train` will read, checked before it starts anything."""
-    if cfg.model.compile_point_mlps and cfg.train.zero_stage == 3:
-        raise UserError("model.compile_point_mlps: not with train.zero_stage 3 (its parameter hooks are not compiled)")
     splits = ("train", "test") if cfg.train.val_every > 0 else ("train",)
     manifest = shard_folder(cfg.data.shards, "data.shards", splits)
     pairs_available(manifest, cfg.data.pairs, cfg.data.shards)

@@ -51,13 +51,6 @@ class ModelConfig:
     fps_impl: Literal["loop", "compiled"] = "loop"
     """Farthest-point sampling: `loop` (eager, one small kernel per op and pick: best on CPU) or `compiled`
     (torch.compile, 8 picks per call: for GPUs, where the loop is launch-bound; same indices)."""
-    compile_point_mlps: bool = False
-    """torch.compile (inductor) each set-abstraction branch (1x1 convs, BatchNorm, ReLU, max over the
-    neighbourhood) and each feature-propagation MLP, so BatchNorm, ReLU and the max fuse into fewer passes over the
-    grouped tensors. Same parameters and state dict; fp32 results differ from eager by rounding only (on the test
-    model, gradients 8e-6 of the largest from float64 against eager's 1e-6; docs/fidelity.md). Each new input
-    shape compiles once (about a minute per branch on 2 cores), so it pays off in long runs, not in tests or a
-    9-minute demo. Not with ZeRO-3 (its parameter hooks)."""
     # Language backbone (presets: README, Configs).
     backbone: str = "llava-1.6-vicuna-7b"
     """Preset (`tiny`, `minilm`, `llava-1.6-vicuna-7b`) or a local Hugging Face model path."""

@@ -17,9 +17,9 @@ class HeatmapHead(nn.Module):
         released = cfg.fidelity == "released"
         eps = 0.01 if released else 1e-8  # quirk 7: the original's FeatProp epsilon
         c0, c1, c2, _ = level_channels
-        self.fp3 = FeaturePropagation(c2 + cfg.emb_dim, cfg.fp3_mlp, eps, cfg.compile_point_mlps)
-        self.fp2 = FeaturePropagation(c1 + cfg.fp3_mlp[-1], cfg.fp2_mlp, eps, cfg.compile_point_mlps)
-        self.fp1 = FeaturePropagation(2 * c0 + cfg.fp2_mlp[-1], cfg.fp1_mlp, eps, cfg.compile_point_mlps)
+        self.fp3 = FeaturePropagation(c2 + cfg.emb_dim, cfg.fp3_mlp, eps)
+        self.fp2 = FeaturePropagation(c1 + cfg.fp3_mlp[-1], cfg.fp2_mlp, eps)
+        self.fp1 = FeaturePropagation(2 * c0 + cfg.fp2_mlp[-1], cfg.fp1_mlp, eps)
         if cfg.fp1_mlp[-1] != cfg.emb_dim:
             raise ValueError(f"model.fp1_mlp must end in model.emb_dim ({cfg.emb_dim}) for the gate")
         self.point_tokens = cfg.sa3_npoint

@@ -7,11 +7,9 @@ neighbourhood.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
-import torch._dynamo
 from torch import nn
 
 from model.config import ModelConfig
@@ -62,19 +60,6 @@ def _first_conv_on_points(
     return flat.view_as(gathered)
 
 
-def _apply_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return mlp(x)
-
-
-@functools.cache
-def _compiled(fn: Callable) -> Callable:
-    """`fn` through inductor with static shapes (dynamic shapes hit an inductor error on these graphs in torch
-    2.13). Every branch and input shape is one cache entry of the same code object, more than dynamo's default
-    limit of 8, hence the higher limit."""
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(fn, dynamic=False)
-
-
 def _conv_stack(conv: type[nn.Module], norm: type[nn.Module], in_channel: int, widths: Sequence[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for width in widths:
@@ -106,7 +91,6 @@ class SetAbstractionMSG(nn.Module):
         # backward); False: layer by layer, as the original (bench_model.py's lever rows, tests)
         self.pool_last_layer = True
         self.fps_impl = "loop"  # set from ModelConfig.fps_impl by PointNet2Encoder
-        self.pool = _pooled_branch  # compiled by PointNet2Encoder under ModelConfig.compile_point_mlps
 
     def forward(self, xyz: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """xyz [B,3,N], feats [B,C,N] -> centres [B,3,S], features [B,C_out,S]."""
@@ -122,7 +106,7 @@ class SetAbstractionMSG(nn.Module):
             idx = ball_query(radius, nsample, sqdist)  # [B,S,K]
             if early:
                 h = _first_conv_on_points(branch[0], feats, xyz, centres, idx)
-                outputs.append(self.pool(branch, h, 1, self.pool_last_layer))
+                outputs.append(_pooled_branch(branch, h, 1, self.pool_last_layer))
                 continue
             if source is None:
                 source = torch.cat([feats, xyz], dim=1)  # [B,C+3,N]: one gather per branch
@@ -130,7 +114,7 @@ class SetAbstractionMSG(nn.Module):
             # channels-last inputs loses precision (docs/fidelity.md), and no transposing copy is needed.
             grouped = group_points(source, idx)
             grouped[:, -3:] -= centres.unsqueeze(3)  # xyz relative to the centre, as the original
-            outputs.append(self.pool(branch, grouped, 0, self.pool_last_layer))  # [B,C',S]
+            outputs.append(_pooled_branch(branch, grouped, 0, self.pool_last_layer))  # [B,C',S]
         return centres, torch.cat(outputs, dim=1)
 
 
@@ -147,9 +131,8 @@ class PointNet2Encoder(nn.Module):
             cfg.sa3_npoint, cfg.sa3_radii, cfg.sa3_nsample, self.sa2.out_channels, cfg.sa3_mlps, cfg.fps_start
         )
         self.channels = (3, self.sa1.out_channels, self.sa2.out_channels, self.sa3.out_channels)
-        pool = _compiled(_pooled_branch) if cfg.compile_point_mlps else _pooled_branch
         for sa in (self.sa1, self.sa2, self.sa3):
-            sa.fps_impl, sa.pool = cfg.fps_impl, pool
+            sa.fps_impl = cfg.fps_impl
 
     def forward(self, xyz: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         levels = [(xyz, xyz)]
@@ -161,11 +144,10 @@ class PointNet2Encoder(nn.Module):
 class FeaturePropagation(nn.Module):
     """Upsample features from `xyz_from` to `xyz_to` (3-NN inverse distance) and fuse with the skip features."""
 
-    def __init__(self, in_channel: int, mlp: Sequence[int], eps: float = 0.01, compiled: bool = False) -> None:
+    def __init__(self, in_channel: int, mlp: Sequence[int], eps: float = 0.01) -> None:
         super().__init__()
         self.mlp = _conv_stack(PointwiseConv1d, GroupedBatchNorm, in_channel, mlp)
         self.eps = eps
-        self.apply_mlp = _compiled(_apply_mlp) if compiled else _apply_mlp  # ModelConfig.compile_point_mlps
 
     def forward(
         self, xyz_to: torch.Tensor, xyz_from: torch.Tensor, skip: torch.Tensor | None, feats_from: torch.Tensor
@@ -175,4 +157,4 @@ class FeaturePropagation(nn.Module):
             xyz_to.transpose(1, 2), xyz_from.transpose(1, 2), feats_from.transpose(1, 2), self.eps
         )
         up = up.transpose(1, 2)
-        return self.apply_mlp(self.mlp, up if skip is None else torch.cat([skip, up], dim=1))
+        return self.mlp(up if skip is None else torch.cat([skip, up], dim=1))

@@ -147,9 +147,7 @@ def _setup(cfg: ExperimentConfig, spec: SweepSpec, space: dict, folder: Path) ->
         except ValueError as e:
             raise UserError(f"{state_path}: not valid JSON ({e}); delete the sweep folder to start over") from None
         if state.get("space") != {k: [kind, args] for k, (kind, args) in space.items()}:
-            raise UserError(
-                f"sweep {spec.name} exists with another search space ({state_path}); choose another --name"
-            )
+            raise UserError(f"sweep {spec.name} exists with another search space ({state_path}); choose another --name")
         return state
     folder.mkdir(parents=True, exist_ok=True)
     parent = results.start_parent_run(cfg, spec, space)
