@@ -81,6 +81,9 @@ def conv_norm_relu_max(conv: nn.Conv2d, norm: GroupedBatchNorm, h: torch.Tensor)
         rstd = (norm.running_var + norm.eps).rsqrt()
         return F.relu(scale[:, None] * (top - (sign * norm.running_mean)[:, None]) * rstd[:, None] + norm.bias[:, None])
     groups, _ = batch_split(h.shape[0])
+    count = h.shape[0] // groups * h.shape[2] * h.shape[3]
+    if count < 2:  # as nn.BatchNorm: one value per channel has no variance
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(h.shape)}")
     with torch.no_grad():  # each group's mean of z', from the mean of h: the shift that centres z'
         inputs = _rows(h, groups)
         h_mean = (inputs.sum(dim=2).sum(dim=0) / (inputs.shape[0] * inputs.shape[2])).view(groups, -1)
@@ -88,7 +91,6 @@ def conv_norm_relu_max(conv: nn.Conv2d, norm: GroupedBatchNorm, h: torch.Tensor)
     per_sample = bias - shift.repeat(h.shape[0] // groups, 1)  # sample b·G + g: bias - shift[g]
     xhat, mean, var = _NormalisedMax.apply(pointwise(h, weight, per_sample), groups, norm.eps)
     if norm.training and norm.track_running_stats:
-        count = h.shape[0] // groups * h.shape[2] * h.shape[3]
         mean = (mean.view(groups, -1) + shift) * sign
-        norm.record_statistics(mean, var.view(groups, -1) * (count / max(count - 1, 1)))
+        norm.record_statistics(mean, var.view(groups, -1) * (count / (count - 1)))
     return F.relu(scale[:, None] * xhat + norm.bias[:, None])

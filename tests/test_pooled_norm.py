@@ -96,3 +96,9 @@ def test_pooled_last_layer_in_fp32_stays_within_rounding_of_fp64():
         out = conv_norm_relu_max(conv32, norm32, h64.detach().float())
     assert out.dtype == torch.float32
     assert float((out.double() - exact).abs().max() / exact.abs().max()) < 1e-6
+
+
+def test_pooled_last_layer_refuses_one_value_per_channel_in_training_like_batchnorm():
+    conv, norm = _layer()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        conv_norm_relu_max(conv, norm, torch.randn(1, C_IN, 1, 1, dtype=torch.float64))

@@ -1,6 +1,6 @@
 """lma3d demo: the whole pipeline on a synthetic AGPIL-format dataset, on this machine.
 
-    lma3d demo                      (everything under ./work; ~9 min on a 2-core CPU)
+    lma3d demo                      (everything under ./work; ~8 min on a 2-core CPU)
     lma3d demo --workdir /tmp/w     (another work dir)
     lma3d demo --fresh              (forget completed stages and start over)
 
