@@ -27,6 +27,11 @@ from model.lmaffordance3d import LMAffordance3D, build_model
 FORMAT = "lma3d-pretrained-v1"
 
 
+RETIRED_KEYS = {"compile_point_mlps": "removed in issue 20 (inductor was slower than the eager rewrites)"}
+"""Keys that stored configs (folders, checkpoint metas) written by earlier versions may hold: speed switches that
+never changed the weights or the computed function, dropped on load so those artifacts keep loading."""
+
+
 class BadModelFolder(ValueError):
     """A model folder (or weights) that does not fit the model it claims to hold."""
 
@@ -49,6 +54,7 @@ def config_from_dict(values: dict, where: str = "config.json") -> ModelConfig:
     """ModelConfig from a stored mapping; unknown keys, wrong types and bad values are a BadModelFolder."""
     if not isinstance(values, dict):
         raise BadModelFolder(f"{where}: model must be a mapping, got {type(values).__name__}")
+    values = {k: v for k, v in values.items() if k not in RETIRED_KEYS}
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
                 for f in dataclasses.fields(ModelConfig)}  # fmt: skip
     unknown = sorted(set(values) - set(defaults))

@@ -4,6 +4,7 @@ jobs.loading (load = resolve + build)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -49,6 +50,14 @@ def _edit_config(folder: Path, edit) -> None:
 def test_config_that_is_not_json_is_refused(folder, tmp_path, capsys) -> None:
     (folder / "config.json").write_text('{"format": "lma3d-pretrained-v1", "model": {')
     _predict_refused(folder, tmp_path, capsys, str(folder / "config.json"), "not valid JSON")
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_a_folder_saved_with_a_retired_speed_switch_still_loads(folder, value) -> None:
+    """Folders exported before `model.compile_point_mlps` was removed hold it in config.json."""
+    _edit_config(folder, lambda c: c["model"].update(compile_point_mlps=value))
+    config = resolve(str(folder), None).config
+    assert config == dataclasses.replace(tiny_model_config(), resnet_weights=config.resnet_weights)
 
 
 def test_unknown_model_key_is_refused(folder, tmp_path, capsys) -> None:
