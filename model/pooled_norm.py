@@ -75,7 +75,7 @@ def conv_norm_relu_max(conv: nn.Conv2d, norm: GroupedBatchNorm, h: torch.Tensor)
     statistics updated as `norm` would) and in eval mode (running statistics)."""
     sign = torch.where(norm.weight.detach() >= 0, 1.0, -1.0).to(norm.weight.dtype)
     weight, bias = conv.weight * sign.view(-1, 1, 1, 1), conv.bias * sign  # z' = sign·conv(h)
-    scale = norm.weight.abs()
+    scale = norm.weight * sign  # |γ|, with the gradient sign(γ) = +1 also at γ = 0 (abs' is 0 there: γ would stick)
     if not (norm.training or norm.running_mean is None):
         top = pointwise(h, weight, bias).max(dim=3).values
         rstd = (norm.running_var + norm.eps).rsqrt()

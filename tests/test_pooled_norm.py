@@ -102,3 +102,18 @@ def test_pooled_last_layer_refuses_one_value_per_channel_in_training_like_batchn
     conv, norm = _layer()
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         conv_norm_relu_max(conv, norm, torch.randn(1, C_IN, 1, 1, dtype=torch.float64))
+
+
+def test_a_zero_batchnorm_weight_gets_its_right_derivative_and_does_not_stick():
+    conv, norm = _layer()
+    with torch.no_grad():
+        norm.weight[0], norm.bias[0] = 0.0, 0.3
+    h = _neighbourhoods()
+    with batchnorm_groups(CLOUDS):
+        conv_norm_relu_max(conv, norm, h).sum().backward()
+    ours = norm.weight.grad[0].item()
+    with torch.no_grad():
+        norm.weight[0] = 1e-8  # just right of 0: the definition's max is then each neighbourhood's largest z
+    norm.weight.grad = None
+    _by_definition(conv, norm, h, True)[0].sum().backward()
+    assert ours != 0.0 and abs(ours - norm.weight.grad[0].item()) < 1e-6 * abs(ours)
