@@ -88,7 +88,8 @@ class SetAbstractionMSG(nn.Module):
         # are cheaper to group than its 32-64 outputs (0.27 s vs 0.36 s), so it groups its input as the original.
         self.convolve_points_first = tuple(in_channel + 3 > m[0] for m in mlps)
         # each branch's last layer and max as `conv_norm_relu_max` (paper encoder: 8.0 s -> 7.1 s forward +
-        # backward); False: layer by layer, as the original (bench_model.py's lever rows, tests)
+        # backward); False: layer by layer, as the original (bench_model.py's lever rows, tests). Both rewrites read
+        # the branches' weights outside their modules' forwards, so ZeRO-3 turns them off (jobs/training/engine.py).
         self.pool_last_layer = True
         self.fps_impl = "loop"  # set from ModelConfig.fps_impl by PointNet2Encoder
 

@@ -133,6 +133,16 @@ def build_engine(model: torch.nn.Module, cfg: ExperimentConfig, world_size: int,
         steps_per_epoch=steps_per_epoch,
     )
     config = deepspeed_config(train, cfg.data.batch_size, world_size)
+    if train.zero_stage == 3:
+        # The set-abstraction rewrites (first conv on the points, pooled last layer: model/pointnet2.py) read the
+        # branches' conv and BatchNorm weights outside those modules' forwards, where ZeRO-3's per-module hooks
+        # leave them partitioned (and a leaf-module gather still fails in backward): layer by layer under ZeRO-3.
+        from model.pointnet2 import SetAbstractionMSG
+
+        for level in model.modules():
+            if isinstance(level, SetAbstractionMSG):
+                level.convolve_points_first = (False,) * len(level.convolve_points_first)
+                level.pool_last_layer = False
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
     return engine
 
