@@ -93,6 +93,11 @@ class SetAbstractionMSG(nn.Module):
         self.pool_last_layer = True
         self.fps_impl = "loop"  # set from ModelConfig.fps_impl by PointNet2Encoder
 
+    def layer_by_layer(self) -> None:
+        """Both rewrites off: every layer through its own module's forward, as the original (ZeRO-3 needs it)."""
+        self.convolve_points_first = (False,) * len(self.convolve_points_first)
+        self.pool_last_layer = False
+
     def forward(self, xyz: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """xyz [B,3,N], feats [B,C,N] -> centres [B,3,S], features [B,C_out,S]."""
         xyz_t = xyz.transpose(1, 2)

@@ -141,8 +141,7 @@ def build_engine(model: torch.nn.Module, cfg: ExperimentConfig, world_size: int,
 
         for level in model.modules():
             if isinstance(level, SetAbstractionMSG):
-                level.convolve_points_first = (False,) * len(level.convolve_points_first)
-                level.pool_last_layer = False
+                level.layer_by_layer()
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
     return engine
 
