@@ -193,7 +193,7 @@ def run(
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    started = ensure_ray(address)
+    started = ensure_ray(address, dashboard=False)  # Ray Data tasks only: no placement group to clean up
     try:
         shards, bank_parts = _run_parts(plan_parts(items, cfg.samples_per_shard), source, tmp, num_points, tasks)
     finally:
