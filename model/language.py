@@ -89,6 +89,22 @@ def _add_rows_as_original(model: nn.Module, rows: int, seed: int = 0) -> None:
         weight[old:] = new.to(weight.dtype)
 
 
+def _draw_tiny_weights(model: nn.Module, std: float, pad_row: int | None, seed: int = 0) -> None:
+    """The same random `tiny` backbone in every process and thread (it is frozen and never saved): every weight
+    drawn again from a private generator, as Llama initialises it (matrices N(0, std²), norms 1, the padding row
+    0). Seeding the global RNG instead made the weights depend on whatever else drew from it or
+    reseeded it meanwhile: a serving replica loading a new version while a request ran got other weights."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, weight in sorted(model.named_parameters()):
+            if weight.dim() == 1:
+                weight.fill_(1.0)
+            else:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * std)
+        if pad_row is not None:
+            model.get_input_embeddings().weight[pad_row] = 0.0
+
+
 def load_backbone(cfg: ModelConfig, pretrained: bool) -> Backbone:
     """Build the preset or local model; `pretrained=False` builds it from its config with random weights."""
     from transformers import AutoConfig, AutoModel, LlamaConfig
@@ -97,8 +113,9 @@ def load_backbone(cfg: ModelConfig, pretrained: bool) -> Backbone:
     if name == "tiny":
         tokenizer = _tokenizer(minilm_path(), llama_released=False)
         config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **TINY_LLAMA)
-        torch.manual_seed(0)  # the same random backbone in every process: it is frozen and never saved
-        return Backbone(AutoModel.from_config(config), tokenizer, config.hidden_size, "tiny")
+        model = AutoModel.from_config(config)
+        _draw_tiny_weights(model, config.initializer_range, config.pad_token_id)
+        return Backbone(model, tokenizer, config.hidden_size, "tiny")
     if name == "minilm":
         path = minilm_path()
         tokenizer = _tokenizer(path, llama_released=False)

@@ -110,6 +110,17 @@ def test_a_samples_prediction_does_not_depend_on_its_batch(tiny_model: torch.nn.
     np.testing.assert_allclose(together[1], alone[0], atol=1e-5)
 
 
+def test_predictions_leave_the_callers_random_stream_where_it_was(tiny_model: torch.nn.Module) -> None:
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(1, 3, 64, 64)).astype(np.float32)
+    points = rng.normal(size=(1, 3, 256)).astype(np.float32)
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    predict_batch(tiny_model, image, points, ["grasp"], ["a"], votes=2)  # seeds each pass, on a fork of the RNG
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_heat_colours_run_from_grey_to_red() -> None:
     assert heat_colors(np.array([0.0, 1.0, 0.2, -1.0, 2.0])).tolist() == [
         [190, 190, 190], [255, 0, 0], [203, 152, 152], [190, 190, 190], [255, 0, 0],

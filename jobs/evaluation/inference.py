@@ -53,8 +53,11 @@ def predict_batch(
     model.eval()
     total = torch.zeros(b, n, dtype=torch.float64, device=device)
     positions = torch.arange(n, device=device)
+    # Seeded (a model with random FPS starts, as training's validation passes, predicts the same every time) on a
+    # fork of the RNG: the caller's stream continues where it was.
+    forked = [device] if device.type == "cuda" else []
     try:
-        with torch.inference_mode(), computing_in(precision, device):
+        with torch.inference_mode(), computing_in(precision, device), torch.random.fork_rng(forked):
             for vote in range(votes):
                 shifts = torch.tensor([vote_shift(k, vote, seed, n) for k in keys] if keys else [0] * b, device=device)
                 order = (positions[None, :] + shifts[:, None]) % n  # rolled[i, j] = points[i, order[i, j]]

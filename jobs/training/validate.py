@@ -38,16 +38,14 @@ def validate(engine: Any, cfg: ExperimentConfig, rank: int, world: int) -> tuple
     from pipeline.loaders import eval_loader
 
     rows: list[tuple] = []
-    training_rng = torch.get_rng_state()  # predict_batch seeds torch; training continues with its own stream
     for batch in eval_loader(cfg.data, cfg.model.image_size, rank, world):
-        # The evaluation job's prediction path (eval mode, no autograd, seeded) on this rank's engine module;
-        # it restores the module's train mode.
+        # The evaluation job's prediction path (eval mode, no autograd, seeded on a fork of the RNG) on this
+        # rank's engine module; it restores the module's train mode, training continues with its own stream.
         instructions = list(batch["instruction"])
         pred = predict_batch(
             engine.module, batch["image"], batch["points"], instructions, precision=cfg.train.precision
         )
         rows.extend(_rows(batch, pred))
-    torch.set_rng_state(training_rng)
 
     gathered: list[list[tuple]] | None = [None] * world if rank == 0 else None
     if world > 1:
