@@ -107,16 +107,12 @@ class SetAbstractionMSG(nn.Module):
         centres = centres.transpose(1, 2)  # [B,3,S]
         source = None
         outputs = []
-        # Training only: in eval mode the levels run layer by layer, so predictions of exported models keep the
-        # numerics of earlier versions (with the rewrites on, the CI's served-vs-`lma3d predict` check differed by
-        # 1e-4 in the full test suite, not alone; the cause is not found yet).
-        pooled = self.pool_last_layer and self.training
         levels = zip(self.radii, self.nsamples, self.branches, self.convolve_points_first)
         for radius, nsample, branch, early in levels:
             idx = ball_query(radius, nsample, sqdist)  # [B,S,K]
-            if early and self.training:
+            if early:
                 h = _first_conv_on_points(branch[0], feats, xyz, centres, idx)
-                outputs.append(_pooled_branch(branch, h, 1, pooled))
+                outputs.append(_pooled_branch(branch, h, 1, self.pool_last_layer))
                 continue
             if source is None:
                 source = torch.cat([feats, xyz], dim=1)  # [B,C+3,N]: one gather per branch
@@ -124,7 +120,7 @@ class SetAbstractionMSG(nn.Module):
             # channels-last inputs loses precision (docs/fidelity.md), and no transposing copy is needed.
             grouped = group_points(source, idx)
             grouped[:, -3:] -= centres.unsqueeze(3)  # xyz relative to the centre, as the original
-            outputs.append(_pooled_branch(branch, grouped, 0, pooled))  # [B,C',S]
+            outputs.append(_pooled_branch(branch, grouped, 0, self.pool_last_layer))  # [B,C',S]
         return centres, torch.cat(outputs, dim=1)
 
 
