@@ -92,8 +92,8 @@ def _add_rows_as_original(model: nn.Module, rows: int, seed: int = 0) -> None:
 def _draw_tiny_weights(model: nn.Module, std: float, pad_row: int | None, seed: int = 0) -> None:
     """The same random `tiny` backbone in every process and thread (it is frozen and never saved): every weight
     drawn again from a private generator, as Llama initialises it (matrices N(0, std²), norms 1, the padding row
-    0). Seeding the global RNG instead made the weights depend on whatever else drew from it or
-    reseeded it meanwhile: a serving replica loading a new version while a request ran got other weights."""
+    0). Seeding the global RNG instead made the weights depend on whatever else drew from it or reseeded it
+    meanwhile: a serving replica loading a new version while a request ran got other weights."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, weight in sorted(model.named_parameters()):
