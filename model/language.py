@@ -89,11 +89,12 @@ def _add_rows_as_original(model: nn.Module, rows: int, seed: int = 0) -> None:
         weight[old:] = new.to(weight.dtype)
 
 
-def _draw_tiny_weights(model: nn.Module, std: float, pad_row: int | None, seed: int = 0) -> None:
+def draw_tiny_weights(model: nn.Module, seed: int = 0) -> None:
     """The same random `tiny` backbone in every process and thread (it is frozen and never saved): every weight
-    drawn again from a private generator, as Llama initialises it (matrices N(0, std²), norms 1, the padding row
-    0). Seeding the global RNG instead made the weights depend on whatever else drew from it or reseeded it
-    meanwhile: a serving replica loading a new version while a request ran got other weights."""
+    drawn again from a private generator, as Llama initialises it (matrices N(0, initializer_range²), norms 1,
+    the padding row 0). Seeding the global RNG instead made the weights depend on whatever else drew from it or
+    reseeded it meanwhile: a serving replica loading a new version while a request ran got other weights."""
+    std, pad_row = model.config.initializer_range, model.config.pad_token_id
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, weight in sorted(model.named_parameters()):
@@ -114,7 +115,10 @@ def load_backbone(cfg: ModelConfig, pretrained: bool) -> Backbone:
         tokenizer = _tokenizer(minilm_path(), llama_released=False)
         config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **TINY_LLAMA)
         model = AutoModel.from_config(config)
-        _draw_tiny_weights(model, config.initializer_range, config.pad_token_id)
+        # Built inside ZeRO-3's zero.Init the parameters are empty partitions here: the training engine draws
+        # them on the gathered tensors instead (jobs/training/engine.py).
+        if all(p.numel() for p in model.parameters()):
+            draw_tiny_weights(model)
         return Backbone(model, tokenizer, config.hidden_size, "tiny")
     if name == "minilm":
         path = minilm_path()

@@ -62,6 +62,7 @@ def build_training_model(cfg: ExperimentConfig, device: torch.device, world_size
 
     from jobs.precision import cast_dtype
     from model.image_encoder import NO_WEIGHTS, load_torchvision_weights
+    from model.language import draw_tiny_weights
 
     if cfg.model.backbone_mode == "lora":
         raise ValueError("model.backbone_mode lora is not supported with train.zero_stage 3; use zero_stage 2")
@@ -82,6 +83,10 @@ def build_training_model(cfg: ExperimentConfig, device: torch.device, world_size
     finally:
         del hf_zero3
         unset_hf_deepspeed_config()
+    if cfg.model.backbone == "tiny":  # its random weights, drawn on the full tensors as a whole build draws them
+        backbone = model.language.backbone
+        with deepspeed.zero.GatheredParameters(list(backbone.parameters()), modifier_rank=0):
+            draw_tiny_weights(backbone)
     if cfg.model.resnet_weights not in ("", NO_WEIGHTS):
         with deepspeed.zero.GatheredParameters(list(model.image_encoder.parameters()), modifier_rank=0):
             load_torchvision_weights(model.image_encoder, cfg.model.resnet_weights)

@@ -338,6 +338,11 @@ def _finite(value: Any) -> bool:
 
 
 def _terminate(tracking_uri: str, run_id: str, status: str) -> None:
+    """Close the run as `status`, unless another owner closed it first: a sweep closes a trial its scheduler
+    stopped as KILLED, and the stopped trial's launch() may only get here afterwards (it then said FAILED)."""
     from mlflow.tracking import MlflowClient
 
-    tracking.retry(f"set_terminated {status}", lambda: MlflowClient(tracking_uri).set_terminated(run_id, status))
+    client = MlflowClient(tracking_uri)
+    current = tracking.retry("get_run", lambda: client.get_run(run_id).info.status)
+    if current in (None, "RUNNING", "SCHEDULED"):  # None: the tracking server did not answer; try anyway
+        tracking.retry(f"set_terminated {status}", lambda: client.set_terminated(run_id, status))
