@@ -124,6 +124,13 @@ class SetAbstractionMSG(nn.Module):
         return centres, torch.cat(outputs, dim=1)
 
 
+def all_layer_by_layer(model: nn.Module) -> None:
+    """Every set-abstraction level of `model` layer by layer (`SetAbstractionMSG.layer_by_layer`)."""
+    for level in model.modules():
+        if isinstance(level, SetAbstractionMSG):
+            level.layer_by_layer()
+
+
 class PointNet2Encoder(nn.Module):
     """xyz [B,3,N] -> [(xyz_l, feats_l)] for l = 0..3; level 0 is the input with xyz as its features."""
 

@@ -142,11 +142,9 @@ def build_engine(model: torch.nn.Module, cfg: ExperimentConfig, world_size: int,
         # The set-abstraction rewrites (first conv on the points, pooled last layer: model/pointnet2.py) read the
         # branches' conv and BatchNorm weights outside those modules' forwards, where ZeRO-3's per-module hooks
         # leave them partitioned (and a leaf-module gather still fails in backward): layer by layer under ZeRO-3.
-        from model.pointnet2 import SetAbstractionMSG
+        from model.pointnet2 import all_layer_by_layer
 
-        for level in model.modules():
-            if isinstance(level, SetAbstractionMSG):
-                level.layer_by_layer()
+        all_layer_by_layer(model)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
     return engine
 
