@@ -15,7 +15,7 @@ from torch import nn
 from model.config import ModelConfig
 from model.group_norm_bn import GroupedBatchNorm
 from model.point_ops import (
-    ball_query,
+    ball_queries,
     farthest_point_sample,
     group_points,
     index_points,
@@ -107,9 +107,8 @@ class SetAbstractionMSG(nn.Module):
         centres = centres.transpose(1, 2)  # [B,3,S]
         source = None
         outputs = []
-        levels = zip(self.radii, self.nsamples, self.branches, self.convolve_points_first)
-        for radius, nsample, branch, early in levels:
-            idx = ball_query(radius, nsample, sqdist)  # [B,S,K]
+        neighbourhoods = ball_queries(self.radii, self.nsamples, sqdist)  # [B,S,K] per radius
+        for idx, branch, early in zip(neighbourhoods, self.branches, self.convolve_points_first):
             if early:
                 h = _first_conv_on_points(branch[0], feats, xyz, centres, idx)
                 outputs.append(_pooled_branch(branch, h, 1, self.pool_last_layer))

@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from model import point_ops
-from model.point_ops import ball_query, farthest_point_sample, index_points, square_distance, three_nn_interpolate
+from model.point_ops import (
+    ball_queries,
+    ball_query,
+    farthest_point_sample,
+    index_points,
+    square_distance,
+    three_nn_interpolate,
+)
 
 
 def _fps_reference(points: np.ndarray, npoint: int) -> list[int]:
@@ -42,6 +49,22 @@ def test_ball_query_takes_first_indices_in_radius_padded_with_the_first():
             d = ((xyz[b].double() - centres[b, s].double()) ** 2).sum(1)
             inside = torch.nonzero(d <= 0.49).flatten()[:6].tolist()
             assert got[b, s].tolist() == inside + [inside[0]] * (6 - len(inside))
+
+
+def test_ball_queries_of_a_level_take_each_radius_first_indices_and_zeros_when_none_is_inside():
+    """All radii of a level from one pass: each equals the brute-force first-in-radius list of its own radius
+    (narrower radii listed before and after the widest), and a centre with no point inside gets index 0."""
+    xyz = torch.randn(2, 300, 3, generator=torch.Generator().manual_seed(4))
+    centres = torch.cat([xyz[:, :9], torch.full((2, 1, 3), 50.0)], dim=1)  # the last centre is far from all
+    radii, nsamples = (0.5, 1.1, 0.8), (4, 40, 7)
+    found = ball_queries(radii, nsamples, square_distance(centres, xyz))
+    for radius, nsample, got in zip(radii, nsamples, found):
+        assert got.shape == (2, 10, nsample)
+        for b in range(2):
+            for s in range(10):
+                d = ((xyz[b].double() - centres[b, s].double()) ** 2).sum(1)
+                inside = torch.nonzero(d <= radius**2).flatten()[:nsample].tolist() or [0]
+                assert got[b, s].tolist() == inside + [inside[0]] * (nsample - len(inside)), (radius, b, s)
 
 
 def test_square_distance_equals_pairwise_differences():
