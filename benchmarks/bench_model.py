@@ -15,7 +15,8 @@ round, same weights and inputs. Rows (`--only` names):
 - paper-step / demo-step: a whole training step (training mode) at paper sizes (224 px, ResNet18 width 64, paper
   PointNet++ and fusion widths, `tiny` backbone) and at demo sizes;
   demo-step adds the step's share of this machine's fp32 2048² matmul rate (FLOPs counted with FlopCounterMode,
-  ours and the original's for the same step, the matmul timed in the same run).
+  ours and the original's for the same step, the matmul timed in the same run), the share of its point geometry
+  (benchmarks/step_budget.py) and the step with `model.fps_impl: compiled` (inductor on CPU) as a lever.
 - batchnorm: `released` BatchNorm statistics per point cloud (the original's K forwards) against joint statistics
   over all B·K clouds, whole training step, same model with `per_cloud_batchnorm` flipped, at demo size (6 images)
   and paper size (2 images), each x 3 clouds ("reference" column: joint, "ours": per cloud).
@@ -40,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_original import original_ops, original_step  # noqa: E402
 from reference_original import three_nn_interpolate as gathered  # noqa: E402
+from step_budget import geometry, matmul_gflops, useful_flops  # noqa: E402
 
 import model.pointnet2  # noqa: E402
 from jobs.experiment_config import ExperimentConfig  # noqa: E402
@@ -85,12 +87,6 @@ def compare_all(fns: dict, rounds: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def matmul_gflops(dtype: torch.dtype, rounds: int) -> float:
-    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-    seconds = timed(lambda: a @ b, max(rounds, 3))
-    return 2 * 2048**3 / seconds / 1e9
-
-
 # The smoke sizes of `--tiny` (those of the tests' tiny model).
 TINY = dict(
     num_points=256, image_size=64, resnet_width=8, emb_dim=32, num_heads=2, fusion_hidden=32,
@@ -134,20 +130,6 @@ def print_rows(rows: list[tuple[str, float, float]]) -> None:
     print(f"{'measurement':<60}{'reference s':>12}{'ours s':>10}{'ratio':>9}")
     for name, ref, new in rows:
         print(f"{name:<60}{ref:>12.3f}{new:>10.3f}{ref / new:>8.2f}x")
-
-
-def useful_flops(step) -> int:
-    """FLOPs of one call of `step`, counted with the gathered 3-NN interpolation, whose matmul-free form has no
-    multiplications by the dense interpolation matrix's zeros."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    dense_interpolation, model.pointnet2.three_nn_interpolate = model.pointnet2.three_nn_interpolate, gathered
-    try:
-        with FlopCounterMode(display=False) as counter:
-            step()
-    finally:
-        model.pointnet2.three_nn_interpolate = dense_interpolation
-    return counter.get_total_flops()
 
 
 def demo_eval_table(args: argparse.Namespace) -> None:
@@ -210,7 +192,7 @@ def demo_eval_table(args: argparse.Namespace) -> None:
     ref_auc = np.array([roc_auc_score(g >= 0.5, p) for p, g in zip(pred[:100], gt[:100])])
     auc_diff = float(np.abs(per_sample(pred[:100], gt[:100])["auc"] - ref_auc).max())
 
-    flops = useful_flops(step)
+    flops = useful_flops(step, gathered)
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -290,18 +272,35 @@ def step_table(args: argparse.Namespace, size: str) -> None:
         with original_ops():
             original_step(net, heatmap_loss, image, points, labels, text)
 
-    medians = compare_all({"original": original, "ours": ours}, args.rounds)
-    print(f"{size}-step: batch {b} images x {k} clouds x {cfg.num_points} points, {describe(cfg)}, training mode")
-    print_rows([(f"training step fp32, {size} size", medians["original"], medians["ours"])])
+    fns = {"original": original, "ours": ours}
     if size == "demo":
+        fns["geometry"] = geometry(net.point_encoder, points.flatten(0, 1))  # the step's FPS, distances, searches
+        compiled = copy.deepcopy(net)
+        for sa in (compiled.point_encoder.sa1, compiled.point_encoder.sa2, compiled.point_encoder.sa3):
+            sa.fps_impl = "compiled"
+        start = time.perf_counter()
+        heatmap_loss(compiled(image, points, text), labels).backward()  # compiles (inductor), or loads its cache
+        compile_s = time.perf_counter() - start
+        fns["ours, fps_impl compiled"] = lambda: heatmap_loss(compiled(image, points, text), labels).backward()
+    medians = compare_all(fns, args.rounds)
+    print(f"{size}-step: batch {b} images x {k} clouds x {cfg.num_points} points, {describe(cfg)}, training mode")
+    rows = [(f"training step fp32, {size} size", medians["original"], medians["ours"])]
+    if size == "demo":
+        rows.append(("ours: fps_impl loop vs compiled (CPU inductor)", medians["ours"], medians[list(fns)[-1]]))
+    print_rows(rows)
+    if size == "demo":
+        print(f"fps_impl compiled: first step (compiling or loading the inductor cache) {compile_s:.1f} s")
         # ours executes fewer FLOPs than the original for the same step (first convs on the points): both counts
-        flops, original_flops = useful_flops(ours), useful_flops(original)
+        flops, original_flops = useful_flops(ours, gathered), useful_flops(original, gathered)
         fp32 = matmul_gflops(torch.float32, args.rounds)
         achieved = flops / medians["ours"] / 1e9
         print(f"demo-size step at {100 * achieved / fp32:.0f} % of this machine's fp32 matmul rate: "
               f"{flops / 1e9:.1f} GFLOP in {medians['ours']:.3f} s = {achieved:.1f} GFLOP/s; 2048² fp32 matmul "
               f"{fp32:.0f} GFLOP/s; the original's {original_flops / 1e9:.1f} GFLOP in that time: "
               f"{100 * original_flops / medians['ours'] / 1e9 / fp32:.0f} %")  # fmt: skip
+        print(f"of the step, the point geometry (FPS, distance matrices, ball queries, 3-NN search; no counted "
+              f"FLOPs): {medians['geometry']:.3f} s = {100 * medians['geometry'] / medians['ours']:.0f} %; 40 % of "
+              f"the matmul rate would leave the whole step {flops / (0.4 * fp32) / 1e9:.3f} s")  # fmt: skip
     print()
 
 
