@@ -64,24 +64,52 @@ def run_trial(values: dict[str, Any], setup: dict[str, Any]) -> None:
         mlflow=replace(cfg.mlflow, tracking_uri=setup["tracking_uri"], tags=tags),
     )
     name = f"{setup['name']}-{tune.get_context().get_trial_id()}"
+    done = finished_result(cfg, name)
+    if done is not None:
+        log.info("trial %s finished before the sweep was interrupted: not trained again", name)
+        tune.report(done)
+        return
     # A restored trial has the same name: with a checkpoint launch() resumes it (same MLflow child run); one
     # interrupted before its first checkpoint starts over, its unfinished child run deleted so each trial keeps one.
     overwrite = _interrupted_before_checkpoint(cfg, name)
     launch(cfg, run_name=name, overwrite=overwrite, callbacks=[TuneReportCallback()])
 
 
-def _interrupted_before_checkpoint(cfg: ExperimentConfig, name: str) -> bool:
+def finished_result(cfg: ExperimentConfig, name: str) -> dict[str, Any] | None:
+    """The metrics of trial run `name`'s last checkpoint if its training job finished (its MLflow run closed
+    FINISHED, which launch() does only after fit() returned), else None. Tune's experiment state, read back on
+    a restore, can lag behind a Ctrl-C: a trial that had finished may come back as unfinished, and training it
+    again would resume its Ray Train run, rewrite its snapshot and log its last validation twice."""
+    from jobs.training.launcher import inspect_run
+
+    exists, checkpoints = inspect_run(cfg.storage_path, name)
+    if not exists or not checkpoints:
+        return None
+    client, run_id = _trial_run(cfg, name)
+    if not run_id or client.get_run(run_id).info.status != "FINISHED":
+        return None
+    return dict(checkpoints[-1].get("metrics") or {})
+
+
+def _trial_run(cfg: ExperimentConfig, name: str) -> tuple[Any, str | None]:
+    """(MLflow client, the id of trial run `name`'s child run or None), found by its run key."""
     from mlflow.tracking import MlflowClient
 
     from jobs.training import tracking
+
+    client = MlflowClient(cfg.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.experiment_name)
+    key = f"{cfg.storage_path.rstrip('/')}/{name}"
+    return client, (tracking.find_run(client, experiment.experiment_id, key) if experiment else None)
+
+
+def _interrupted_before_checkpoint(cfg: ExperimentConfig, name: str) -> bool:
     from jobs.training.launcher import inspect_run
 
     exists, checkpoints = inspect_run(cfg.storage_path, name)
     if not exists or checkpoints:
         return False
-    client = MlflowClient(cfg.tracking_uri)
-    experiment = client.get_experiment_by_name(cfg.experiment_name)
-    stale = experiment and tracking.find_run(client, experiment.experiment_id, f"{cfg.storage_path.rstrip('/')}/{name}")
+    client, stale = _trial_run(cfg, name)
     if stale:
         client.delete_run(stale)
     return True
