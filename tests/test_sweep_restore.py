@@ -16,14 +16,17 @@ from jobs.training.run_folder import RAY_SNAPSHOT_FILE
 from jobs.training.tracking import RUN_KEY_TAG
 
 
-def _trial_folder(cfg: ExperimentConfig, name: str, steps: list[int], registered: list[int]) -> None:
-    """A trial's Ray Train run folder: checkpoint folders at `steps`, Ray's snapshot listing `registered`."""
+def _trial_folder(
+    cfg: ExperimentConfig, name: str, steps: list[int], registered: list[int], metrics: object = None
+) -> None:
+    """A trial's Ray Train run folder: checkpoint folders at `steps` (their meta's metrics: `metrics`, else the
+    step and a val/auc of step / 100), Ray's snapshot listing `registered`."""
     run = Path(cfg.storage_path, name)
     run.mkdir(parents=True)
     for step in steps:
         folder = run / f"checkpoint_step{step:09d}"
         folder.mkdir()
-        meta = {"step": step, "metrics": {"step": step, "val/auc": step / 100}}
+        meta = {"step": step, "metrics": {"step": step, "val/auc": step / 100} if metrics is None else metrics}
         (folder / META_FILE).write_text(json.dumps(meta))
     snapshot = {"checkpoint_results": [{"checkpoint_dir_name": f"checkpoint_step{s:09d}"} for s in registered]}
     (run / RAY_SNAPSHOT_FILE).write_text(json.dumps(snapshot))
@@ -60,3 +63,10 @@ def test_a_trial_without_a_run_folder_or_a_checkpoint_is_trained(cfg):
     _trial_folder(cfg, "s-00003", steps=[], registered=[])
     _child_run(cfg, "s-00003", "FINISHED")
     assert finished_result(cfg, "s-00003") is None
+
+
+def test_a_finished_trial_whose_checkpoint_metrics_are_damaged_goes_to_the_launcher(cfg):
+    """Not reported to Tune as it is: the trial goes to launch(), which resumes its run at the last step."""
+    _trial_folder(cfg, "s-00004", steps=[4], registered=[4], metrics="not a mapping")
+    _child_run(cfg, "s-00004", "FINISHED")
+    assert finished_result(cfg, "s-00004") is None

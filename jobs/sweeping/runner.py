@@ -88,7 +88,9 @@ def finished_result(cfg: ExperimentConfig, name: str) -> dict[str, Any] | None:
     client, run_id = _trial_run(cfg, name)
     if not run_id or client.get_run(run_id).info.status != "FINISHED":
         return None
-    return dict(checkpoints[-1].get("metrics") or {})
+    metrics = checkpoints[-1].get("metrics")
+    # not a mapping (a damaged meta): no report of it; launch() resumes the run at its last step instead
+    return dict(metrics) if isinstance(metrics, dict) else None
 
 
 def _trial_run(cfg: ExperimentConfig, name: str) -> tuple[Any, str | None]:
