@@ -165,8 +165,8 @@ def _metrics_at(client: Any, child: Any, step: int | None) -> dict[str, float]:
 
 def _close_child(client: Any, child: Any, tune_status: str | None, interrupted: bool) -> str:
     """The trial's status, its child run closed to match. A trial the scheduler stopped is TERMINATED for Tune
-    but its fit() was cut off (the run is left RUNNING, or FAILED by the launcher): closed here as KILLED and
-    tagged. After a Ctrl-C a running trial is left RUNNING: the resumed sweep continues it in the same run."""
+    but its fit() was cut off (the run is left RUNNING): closed here as KILLED and tagged; an errored trial's run is
+    closed FAILED. After a Ctrl-C a running trial is left RUNNING: the resumed sweep continues it in the same run."""
     if child is None:
         return "ERROR" if tune_status == "ERROR" else "PENDING"
     status = child.info.status
@@ -176,6 +176,9 @@ def _close_child(client: Any, child: Any, tune_status: str | None, interrupted: 
         client.set_tag(child.info.run_id, "lma3d.sweep.stopped", "early (scheduler)")
         client.set_terminated(child.info.run_id, "KILLED")
         return "STOPPED"
+    if tune_status == "ERROR" and status == "RUNNING":  # the trial's launch() leaves its run open (runner.py)
+        client.set_terminated(child.info.run_id, "FAILED")
+        return "ERROR"
     return {"FINISHED": "FINISHED", "FAILED": "ERROR", "KILLED": "STOPPED"}.get(status, status)
 
 

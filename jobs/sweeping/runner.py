@@ -72,7 +72,9 @@ def run_trial(values: dict[str, Any], setup: dict[str, Any]) -> None:
     # A restored trial has the same name: with a checkpoint launch() resumes it (same MLflow child run); one
     # interrupted before its first checkpoint starts over, its unfinished child run deleted so each trial keeps one.
     overwrite = _interrupted_before_checkpoint(cfg, name)
-    launch(cfg, run_name=name, overwrite=overwrite, callbacks=[TuneReportCallback()])
+    # The sweep closes the child run from Tune's status (results._close_child): a trial the scheduler stops
+    # raises in launch() like a failed one, and a FAILED written there could land after the sweep's KILLED.
+    launch(cfg, run_name=name, overwrite=overwrite, callbacks=[TuneReportCallback()], close_failed_run=False)
 
 
 def finished_result(cfg: ExperimentConfig, name: str) -> dict[str, Any] | None:

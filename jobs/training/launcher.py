@@ -168,10 +168,13 @@ def launch(
     no_ray: bool = False,
     step_callbacks: list[Any] = (),
     callbacks: list[Any] = (),
+    close_failed_run: bool = True,
 ) -> TrainSummary:
     """Decide the run, attach MLflow, run TorchTrainer.fit() (or, with `no_ray`, the same loop in this process as
     one rank: jobs/training/local.py) and summarise the result. `step_callbacks` are called by the loop after each
-    step (jobs/training/callbacks.py); `callbacks` are Ray Train UserCallbacks (a sweep's TuneReportCallback)."""
+    step (jobs/training/callbacks.py); `callbacks` are Ray Train UserCallbacks (a sweep's TuneReportCallback).
+    `close_failed_run=False` leaves the MLflow run open when fit() raises: a sweep closes its trials' runs itself,
+    from Tune's status (a trial its scheduler stopped raises here too, and is KILLED, not FAILED)."""
     if no_ray:
         cfg = _one_rank(cfg, address, callbacks)
     check_train_outputs(cfg, address)
@@ -215,7 +218,8 @@ def launch(
         else:
             result = _fit_on_ray(cfg, address, name, run_id, resume_from, list(step_callbacks), list(callbacks))
     except BaseException as e:
-        _terminate(cfg.tracking_uri, run_id, "FAILED")
+        if close_failed_run:
+            _terminate(cfg.tracking_uri, run_id, "FAILED")
         refused = _refused_checkpoint(e)
         if refused is not None:  # a worker's screening (remote storage, or a file changed since ours)
             raise UserError(str(refused)) from None
