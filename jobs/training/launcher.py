@@ -342,8 +342,8 @@ def _finite(value: Any) -> bool:
 
 
 def _terminate(tracking_uri: str, run_id: str, status: str) -> None:
-    """Close the run as `status`, unless another owner closed it first: a sweep closes a trial its scheduler
-    stopped as KILLED, and the stopped trial's launch() may only get here afterwards (it then said FAILED)."""
+    """Close the run as `status`, unless another owner closed it first (read, then written: not atomic, so a
+    sweep's trials do not come here on failure at all: launch(close_failed_run=False), results._close_child)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
