@@ -1,7 +1,7 @@
 """Multi-node on one machine: a head and a second node (separate raylets on 127.0.0.1, own temp dirs and ports, one
 token). Two training workers on different nodes (train.placement_strategy: STRICT_SPREAD); the second node is
 killed mid-run after a checkpoint and re-added; the run resumes from the latest checkpoint in the same MLflow run and
-finishes, both ranks' shards are in the shared storage, steps are repeated only within checkpoint_every. Then
+finishes, both ranks' shards are in the shared storage, each step is logged once (the replayed step 3 too). Then
 `lma3d eval` with eval.num_actors: 2 runs its actor pool across both nodes."""
 
 from __future__ import annotations
@@ -89,12 +89,10 @@ def test_two_nodes_train_survive_a_lost_node_and_evaluate_across_both(shards, tm
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
         history = client.get_metric_history(runs[0].info.run_id, "train/loss")
-        counts = collections.Counter(m.step for m in history)
-        assert sorted(counts) == [1, 2, 3, 4, 5, 6]
-        repeated = {step for step, n in counts.items() if n > 1}
-        assert repeated <= set(range(KILL_STEP - CHECKPOINT_EVERY + 1, KILL_STEP + 1)) and max(counts.values()) == 2
-        resumed = min(m.timestamp for m in history if m.step == KILL_STEP - 1 and m.timestamp / 1000 > killed)
-        recovery = resumed / 1000 - killed
+        assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]  # step 3, trained twice, logged once
+        logged = {m.step: m.timestamp / 1000 for m in history}
+        assert logged[KILL_STEP - 1] < killed < logged[KILL_STEP]  # rank 0 could not log step 4 without rank 1
+        recovery = logged[KILL_STEP] - killed
 
         final = shared / "runs" / "two-nodes" / "checkpoint_step000000006"
         shards_written = sorted(p.name for p in final.glob("global_step6/zero_pp_rank_*_optim_states.pt"))
@@ -111,7 +109,7 @@ def test_two_nodes_train_survive_a_lost_node_and_evaluate_across_both(shards, tm
         assert json.loads((shared / "eval" / "metrics.json").read_text())
         predictors = _actors(cluster, "Predictor")
         assert len(predictors) == 2 and len({a["node_id"] for a in predictors}) == 2  # one model actor per node
-        print(f"\nnode killed at step {KILL_STEP} -> step {KILL_STEP - 1} trained again after {recovery:.1f} s; "
+        print(f"\nnode killed at step {KILL_STEP} -> step {KILL_STEP} logged {recovery:.1f} s later; "
               f"whole test {time.monotonic() - began:.0f} s")  # fmt: skip
     finally:
         cluster.stop()

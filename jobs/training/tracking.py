@@ -160,6 +160,8 @@ class RunLogger:
         self.tracking_uri, self.run_id = tracking_uri, run_id
         self.system_metrics, self.backoff_s = system_metrics, backoff_s
         self.started = False
+        self.logged_through: dict[str, int] = {}  # key -> last step the run holds for it (earlier attempts)
+        self.replay_noted = False
 
     def start(self, node_id: str | None = None) -> None:
         if not self.enabled:
@@ -180,12 +182,27 @@ class RunLogger:
         self.started = bool(retry("start_run", start, backoff_s=self.backoff_s))
         if not self.started:
             log.warning("MLflow run %s could not be attached: this attempt trains without tracking", self.run_id)
+            return
+        steps = retry("get_run", lambda: last_steps(self.tracking_uri, self.run_id), backoff_s=self.backoff_s)
+        self.logged_through = steps or {}  # unread: replayed steps are logged again
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self.started and metrics:
+        """Log `metrics` at `step`, except a key an earlier attempt of this run already logged at `step` or later.
+
+        A resumed attempt trains the steps after its checkpoint again; the replay restores the RNG and the data
+        position, so its values are those already logged (bitwise on CPU) and logging them again would only
+        put a second point at the same step in MLflow."""
+        if not self.started:
+            return
+        fresh = {k: v for k, v in metrics.items() if step > self.logged_through.get(k, -1)}
+        if len(fresh) < len(metrics) and not self.replay_noted:
+            log.info("step %d: already logged by an earlier attempt of this run; replayed steps are not logged again",
+                     step)  # fmt: skip
+            self.replay_noted = True
+        if fresh:
             import mlflow
 
-            retry("log_metrics", lambda: mlflow.log_metrics(metrics, step=step), backoff_s=self.backoff_s)
+            retry("log_metrics", lambda: mlflow.log_metrics(fresh, step=step), backoff_s=self.backoff_s)
 
     def tags(self, tags: dict[str, Any]) -> None:
         if self.started and tags:
@@ -210,6 +227,15 @@ class RunLogger:
 
             retry("end_run", lambda: mlflow.end_run(status=status), backoff_s=self.backoff_s)
             self.started = False
+
+
+def last_steps(tracking_uri: str, run_id: str) -> dict[str, int]:
+    """Each metric key of the run and the highest step it was logged at (one call: the run's latest metrics)."""
+    from mlflow.tracking import MlflowClient
+
+    # RunData.metrics keeps values only; its proto keeps each latest metric's step (the highest: MLflow orders
+    # a key's points by step first).
+    return {m.key: m.step for m in MlflowClient(tracking_uri).get_run(run_id).data.to_proto().metrics}
 
 
 def _active(run_id: str) -> bool:
