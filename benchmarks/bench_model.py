@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_original import original_ops, original_step  # noqa: E402
+from reference_original import original_encoder_pass, original_ops, original_step  # noqa: E402
 from reference_original import three_nn_interpolate as gathered  # noqa: E402
 from step_budget import geometry, matmul_gflops, useful_flops  # noqa: E402
 
@@ -147,9 +147,8 @@ def demo_eval_table(args: argparse.Namespace) -> None:
         levels = net.point_encoder(points.reshape(b * k, 3, n))
         levels[-1][1].sum().backward()
 
-    def encoder_original():  # as the original trains: one forward per cloud slot (b clouds each)
-        with original_ops():
-            sum(net.point_encoder(points[:, j])[-1][1].sum() for j in range(k)).backward()
+    def encoder_original():
+        original_encoder_pass(net.point_encoder, points)
 
     rows.append((f"point encoder fwd+bwd ({b * k} clouds)", *compare(encoder_original, encoder, args.rounds)))
 
@@ -236,9 +235,8 @@ def paper_encoder_table(args: argparse.Namespace) -> None:
 
     def run(encoder, bf16: bool = False, original: bool = False):
         def step():
-            if original:  # as the original trains: one forward per cloud slot (b clouds each), plain BatchNorm
-                with original_ops():
-                    sum(encoder(points[:, j])[-1][1].sum() for j in range(k)).backward()
+            if original:
+                original_encoder_pass(encoder, points)
                 return
             with batchnorm_groups(k):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

@@ -189,6 +189,13 @@ def original_ops():
         SetAbstractionMSG.forward, FeaturePropagation.forward, model.language.insert_spatial = saved
 
 
+def original_encoder_pass(encoder, points: torch.Tensor) -> None:
+    """The point encoder's forward + backward as the original trains: one call per cloud slot (B clouds each;
+    points [B,K,3,N]), so its plain BatchNorm sees one slot at a time. Runs under `original_ops()` itself."""
+    with original_ops():
+        sum(encoder(points[:, j])[-1][1].sum() for j in range(points.shape[1])).backward()
+
+
 def original_step(net, loss_fn, image, points, labels, text) -> torch.Tensor:
     """The original training step: one full forward per point cloud (three per image), losses summed, one
     backward. points [B,K,3,N], labels [B,K,N]. Call inside `original_ops()`."""
