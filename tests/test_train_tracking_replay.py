@@ -50,3 +50,24 @@ def test_a_key_the_dead_attempt_had_not_logged_at_a_step_is_logged_by_the_replay
         _attempt(uri, run_id, [(8, {"train/loss": -8.0, "val/auc": 0.8})])
     assert _history(uri, run_id, "train/loss") == [(s, s / 10) for s in range(1, 9)]
     assert _history(uri, run_id, "val/auc") == [(4, 0.4), (8, 0.8)]
+
+
+def test_an_attempt_that_cannot_read_the_run_logs_its_replay_again_and_trains_on(tmp_path, monkeypatch, caplog):
+    import jobs.training.tracking as tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracking_uri_for_now(uri):
+        run_id = _new_run(uri)
+        _attempt(uri, run_id, [(1, {"train/loss": 0.1}), (2, {"train/loss": 0.2})])
+
+        def unreadable(*_):
+            raise OSError("the tracking server answered 503")
+
+        monkeypatch.setattr(tracking, "last_steps", unreadable)
+        logger = RunLogger(True, uri, run_id, system_metrics=False, backoff_s=0.01)
+        logger.start()
+        logger.metrics({"train/loss": 0.25}, step=2)
+        logger.metrics({"train/loss": 0.3}, step=3)
+        mlflow.end_run(status="RUNNING")
+    assert _history(uri, run_id, "train/loss") == [(1, 0.1), (2, 0.2), (2, 0.25), (3, 0.3)]
+    assert "MLflow get_run failed 3 times, skipped" in caplog.text
