@@ -23,10 +23,9 @@ from pipeline.formats.common import (
     POINT_COLUMNS,
     BadRecord,
     finite_rows,
-    parse_point_rows,
     read_bytes,
-    read_point_lines,
 )
+from pipeline.formats.point_text import parse_point_rows, read_point_lines
 from pipeline.geometry import farthest_point_indices
 
 SUFFIXES = (".txt", ".npy", ".ply")

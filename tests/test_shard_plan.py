@@ -32,7 +32,7 @@ def test_runs_are_contiguous_cover_every_part_once_and_start_with_the_heaviest()
     parts = [_part(0, images=1), _part(1, images=1), _part(2, images=1), _part(3, images=1), _part(4, clouds=1),
              _part(5, clouds=1)]  # fmt: skip
     assert [p.cost for p in parts] == [1, 1, 1, 1, POINT_FILE_COST, POINT_FILE_COST]
-    # target (4 + 2 * 12) / 2 = 14: [0..3] costs 4 and adding part 4 makes 16; parts 4 and 5 cost 12 each.
+    # target (4 + 2 * 6) / 2 = 8: [0..3] costs 4 and adding part 4 makes 10; parts 4 and 5 cost 6 each.
     runs = group_parts(parts, tasks=2)
     assert [[p.index for p in run] for run in runs] == [[4], [5], [0, 1, 2, 3]]
     assert [[p.index for p in run] for run in group_parts(parts, tasks=1)] == [[0, 1, 2, 3, 4, 5]]

@@ -28,11 +28,11 @@ from pipeline.formats.common import (
     read_aligned,
     read_bytes,
     read_json,
-    read_labelled_points,
     read_list,
     resolve,
     where,
 )
+from pipeline.formats.point_text import read_labelled_points
 from pipeline.names import image_key, point_key
 from pipeline.record import Record
 
