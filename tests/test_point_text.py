@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.formats.common import POINT_COLUMNS, BadRecord
-from pipeline.formats.point_text import _parse_vectorised, parse_point_rows, read_point_lines
+from pipeline.formats.point_text import _parse_vectorised, parse_point_rows, read_labelled_points, read_point_lines
 
 LABELS = slice(2, None)
 
@@ -128,3 +128,13 @@ def test_plain_xyz_lines_with_tabs_and_leading_spaces_take_the_vectorised_pass(t
     heads, values = parse_point_rows(rows, 3, slice(0, 3), path, "")
     assert heads == []
     assert same_bits(values, float_reference(lines, slice(0, 3)))
+
+
+def test_a_line_whose_object_differs_from_line_1_is_named(tmp_path):
+    rng = random.Random(6)
+    values = " ".join(f"{rng.uniform(0, 1):.6f}" for _ in range(20))
+    lines = [f"a1b2 {'Bowl' if i in (2, 3) else 'Mug'} {values}" for i in range(5)]
+    path, _ = write_lines(tmp_path, lines)
+    with pytest.raises(BadRecord, match="mismatch") as error:
+        read_labelled_points(path, 5, "")
+    assert f"{path} line 3: object column 'Bowl' != 'Mug' of line 1" in str(error.value)

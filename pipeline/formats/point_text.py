@@ -63,12 +63,13 @@ def _parse_vectorised(
     columns = np.arange(width)[numbers]
     if not rows or (len(columns) and columns.min() < heads):
         return None
-    split: list[list[str]] = []
+    names: list[tuple[str, str]] = []
     if heads:
-        split = [line.split(None, heads) for _, line in rows]
-        if any(len(tokens) != heads + 1 for tokens in split):
+        try:
+            names, rests = _split_heads(rows)
+        except ValueError:  # a line of two tokens or fewer
             return None
-        text = "\n".join([tokens[heads] for tokens in split])
+        text = "\n".join(rests)
     else:
         text = "\n".join([line for _, line in rows])
     if not text.isascii() or text.encode().translate(None, _NUMBER_BYTES):
@@ -79,7 +80,17 @@ def _parse_vectorised(
         return None
     if block.shape != (len(rows), width - heads):
         return None
-    return [(t[0], t[1]) for t in split], block[:, columns - heads]
+    return names, block[:, columns - heads]
+
+
+def _split_heads(rows: list[tuple[int, str]]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(shape id, object) of each line and the rest of it; ValueError for a line without a rest."""
+    names, rests = [], []
+    for _, line in rows:
+        shape_id, obj, rest = line.split(None, _HEAD_COLUMNS)
+        names.append((shape_id, obj))
+        rests.append(rest)
+    return names, rests
 
 
 def _parse_by_line(
@@ -113,9 +124,9 @@ def read_labelled_points(path: Path, num_points: int, origin: str) -> tuple[str,
     heads, values = parse_point_rows(rows, POINT_COLUMNS, slice(2, None), path, origin)
     check_values(values, 3, lambda i: f"{path} line {rows[i][0]}", origin)
     shape_id, obj = heads[0]
-    for (n, _), (_, column) in zip(rows, heads):
-        if column != obj:
-            raise BadRecord("mismatch", f"{path} line {n}: object column {column!r} != {obj!r} of line 1 {origin}")
+    if len({column for _, column in heads}) > 1:
+        n, column = next((n, column) for (n, _), (_, column) in zip(rows, heads) if column != obj)
+        raise BadRecord("mismatch", f"{path} line {n}: object column {column!r} != {obj!r} of line 1 {origin}")
     return shape_id, obj, values[:, :3].astype(np.float32), values[:, 3:].astype(np.float32)
 
 
