@@ -2,7 +2,7 @@
 `x y z` (predict's plain files).
 
 Every line is checked (column count, numbers, finite values) and a bad one is named by its line and column. A
-clean file is parsed in one vectorised pass (`np.loadtxt` over the number columns, ~3x faster than a Python
+clean file is parsed in one vectorised pass (`np.loadtxt` over the number columns, ~2x faster than a Python
 `float()` per token); anything that pass does not accept — a character outside plain ASCII numbers and
 spaces, a line with the wrong number of columns — is parsed again line by line, which finds the bad token or
 reads what `float()` alone reads (`1_000`, non-ASCII digits). Either way the values are `float()`'s: loadtxt
