@@ -8,6 +8,7 @@
    every raw byte once. The job three ways: as `lma3d shard` runs it (it starts a local Ray on every CPU of
    the machine: timed with the start), submitted to a Ray already running with `--cpus` CPUs (its workers
    start for it, as for any new driver), and run again in that driver (workers warm: the per-record cost).
+   Beside them, Ray's fixed cost with no work (start, Ray Data's first run, shutdown) against the plain job's s.
    `--nodes 2`: the job on a local two-node cluster (tests/ray_cluster.py: a head and a second raylet on
    127.0.0.1, token auth, 1 CPU each), with the head alone and then with both nodes: samples/s and scaling.
 3. loader: train batches (3 point clouds per image) with 0/1/2 loader processes vs a tight loop that only
@@ -174,15 +175,45 @@ def shard_rows(root: Path, work: Path, items: int, cpus: int) -> tuple[float, di
     finally:
         ray.shutdown()
     machine = os.cpu_count()
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        fixed = pool.apply(_ray_fixed_cost)
     return (
         cold_s,
         manifest,
         [
+            (
+                "shard s: plain job vs Ray's fixed cost alone (no work)",
+                plain_s,
+                sum(fixed.values()),
+                " + ".join(f"{name} {seconds:.2f}" for name, seconds in fixed.items()),
+            ),
             (f"shard samples/s: plain vs job incl. Ray start ({machine} CPUs)", rate, items / cold_s, ""),
             (f"shard samples/s: plain vs job on a running Ray ({cpus} CPUs)", rate, items / timed[0], ""),
             (f"shard samples/s: plain vs job, again, warm ({cpus} CPUs)", rate, items / timed[1], ""),
         ],
     )
+
+
+def _ray_fixed_cost() -> dict[str, float]:
+    """Seconds of what the job with its own Ray pays around its work, without any work (run in a fresh process):
+    a local Ray started as the job starts it, importing Ray Data and a first 4-row map on every CPU (its stats
+    actor and workers start), ray.shutdown()."""
+    import ray
+
+    from pipeline.ray_session import ensure_ray
+
+    phases, start = {}, time.perf_counter()
+    ensure_ray(dashboard=False)
+    phases["Ray start"], start = time.perf_counter() - start, time.perf_counter()
+    import ray.data
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    rows = ray.data.from_items([{"i": i} for i in range(4)], override_num_blocks=4)
+    rows.map(lambda row: row, compute=ray.data.TaskPoolStrategy(size=cpus)).take_all()
+    phases["first Ray Data run"], start = time.perf_counter() - start, time.perf_counter()
+    ray.shutdown()
+    phases["shutdown"] = time.perf_counter() - start
+    return phases
 
 
 def _timed_job(root: str, out: str, address: str) -> float:
