@@ -9,6 +9,7 @@
    the machine: timed with the start), submitted to a Ray already running with `--cpus` CPUs (its workers
    start for it, as for any new driver), and run again in that driver (workers warm: the per-record cost).
    Beside them, Ray's fixed cost with no work (start, Ray Data's first run, shutdown) against the plain job's s.
+   And the job with --no-ray: its parts in the driver, one after the other, plus its point bank and manifest.
    `--nodes 2`: the job on a local two-node cluster (tests/ray_cluster.py: a head and a second raylet on
    127.0.0.1, token auth, 1 CPU each), with the head alone and then with both nodes: samples/s and scaling.
 3. loader: train batches (3 point clouds per image) with 0/1/2 loader processes vs a tight loop that only
@@ -163,6 +164,9 @@ def shard_rows(root: Path, work: Path, items: int, cpus: int) -> tuple[float, di
     plain_s = plain_shard(root, work / "plain", PER_SHARD)
     rate = items / plain_s
     start = time.perf_counter()
+    shard_job(root, "agpil", work / "shards-here", ShardConfig(samples_per_shard=PER_SHARD), use_ray=False)
+    here_s = time.perf_counter() - start
+    start = time.perf_counter()
     manifest = shard_job(root, "agpil", work / "shards", ShardConfig(samples_per_shard=PER_SHARD))
     cold_s = time.perf_counter() - start
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
@@ -187,6 +191,7 @@ def shard_rows(root: Path, work: Path, items: int, cpus: int) -> tuple[float, di
                 sum(fixed.values()),
                 " + ".join(f"{name} {seconds:.2f}" for name, seconds in fixed.items()),
             ),
+            ("shard samples/s: plain vs the job with --no-ray (+ bank, manifest)", rate, items / here_s, ""),
             (f"shard samples/s: plain vs job incl. Ray start ({machine} CPUs)", rate, items / cold_s, ""),
             (f"shard samples/s: plain vs job on a running Ray ({cpus} CPUs)", rate, items / timed[0], ""),
             (f"shard samples/s: plain vs job, again, warm ({cpus} CPUs)", rate, items / timed[1], ""),

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from rawtree import corrupt, write_agpil
 
+from jobs.verbs.shard import main as shard_main
 from pipeline.formats import RawItem, list_items, parse_item
 from pipeline.record import Rejection
 from pipeline.shards.config import ShardConfig
@@ -67,16 +68,38 @@ def _tar_keys(path: Path) -> list[str]:
         return list(dict.fromkeys(m.name.split(".", 1)[0] for m in tar.getmembers()))
 
 
+def _assert_same_output(a: Path, a_manifest: dict, b: Path, b_manifest: dict) -> None:
+    """Equal manifests but for the creation time, the same files, every one but the manifest byte for byte."""
+    assert {k: v for k, v in a_manifest.items() if k != "created"} == {
+        k: v for k, v in b_manifest.items() if k != "created"
+    }
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for name in files:
+        if name.name != "manifest.json":
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert not any(BANK_PARTS in str(name) for name in files)
+
+
 def test_one_task_and_many_tasks_write_the_same_bytes(tree, tmp_path, ray_local):
     one = _shard(tree, tmp_path / "one", tasks=1)
     many = _shard(tree, tmp_path / "many", tasks=7)
-    assert {k: v for k, v in one.items() if k != "created"} == {k: v for k, v in many.items() if k != "created"}
-    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(tmp_path / "many") for p in (tmp_path / "many").rglob("*") if p.is_file())
-    for name in files:
-        if name.name != "manifest.json":
-            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "many" / name).read_bytes(), name
-    assert not any(BANK_PARTS in str(name) for name in files)
+    _assert_same_output(tmp_path / "one", one, tmp_path / "many", many)
+
+
+def test_no_ray_writes_the_same_bytes_as_the_ray_job(tree, tmp_path, ray_local):
+    with_ray = _shard(tree, tmp_path / "ray", tasks=3)
+    cfg = ShardConfig(samples_per_shard=PER_SHARD, max_bad_fraction=1.0)
+    here = run(tree.root, "agpil", tmp_path / "here", cfg, num_points=N, use_ray=False)
+    assert here["quarantined"] > 0 and here["point_bank"]["clouds"] > BANK_CHUNK  # bad records, several chunks
+    _assert_same_output(tmp_path / "ray", with_ray, tmp_path / "here", here)
+
+
+def test_no_ray_with_an_address_is_one_error_line(tree, tmp_path, capsys):
+    code = shard_main(["--source", str(tree.root), "--out", str(tmp_path / "out"), "--no-ray", "--address", "auto"])
+    assert code == 2
+    assert "--no-ray shards in this process: --address needs Ray" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_shards_hold_the_list_order_cut_every_samples_per_shard_less_bad_and_duplicates(tree, tmp_path, ray_local):

@@ -3,6 +3,7 @@
     lma3d shard --source work/raw/Full_view/Seen --format agpil --out work/shards/full-seen
     lma3d shard --source data/PIAD/Seen --out shards/piad-seen --samples-per-shard 512
     lma3d shard --source /mnt/cluster_storage/raw --out /mnt/cluster_storage/shards --address ray://head:10001
+    lma3d shard --source work/raw/Full_view/Seen --out /tmp/shards --no-ray    # this process, no Ray
 
 OUT gets train/shard-NNNNNN.tar (images + instructions), test/shard-NNNNNN.tar (image, points, GT column,
 instruction), points.arrow (the train point clouds), manifest.json, sizes.json and quarantine.jsonl (one line
@@ -36,14 +37,25 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--num-points", type=int, default=2048, help="points per cloud (default 2048)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    parser.add_argument(
+        "--no-ray",
+        action="store_true",
+        help="every shard in this process, one after the other, same output (a dataset too small to pay for "
+        "Ray's start, or a reader debugged with breakpoint())",
+    )
     args = parser.parse_args(argv)
+    if args.no_ray and args.address:
+        raise UserError("--no-ray shards in this process: --address needs Ray")
 
     from pipeline.shards.job import run
 
     try:
         cfg = ShardConfig(args.samples_per_shard, args.max_bad_fraction, min_shards=args.min_shards)
-        with stage("Ray Data sharding"):
-            manifest = run(args.source, args.format, args.out, cfg, args.num_points, args.overwrite, args.address)
+        with stage("sharding in this process (--no-ray)" if args.no_ray else "Ray Data sharding"):
+            manifest = run(
+                args.source, args.format, args.out, cfg, args.num_points, args.overwrite, args.address,
+                use_ray=not args.no_ray,
+            )  # fmt: skip
     except (ValueError, FileExistsError) as e:
         raise UserError(str(e)) from None
     read, written, bad = manifest["read"], manifest["written"], manifest["quarantined"]

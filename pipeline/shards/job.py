@@ -9,7 +9,8 @@ Shard contents are fixed before any parsing (plan.py): the samples of a split, i
 on task scheduling nor on the number of workers. One Ray Data pipeline runs everything: each task takes a
 contiguous batch of shards (and point-bank chunks), parses their records and writes each shard's tar, and each
 bank chunk's arrays to a chunk file; the driver then streams the chunks, in list order, into points.arrow.
-Everything is written to a temporary folder renamed into place at the end.
+Everything is written to a temporary folder renamed into place at the end. `use_ray=False` (`lma3d shard
+--no-ray`) runs the same task function on every part in this process, one after the other: the same bytes.
 """
 
 from __future__ import annotations
@@ -176,12 +177,11 @@ def run(
     overwrite: bool = False,
     address: str | None = None,
     tasks: int | None = None,
+    use_ray: bool = True,
 ) -> dict[str, Any]:
     """Shard `source` into `out`; returns the manifest. Raises FileExistsError / FileNotFoundError / ValueError.
-    `tasks`: how many Ray tasks to cut the work into (default TASKS_PER_CPU per cluster CPU); the output does not
-    depend on it."""
-    import ray
-
+    `tasks`: how many Ray tasks to cut the work into (default TASKS_PER_CPU per cluster CPU); `use_ray` False:
+    every part in this process, one after the other. The output depends on neither."""
     source, out = Path(source).resolve(), Path(out).resolve()
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (pass --overwrite to replace it)")
@@ -193,12 +193,14 @@ def run(
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    started = ensure_ray(address, dashboard=False)  # Ray Data tasks only: no placement group to clean up
-    try:
-        shards, bank_parts = _run_parts(plan_parts(items, cfg.samples_per_shard), source, tmp, num_points, tasks)
-    finally:
-        if started:
-            ray.shutdown()
+    parts = plan_parts(items, cfg.samples_per_shard)
+    if use_ray:
+        results = _run_parts(parts, source, tmp, num_points, tasks, address)
+    else:
+        task = {"root": str(source), "out": str(tmp), "num_points": num_points}
+        results = [r for part in parts for r in json.loads(_task({"parts": [part.to_row()]}, **task)["results"])]
+    shards = sorted((r for r in results if r["kind"] == "shard"), key=lambda r: r["name"])
+    bank_parts = sorted((r for r in results if r["kind"] == "bank"), key=lambda r: r["index"])
     quarantine = duplicates + [q for result in shards + bank_parts for q in result["rejections"]]
     bank = _merge_bank(bank_parts, tmp, num_points)
     manifest = _manifest(source, fmt, listed, cfg, num_points, shards, bank, quarantine)
@@ -211,24 +213,30 @@ def run(
     return manifest
 
 
-def _run_parts(parts: list[Part], source: Path, tmp: Path, num_points: int, tasks: int | None):
-    """Run every part in Ray tasks; (shard results by name, bank chunk results in list order)."""
+def _run_parts(
+    parts: list[Part], source: Path, tmp: Path, num_points: int, tasks: int | None, address: str | None
+) -> list[dict[str, Any]]:
+    """Every part's result, from Ray Data tasks on the cluster at `address` (a local Ray started and stopped
+    here when there is none)."""
     import ray
 
     if not parts:
-        return [], []
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    runs = group_parts(parts, tasks or TASKS_PER_CPU * cpus)
-    kwargs = {"root": str(source), "out": str(tmp), "num_points": num_points}
-    dataset = ray.data.from_items([{"parts": [p.to_row() for p in run]} for run in runs], override_num_blocks=len(runs))
-    # Every CPU of the cluster at once: Ray Data's default resource budget otherwise runs these few long tasks
-    # nearly one at a time (measured: 8 one-second tasks took 9.4 s on 2 CPUs).
-    pool = ray.data.TaskPoolStrategy(size=min(len(runs), cpus))
-    results = [r for row in dataset.map(_task, fn_kwargs=kwargs, compute=pool).iter_rows()
-               for r in json.loads(row["results"])]  # fmt: skip
-    shards = sorted((r for r in results if r["kind"] == "shard"), key=lambda r: r["name"])
-    bank = sorted((r for r in results if r["kind"] == "bank"), key=lambda r: r["index"])
-    return shards, bank
+        return []
+    started = ensure_ray(address, dashboard=False)  # Ray Data tasks only: no placement group to clean up
+    try:
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        runs = group_parts(parts, tasks or TASKS_PER_CPU * cpus)
+        kwargs = {"root": str(source), "out": str(tmp), "num_points": num_points}
+        rows = [{"parts": [p.to_row() for p in run]} for run in runs]
+        dataset = ray.data.from_items(rows, override_num_blocks=len(runs))
+        # Every CPU of the cluster at once: Ray Data's default resource budget otherwise runs these few long tasks
+        # nearly one at a time (measured: 8 one-second tasks took 9.4 s on 2 CPUs).
+        pool = ray.data.TaskPoolStrategy(size=min(len(runs), cpus))
+        return [r for row in dataset.map(_task, fn_kwargs=kwargs, compute=pool).iter_rows()
+                for r in json.loads(row["results"])]  # fmt: skip
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _merge_bank(parts: list[dict[str, Any]], tmp: Path, num_points: int) -> dict[str, Any] | None:
