@@ -191,7 +191,7 @@ def shard_rows(root: Path, work: Path, items: int, cpus: int) -> tuple[float, di
                 sum(fixed.values()),
                 " + ".join(f"{name} {seconds:.2f}" for name, seconds in fixed.items()),
             ),
-            ("shard samples/s: plain vs the job with --no-ray (+ bank, manifest)", rate, items / here_s, ""),
+            ("shard samples/s: plain vs job --no-ray (+bank, manifest)", rate, items / here_s, ""),
             (f"shard samples/s: plain vs job incl. Ray start ({machine} CPUs)", rate, items / cold_s, ""),
             (f"shard samples/s: plain vs job on a running Ray ({cpus} CPUs)", rate, items / timed[0], ""),
             (f"shard samples/s: plain vs job, again, warm ({cpus} CPUs)", rate, items / timed[1], ""),
