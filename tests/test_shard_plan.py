@@ -132,3 +132,10 @@ def test_shards_hold_the_list_order_cut_every_samples_per_shard_less_bad_and_dup
     quarantine = (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()
     assert manifest["quarantined"] == len(quarantine) == rejected == 5  # 3 bad records, 2 duplicates
     assert json.loads((tmp_path / "out" / "sizes.json").read_text()) == {n: s["samples"] for n, s in shards.items()}
+
+
+def test_no_ray_with_an_address_is_refused_before_anything_is_written(tree, tmp_path):
+    cfg = ShardConfig(samples_per_shard=PER_SHARD)
+    with pytest.raises(ValueError, match="use_ray=False runs every part in this process: address 'auto' needs Ray"):
+        run(tree.root, "agpil", tmp_path / "out", cfg, num_points=N, address="auto", use_ray=False)
+    assert list(tmp_path.iterdir()) == []

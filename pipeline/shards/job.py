@@ -182,6 +182,8 @@ def run(
     """Shard `source` into `out`; returns the manifest. Raises FileExistsError / FileNotFoundError / ValueError.
     `tasks`: how many Ray tasks to cut the work into (default TASKS_PER_CPU per cluster CPU); `use_ray` False:
     every part in this process, one after the other. The output depends on neither."""
+    if address and not use_ray:
+        raise ValueError(f"use_ray=False runs every part in this process: address {address!r} needs Ray")
     source, out = Path(source).resolve(), Path(out).resolve()
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (pass --overwrite to replace it)")
