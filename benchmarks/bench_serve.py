@@ -6,8 +6,9 @@
 Every request is the PIAD fixture (image + 2048 points + instruction). The in-process loop prepares each input
 exactly as the server does (jobs/serving/predictor.py) and runs batches of --max-batch-size through one forward;
 the served rows send the same requests as JSON over HTTP from C concurrent clients (threads of this process) to
-one replica, with batching on (--max-batch-size, --batch-wait-ms) and off (batches of 1). One table: requests/s,
-p50 / p99 latency per request, and each row's throughput as a share of the in-process loop's.
+one replica, with batching on (--max-batch-size, each of --batch-wait-ms) and off (batches of 1). One table:
+requests/s, p50 / p99 latency per request, the replica's mean batch size, and each row's throughput as a share of
+the in-process loop's.
 Goal: batched serving at 8 clients >= 80 % of the in-process batched throughput. The clients share the machine's
 cores with the replica: run on an otherwise idle machine.
 """
@@ -91,17 +92,24 @@ def served(url: str, body: bytes, requests: int, clients: int) -> tuple[float, l
     return requests / (time.perf_counter() - started), latencies
 
 
+def forwards(url: str) -> int:
+    """The replica's forward count so far (GET /healthz)."""
+    with urllib.request.urlopen(url + "/healthz", timeout=60) as response:
+        return json.loads(response.read())["stats"]["forwards"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("demo", "tiny"), default="demo")
     parser.add_argument("--requests", type=int, default=96, help="requests per row")
     parser.add_argument("--clients", default="1,8,32", help="concurrent clients, comma-separated")
     parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--batch-wait-ms", type=float, default=10.0)
+    parser.add_argument("--batch-wait-ms", default="10,60", help="batching-on rows, comma-separated (ms)")
     parser.add_argument("--replica-cpus", type=float, default=1.0)
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
+    waits = [float(w) for w in args.batch_wait_ms.split(",")]
 
     import ray
     from ray import serve
@@ -115,23 +123,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         model_dir = export_model(args.model, Path(tmp) / "model")
         rps, lat = in_process(model_dir, body, args.requests, args.max_batch_size)
-        rows.append(("in-process batched loop", "-", rps, lat))
+        rows.append(("in-process batched loop", "-", rps, lat, args.max_batch_size))
         baseline = rps
         ray.init(num_cpus=max(2, int(args.replica_cpus) + 1), include_dashboard=False, log_to_driver=False)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-            for batching in (True, False):
+            for wait in [*waits, None]:
                 cfg = ServeConfig(
                     port=args.port,
-                    max_batch_size=args.max_batch_size if batching else 1,
-                    batch_wait_ms=args.batch_wait_ms if batching else 0,
+                    max_batch_size=1 if wait is None else args.max_batch_size,
+                    batch_wait_ms=wait or 0,
                     max_ongoing_requests=max(64, max(clients)),
                     replica_cpus=args.replica_cpus,
                 )
                 serve.run(application(str(model_dir), "", cfg), name="bench", route_prefix="/")
+                url = f"http://127.0.0.1:{args.port}"
                 for c in clients:
-                    rps, lat = served(f"http://127.0.0.1:{args.port}/predict", body, args.requests, c)
-                    rows.append((f"serve, batching {'on' if batching else 'off'}", str(c), rps, lat))
+                    before = forwards(url)
+                    rps, lat = served(url + "/predict", body, args.requests, c)
+                    name = "serve, batching off" if wait is None else f"serve, batch wait {wait:g} ms"
+                    answered = args.requests + min(c, args.requests)  # with served()'s warm-up
+                    rows.append((name, str(c), rps, lat, answered / (forwards(url) - before)))
                 serve.delete("bench")
         finally:
             serve.shutdown()
@@ -139,12 +151,12 @@ def main() -> None:
 
     print(
         f"\nmodel {args.model}, {args.requests} requests per row (PIAD fixture, 2048 points), max batch "
-        f"{args.max_batch_size}, batch wait {args.batch_wait_ms:g} ms, {args.replica_cpus:g} CPU per replica"
+        f"{args.max_batch_size}, {args.replica_cpus:g} CPU per replica"
     )
-    print(f"{'path':<26}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'vs in-process':>15}")
-    for name, c, rps, lat in rows:
+    print(f"{'path':<28}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}{'vs in-process':>15}")
+    for name, c, rps, lat, batch in rows:
         p50, p99 = np.percentile(np.asarray(lat) * 1000, [50, 99])
-        print(f"{name:<26}{c:>8}{rps:>9.2f}{p50:>9.1f}{p99:>9.1f}{rps / baseline:>15.0%}")
+        print(f"{name:<28}{c:>8}{rps:>9.2f}{p50:>9.1f}{p99:>9.1f}{batch:>7.1f}{rps / baseline:>15.0%}")
     print("goal: serve with batching on at 8 clients >= 80 % of the in-process batched loop")
 
 

@@ -24,7 +24,8 @@ from starlette.responses import JSONResponse, Response
 
 from jobs.serving import page
 from jobs.serving.api import BadRequest, PredictRequest, Upload, parse_form, parse_json
-from jobs.serving.predictor import Predictor
+from jobs.serving.batch_predict import HeatMap, Prepared
+from jobs.serving.predictor import Loaded, Predictor
 from jobs.serving.serve_config import ServeConfig
 
 log = logging.getLogger("lma3d.serve")
@@ -50,6 +51,11 @@ class AffordanceServer:
         self.predict_batch.set_max_batch_size(self.cfg.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_ms / 1000)
         self._stop = threading.Event()
+        # Serve forms a batch from what arrives within batch_wait_ms even while the last batch is still running,
+        # so requests arriving during a forward would queue behind it as many small batches (Ray 2.60: batch
+        # sizes 1-2 at 8 clients). Holding them until the forward ends lets them leave as one batch.
+        self._forward_idle = asyncio.Event()
+        self._forward_idle.set()
         if self.predictor.alias and self.cfg.alias_poll_s > 0:
             threading.Thread(target=self._follow_alias, name="lma3d-alias", daemon=True).start()
 
@@ -85,7 +91,7 @@ class AffordanceServer:
             loaded, prepared = await asyncio.to_thread(self.predictor.prepare, parsed)
         except BadRequest as e:
             return error(400, str(e))
-        loaded, heat = await self.predict_batch((loaded, prepared))
+        loaded, heat = await self.forward((loaded, prepared))
         body: dict[str, Any] = {
             "heatmap": heat.values.tolist(),
             "model": {k: loaded.info[k] for k in ("name", "version", "spec", "kind")},
@@ -119,10 +125,19 @@ class AffordanceServer:
             return await asyncio.to_thread(parse_form, await _form_fields(request, body))
         raise BadRequest(f"Content-Type {kind or '(none)'}: use application/json or multipart/form-data")
 
+    async def forward(self, item: tuple[Loaded, Prepared]) -> tuple[Loaded, HeatMap]:
+        """One prepared request through the batched forward, admitted only while no forward runs."""
+        await self._forward_idle.wait()
+        return await self.predict_batch(item)
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def predict_batch(self, items: list) -> list:
         # The forward runs in a thread so the event loop keeps reading and preparing the next requests.
-        return await asyncio.to_thread(self.predictor.run, items)
+        self._forward_idle.clear()
+        try:
+            return await asyncio.to_thread(self.predictor.run, items)
+        finally:
+            self._forward_idle.set()
 
 
 async def _form_fields(request: Request, body: bytes) -> dict[str, Any]:

@@ -1,0 +1,69 @@
+"""How a replica forms batches, in a real Serve deployment of the server class with a forward slowed to 1 s:
+requests that arrive while a forward runs leave together as one batch when it ends, instead of one small batch
+per batch-wait window queued behind it (Serve 2.60 forms batches while the last one still runs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from registered import IMAGE, INSTRUCTION, POINTS, export_tiny
+
+from jobs.serving.api import PredictRequest
+from jobs.serving.app import AffordanceServer
+from jobs.serving.serve_config import ServeConfig
+from pipeline.pointfiles import read_point_file
+
+pytestmark = pytest.mark.slow
+FORWARD_S = 1.0
+ARRIVAL_GAP_S = 0.05  # five times the batch wait: without the gate each of these would leave as its own batch
+
+
+class SlowForwardServer(AffordanceServer):
+    """The real replica class; only its model's forward takes FORWARD_S longer, and it records batch sizes."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.sizes: list[int] = []
+        real_run = self.predictor.run
+
+        def run(items: list) -> list:
+            self.sizes.append(len(items))
+            time.sleep(FORWARD_S)  # on the thread the real forward runs on
+            return real_run(items)
+
+        self.predictor.run = run
+
+    async def predict_fixture(self) -> None:
+        request = PredictRequest(IMAGE.read_bytes(), read_point_file(POINTS), INSTRUCTION)
+        await self.forward(self.predictor.prepare(request))
+
+    def batch_sizes(self) -> list[int]:
+        return self.sizes
+
+
+def test_requests_arriving_during_a_forward_leave_as_one_batch(ray_local, tmp_path: Path) -> None:
+    from ray import cloudpickle, serve
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the replica cannot import this test module
+    cfg = ServeConfig(max_batch_size=8, batch_wait_ms=10, replica_cpus=0, alias_poll_s=0)
+    deployment = serve.deployment(SlowForwardServer).options(
+        name="slow", max_ongoing_requests=16, ray_actor_options={"num_cpus": 0}
+    )
+    model = export_tiny(tmp_path / "model", seed=0)
+    handle = serve.run(deployment.bind(str(model), "", [], dataclasses.asdict(cfg)), name="batching", route_prefix=None)
+    try:
+        responses = [handle.predict_fixture.remote()]  # a forward alone, after the batch wait
+        time.sleep(0.2)
+        for _ in range(5):  # all within that forward, each further from the last than the batch wait
+            responses.append(handle.predict_fixture.remote())
+            time.sleep(ARRIVAL_GAP_S)
+        for response in responses:
+            response.result(timeout_s=120)
+        assert handle.batch_sizes.remote().result(timeout_s=60) == [1, 5]
+    finally:
+        serve.delete("batching")
+        serve.shutdown()
