@@ -1,11 +1,13 @@
-"""How a replica forms batches, in a real Serve deployment of the server class with a forward slowed to 1 s:
+"""How a replica schedules its work, in a real Serve deployment of the server class with a forward slowed to 1 s:
 requests that arrive while a forward runs leave together as one batch when it ends, instead of one small batch
-per batch-wait window queued behind it (Serve 2.60 forms batches while the last one still runs)."""
+per batch-wait window queued behind it (Serve 2.60 forms batches while the last one still runs); requests are
+prepared on `serve.prepare_threads` threads beside the forward."""
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,9 +17,9 @@ from registered import IMAGE, INSTRUCTION, POINTS, export_tiny
 from jobs.serving.api import PredictRequest
 from jobs.serving.app import AffordanceServer
 from jobs.serving.serve_config import ServeConfig
+from jobs.verbs.serve import main as serve_main
 from pipeline.pointfiles import read_point_file
 
-pytestmark = pytest.mark.slow
 FORWARD_S = 1.0
 ARRIVAL_GAP_S = 0.05  # five times the batch wait: without the gate each of these would leave as its own batch
 
@@ -37,14 +39,17 @@ class SlowForwardServer(AffordanceServer):
 
         self.predictor.run = run
 
-    async def predict_fixture(self) -> None:
+    async def predict_fixture(self) -> str:
         request = PredictRequest(IMAGE.read_bytes(), read_point_file(POINTS), INSTRUCTION)
-        await self.forward(self.predictor.prepare(request))
+        prepared = await self.beside_forward(self.predictor.prepare, request)
+        await self.forward(prepared)
+        return await self.beside_forward(lambda: threading.current_thread().name)
 
     def batch_sizes(self) -> list[int]:
         return self.sizes
 
 
+@pytest.mark.slow
 def test_requests_arriving_during_a_forward_leave_as_one_batch(ray_local, tmp_path: Path) -> None:
     from ray import cloudpickle, serve
 
@@ -61,9 +66,22 @@ def test_requests_arriving_during_a_forward_leave_as_one_batch(ray_local, tmp_pa
         for _ in range(5):  # all within that forward, each further from the last than the batch wait
             responses.append(handle.predict_fixture.remote())
             time.sleep(ARRIVAL_GAP_S)
-        for response in responses:
-            response.result(timeout_s=120)
+        preparers = {response.result(timeout_s=120) for response in responses}
         assert handle.batch_sizes.remote().result(timeout_s=60) == [1, 5]
+        assert preparers == {"lma3d-prepare_0"}  # serve.prepare_threads: 1
     finally:
         serve.delete("batching")
         serve.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("serve.prepare_threads=0", "serve.prepare_threads must be >= 1"),
+        ("serve.max_ongoing_requests=4", "serve.max_ongoing_requests must be >= serve.max_batch_size"),
+    ],
+)
+def test_a_replica_that_could_not_schedule_is_refused_in_one_line(tmp_path: Path, capsys, override, needle) -> None:
+    assert serve_main(["--model", str(tmp_path / "none"), override]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines

@@ -16,7 +16,9 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from ray import serve
 from starlette.requests import Request
@@ -31,6 +33,7 @@ from jobs.serving.serve_config import ServeConfig
 log = logging.getLogger("lma3d.serve")
 DEPLOYMENT = "lma3d"
 DRAIN_FACTOR = 8
+T = TypeVar("T")
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -44,13 +47,14 @@ class AffordanceServer:
         import torch
 
         self.cfg = ServeConfig(**serve_cfg)
+        self._stop = threading.Event()
+        self._prepare_pool = ThreadPoolExecutor(self.cfg.prepare_threads, thread_name_prefix="lma3d-prepare")
         torch.set_num_threads(self.cfg.threads_per_replica or max(1, int(self.cfg.replica_cpus)))
         tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
         self.predictor = Predictor(spec, tracking_uri, overrides, "cuda" if self.cfg.use_gpu else "cpu")
         self.max_body = int(self.cfg.max_body_mb * 2**20)
         self.predict_batch.set_max_batch_size(self.cfg.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_ms / 1000)
-        self._stop = threading.Event()
         # Serve forms a batch from what arrives within batch_wait_ms even while the last batch is still running,
         # so requests arriving during a forward would queue behind it as many small batches (Ray 2.60: batch
         # sizes 1-2 at 8 clients). Holding them until the forward ends lets them leave as one batch.
@@ -69,6 +73,11 @@ class AffordanceServer:
 
     def __del__(self) -> None:
         self._stop.set()
+        self._prepare_pool.shutdown(wait=False)
+
+    async def beside_forward(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) on the prepare threads, so the event loop and the forward keep going."""
+        return await asyncio.get_running_loop().run_in_executor(self._prepare_pool, fn, *args)
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path.removeprefix(request.scope.get("root_path", "").rstrip("/")) or "/"
@@ -88,7 +97,7 @@ class AffordanceServer:
         started = time.perf_counter()
         try:
             parsed = await self.read_request(request)
-            loaded, prepared = await asyncio.to_thread(self.predictor.prepare, parsed)
+            loaded, prepared = await self.beside_forward(self.predictor.prepare, parsed)
         except BadRequest as e:
             return error(400, str(e))
         loaded, heat = await self.forward((loaded, prepared))
@@ -120,9 +129,9 @@ class AffordanceServer:
         body = b"".join(chunks)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
-            return await asyncio.to_thread(parse_json, body)
+            return await self.beside_forward(parse_json, body)
         if kind == "multipart/form-data":
-            return await asyncio.to_thread(parse_form, await _form_fields(request, body))
+            return await self.beside_forward(parse_form, await _form_fields(request, body))
         raise BadRequest(f"Content-Type {kind or '(none)'}: use application/json or multipart/form-data")
 
     async def forward(self, item: tuple[Loaded, Prepared]) -> tuple[Loaded, HeatMap]:

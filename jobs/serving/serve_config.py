@@ -30,12 +30,18 @@ class ServeConfig:
     """Ray CPUs reserved per replica."""
     threads_per_replica: int = 0
     """torch intra-op threads per replica (0: max(1, replica_cpus))."""
+    prepare_threads: int = 1
+    """Threads per replica that parse and prepare requests (decode, resize, tokenize) beside the forward. They
+    hold the GIL, and the forward waits for it: one keeps it free (5 % more requests/s than Python's pool of 6
+    at 8 clients on 2 cores). Raise it when a forward costs less than preparing (~12 ms a request), e.g. on a GPU."""
     use_gpu: bool = False
     """One GPU per replica, the model on it."""
 
     def __post_init__(self) -> None:
-        if self.replicas < 1 or self.max_batch_size < 1 or self.max_ongoing_requests < self.max_batch_size:
-            raise ValueError("serve.replicas and serve.max_batch_size must be >= 1, max_ongoing_requests >= batch")
+        if min(self.replicas, self.max_batch_size, self.prepare_threads) < 1:
+            raise ValueError("serve.replicas, serve.max_batch_size and serve.prepare_threads must be >= 1")
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError("serve.max_ongoing_requests must be >= serve.max_batch_size (a full batch)")
         if self.batch_wait_ms < 0 or self.alias_poll_s < 0 or self.max_body_mb <= 0 or self.replica_cpus < 0:
             raise ValueError("serve.batch_wait_ms and serve.alias_poll_s must be >= 0, serve.max_body_mb > 0")
         if not 0 < self.port < 65536:
