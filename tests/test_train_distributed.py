@@ -59,6 +59,24 @@ def test_zero_stage_trains_checkpoints_and_resumes_at_the_next_step_with_the_sam
         assert value == pytest.approx(_lr(cfg, step - 1, per_epoch), rel=1e-6)
 
 
+def test_zero3_with_cpu_offload_trains_like_zero3_and_resumes(shards, tmp_path):
+    # configs/agpil/full_seen_zero3_offload.yaml: optimizer state and parameters offloaded to the CPU, the optimizer
+    # DeepSpeed's CPU Adam (ZeRO-Offload refuses a torch one); "slower; same numbers" as ZeRO-3 without offload.
+    plain_cfg = _config(shards, tmp_path / "plain", zero_stage=3, max_steps=2)
+    plain = launch(plain_cfg, run_name="plain")
+    offload_cfg = _config(shards, tmp_path / "offload", zero_stage=3, max_steps=2, checkpoint_every=1,
+                          offload_optimizer="true", offload_params="true")  # fmt: skip
+    first = launch(offload_cfg, run_name="offload")
+    second = launch(replace(offload_cfg, train=replace(offload_cfg.train, max_steps=3)), run_name="offload")
+    assert second.mode == "resume" and second.last_step == 3 and second.run_id == first.run_id
+    losses = _history(offload_cfg, first.run_id, "train/loss")
+    reference = _history(plain_cfg, plain.run_id, "train/loss")
+    assert sorted(losses) == [1, 2, 3] and sorted(reference) == [1, 2]
+    for step in (1, 2):  # step 2 follows one update of each optimizer
+        assert losses[step] == pytest.approx(reference[step], rel=1e-5)
+    assert torch.isfinite(torch.tensor(losses[3]))
+
+
 def test_existing_run_without_checkpoint_is_not_overwritten(shards, tmp_path):
     from jobs.entry import UserError
 
