@@ -196,11 +196,11 @@ def run(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     parts = plan_parts(items, cfg.samples_per_shard)
+    where = {"root": str(source), "out": str(tmp), "num_points": num_points}
     if use_ray:
-        results = _run_parts(parts, source, tmp, num_points, tasks, address)
-    else:
-        task = {"root": str(source), "out": str(tmp), "num_points": num_points}
-        results = [r for part in parts for r in json.loads(_task({"parts": [part.to_row()]}, **task)["results"])]
+        results = _run_parts(parts, where, tasks, address)
+    else:  # one task holding every part, as a Ray run with tasks=1
+        results = json.loads(_task({"parts": [part.to_row() for part in parts]}, **where)["results"])
     shards = sorted((r for r in results if r["kind"] == "shard"), key=lambda r: r["name"])
     bank_parts = sorted((r for r in results if r["kind"] == "bank"), key=lambda r: r["index"])
     quarantine = duplicates + [q for result in shards + bank_parts for q in result["rejections"]]
@@ -216,10 +216,10 @@ def run(
 
 
 def _run_parts(
-    parts: list[Part], source: Path, tmp: Path, num_points: int, tasks: int | None, address: str | None
+    parts: list[Part], where: dict[str, Any], tasks: int | None, address: str | None
 ) -> list[dict[str, Any]]:
-    """Every part's result, from Ray Data tasks on the cluster at `address` (a local Ray started and stopped
-    here when there is none)."""
+    """Every part's result, from Ray Data tasks (`_task(..., **where)`) on the cluster at `address` (a local Ray
+    started and stopped here when there is none)."""
     import ray
 
     if not parts:
@@ -228,13 +228,12 @@ def _run_parts(
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         runs = group_parts(parts, tasks or TASKS_PER_CPU * cpus)
-        kwargs = {"root": str(source), "out": str(tmp), "num_points": num_points}
         rows = [{"parts": [p.to_row() for p in run]} for run in runs]
         dataset = ray.data.from_items(rows, override_num_blocks=len(runs))
         # Every CPU of the cluster at once: Ray Data's default resource budget otherwise runs these few long tasks
         # nearly one at a time (measured: 8 one-second tasks took 9.4 s on 2 CPUs).
         pool = ray.data.TaskPoolStrategy(size=min(len(runs), cpus))
-        return [r for row in dataset.map(_task, fn_kwargs=kwargs, compute=pool).iter_rows()
+        return [r for row in dataset.map(_task, fn_kwargs=where, compute=pool).iter_rows()
                 for r in json.loads(row["results"])]  # fmt: skip
     finally:
         if started:
