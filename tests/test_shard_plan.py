@@ -33,12 +33,21 @@ def test_runs_are_contiguous_cover_every_part_once_and_start_with_the_heaviest()
     parts = [_part(0, images=1), _part(1, images=1), _part(2, images=1), _part(3, images=1), _part(4, clouds=1),
              _part(5, clouds=1)]  # fmt: skip
     assert [p.cost for p in parts] == [1, 1, 1, 1, POINT_FILE_COST, POINT_FILE_COST]
-    # target (4 + 2 * 6) / 2 = 8: [0..3] costs 4 and adding part 4 makes 10; parts 4 and 5 cost 6 each.
+    # mean run (4 + 2 * 6) / 2 = 8: the middles of parts 0-4 lie at 0.5, 1.5, 2.5, 3.5 and 4 + 3 = 7 (run 0),
+    # part 5's at 10 + 3 = 13 (run 1); run 0 costs 10, run 1 costs 6.
     runs = group_parts(parts, tasks=2)
-    assert [[p.index for p in run] for run in runs] == [[4], [5], [0, 1, 2, 3]]
+    assert [[p.index for p in run] for run in runs] == [[0, 1, 2, 3, 4], [5]]
     assert [[p.index for p in run] for run in group_parts(parts, tasks=1)] == [[0, 1, 2, 3, 4, 5]]
     assert [[p.index for p in run] for run in group_parts(parts, tasks=100)] == [[4], [5], [0], [1], [2], [3]]
     assert group_parts([], tasks=4) == []
+
+
+def test_runs_number_at_most_the_tasks_and_each_is_within_half_a_part_of_the_mean():
+    # 20 parts of cost 1 in 8 tasks: mean 2.5, so runs alternate 2 and 3 parts (middles 0.5 and 1.5 in run 0,
+    # 2.5 to 4.5 in run 1, ...); cutting wherever the next part would pass the mean gave 10 runs of 2.
+    runs = group_parts([_part(i, images=1) for i in range(20)], tasks=8)
+    assert sorted(len(run) for run in runs) == [2, 2, 2, 2, 3, 3, 3, 3]
+    assert [p.index for run in sorted(runs, key=lambda run: run[0].index) for p in run] == list(range(20))
 
 
 @pytest.fixture(scope="module")

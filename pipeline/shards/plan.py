@@ -56,17 +56,17 @@ def plan_parts(items: list[RawItem], samples_per_shard: int) -> list[Part]:
 
 
 def group_parts(parts: list[Part], tasks: int) -> list[list[Part]]:
-    """Contiguous runs of parts, about `tasks` of them, of about equal cost (a part is never split), heaviest
-    run first: with a pool of workers taking runs in this order, no worker is left with a long one at the end."""
-    if not parts:
-        return []
-    target = sum(p.cost for p in parts) / max(1, tasks)
-    runs: list[list[Part]] = [[]]
-    cost = 0
+    """At most `tasks` contiguous runs of parts of about equal estimated cost (a part is never split), heaviest
+    run first, so no worker is left with a long run at the end. A part joins run k when the middle of its cost
+    falls in the k-th `tasks`-th of the total: every run is within half a part of the mean. (Cut greedily, "a new
+    run where this part would pass the mean", the runs fell short and numbered `tasks` + 1: 9 on 2 CPUs, the
+    last one run alone.) With at least as many tasks as parts: one run per part."""
+    if len(parts) <= tasks:
+        return sorted(([part] for part in parts), key=lambda run: -run[0].cost)
+    target = sum(p.cost for p in parts) / tasks
+    runs: list[list[Part]] = [[] for _ in range(tasks)]
+    done = 0
     for part in parts:
-        if runs[-1] and cost + part.cost > target:
-            runs.append([])
-            cost = 0
-        runs[-1].append(part)
-        cost += part.cost
-    return sorted(runs, key=lambda run: -sum(p.cost for p in run))  # stable: equal runs keep list order
+        runs[min(tasks - 1, int((done + part.cost / 2) / target))].append(part)
+        done += part.cost
+    return sorted((run for run in runs if run), key=lambda run: -sum(p.cost for p in run))  # stable sort
