@@ -155,5 +155,5 @@ def test_overfits_one_fixed_batch():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0]
