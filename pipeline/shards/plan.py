@@ -61,6 +61,7 @@ def group_parts(parts: list[Part], tasks: int) -> list[list[Part]]:
     falls in the k-th `tasks`-th of the total: every run is within half a part of the mean. (Cut greedily, "a new
     run where this part would pass the mean", the runs fell short and numbered `tasks` + 1: 9 on 2 CPUs, the
     last one run alone.) With at least as many tasks as parts: one run per part."""
+    tasks = max(1, tasks)
     if len(parts) <= tasks:
         return sorted(([part] for part in parts), key=lambda run: -run[0].cost)
     target = sum(p.cost for p in parts) / tasks
