@@ -64,7 +64,7 @@ def _two_steps(fidelity: str):
 
 def test_released_batched_step_equals_per_cloud_forwards():
     (loss, batched), (loss_ref, per_cloud) = _two_steps("released")
-    assert float(loss) == pytest.approx(float(loss_ref), rel=1e-5)
+    assert loss.item() == pytest.approx(loss_ref.item(), rel=1e-5)
     grads = {n: p.grad for n, p in batched.named_parameters() if p.grad is not None}
     grads_ref = {n: p.grad for n, p in per_cloud.named_parameters() if p.grad is not None}
     assert grads.keys() == grads_ref.keys() and len(grads) > 50

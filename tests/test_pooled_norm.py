@@ -95,7 +95,7 @@ def test_pooled_last_layer_in_fp32_stays_within_rounding_of_fp64():
         conv32.load_state_dict({k: v.float() for k, v in conv.state_dict().items()})
         out = conv_norm_relu_max(conv32, norm32, h64.detach().float())
     assert out.dtype == torch.float32
-    assert float((out.double() - exact).abs().max() / exact.abs().max()) < 1e-6
+    assert ((out.double() - exact).abs().max() / exact.abs().max()).item() < 1e-6
 
 
 def test_pooled_last_layer_refuses_one_value_per_channel_in_training_like_batchnorm():
