@@ -63,11 +63,12 @@ def group_parts(parts: list[Part], tasks: int) -> list[list[Part]]:
     last one run alone.) With at least as many tasks as parts: one run per part."""
     tasks = max(1, tasks)
     if len(parts) <= tasks:
-        return sorted(([part] for part in parts), key=lambda run: -run[0].cost)
-    target = sum(p.cost for p in parts) / tasks
-    runs: list[list[Part]] = [[] for _ in range(tasks)]
-    done = 0
-    for part in parts:
-        runs[min(tasks - 1, int((done + part.cost / 2) / target))].append(part)
-        done += part.cost
+        runs = [[part] for part in parts]
+    else:
+        target = sum(p.cost for p in parts) / tasks
+        runs = [[] for _ in range(tasks)]
+        done = 0
+        for part in parts:
+            runs[min(tasks - 1, int((done + part.cost / 2) / target))].append(part)
+            done += part.cost
     return sorted((run for run in runs if run), key=lambda run: -sum(p.cost for p in run))  # stable sort
