@@ -1,20 +1,21 @@
 """requirements.lock / requirements-dev.lock: every package pyproject.toml names, and everything those need, at one
-exact version that the images and `make install LOCK=1` install; the commit of a run without a .git beside it."""
+exact version, which `make install` (and so `make demo`, `make test`, CI) and the images install.
+
+Everything checked here is read from files in the repository: the locks, pyproject.toml and the lock's resolution
+record (infra/lock/resolution.json, each pinned package's requirements as its own metadata states them, written by
+`make lock`). What is installed on the machine and what the registry serves today change no answer."""
 
 from __future__ import annotations
 
-import importlib.metadata
+import json
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
-from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
-
-from jobs.training.tracking import GIT_COMMIT_ENV, git_commit
 
 tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml with tomllib")
 
@@ -49,23 +50,25 @@ def test_lock_pins_every_package_pyproject_names_within_its_range(lock, extras):
         assert Version(pinned[name]) in req.specifier, f"{lock}: {name}=={pinned[name]} is outside {req}"
 
 
-def requirements_of(name: str, extras: set[str]) -> list[Requirement]:
-    """What the installed distribution `name` requires on this platform (Linux, CPython 3.11) with `extras`."""
+def resolution() -> dict:
+    return json.loads((ROOT / "infra" / "lock" / "resolution.json").read_text())
+
+
+def requirements_of(record: dict, name: str, extras: frozenset[str]) -> list[Requirement]:
+    """What `name` requires with `extras`, on the locks' platform (the record's target, not this machine's)."""
     out = []
-    for text in importlib.metadata.distribution(name).requires or []:
+    for text in record["packages"][name]["requires"]:
         req = Requirement(text)
-        envs = [{**default_environment(), "extra": e} for e in (extras or {""})]
+        envs = [{**record["target"], "extra": e} for e in (extras or {""})]
         if req.marker is None or any(req.marker.evaluate(env) for env in envs):
             out.append(req)
     return out
 
 
-@pytest.mark.parametrize(("lock", "extras"), [("requirements.lock", ()), ("requirements-dev.lock", ("dev",))])
-def test_lock_is_closed_under_the_requirements_of_what_it_pins(lock, extras):
-    """Walk the dependency graph from pyproject.toml through the metadata of the installed packages: every package
-    reached is pinned, and its version satisfies whoever requires it. Packages installed here at another version
-    than the pin cannot be walked (their metadata may differ); the test needs most to match, as in this venv."""
-    pinned, walked, skipped = pins(lock), set(), set()
+def walk(lock: str, extras: tuple[str, ...], record: dict) -> set[str]:
+    """Walk the dependency graph from pyproject.toml through the record: every package reached is pinned, and its
+    pin satisfies whoever requires it. Returns the names reached."""
+    pinned, walked = pins(lock), set()
     todo = [(req, "pyproject.toml") for req in project_requirements(*extras)]
     while todo:
         req, parent = todo.pop()
@@ -77,18 +80,41 @@ def test_lock_is_closed_under_the_requirements_of_what_it_pins(lock, extras):
         if key in walked:
             continue
         walked.add(key)
-        try:
-            installed = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            skipped.add(name)
-            continue
-        if Version(installed) != Version(pinned[name]):
-            skipped.add(name)
-            continue
-        todo += [(r, f"{name}=={installed}") for r in requirements_of(name, set(req.extras))]
-    walked_names = {n for n, _ in walked}
-    assert len(skipped) <= 0.1 * len(walked_names), f"too few pins installed here to check the closure: {skipped}"
-    assert walked_names - skipped, "nothing walked"
+        todo += [(r, f"{name}=={pinned[name]}") for r in requirements_of(record, name, key[1])]
+    return {n for n, _ in walked}
+
+
+def test_resolution_record_describes_exactly_the_dev_lock():
+    """A lock recompiled without recording its resolution again (`make lock` does both) fails here."""
+    record = resolution()
+    assert record["lock"] == "requirements-dev.lock"
+    recorded = {name: entry["version"] for name, entry in record["packages"].items()}
+    assert recorded == pins("requirements-dev.lock")
+
+
+@pytest.mark.parametrize(("lock", "extras"), [("requirements.lock", ()), ("requirements-dev.lock", ("dev",))])
+def test_lock_is_closed_under_the_requirements_of_what_it_pins(lock, extras):
+    reached = walk(lock, extras, resolution())
+    assert reached, "nothing walked"
+
+
+@pytest.mark.parametrize(("lock", "extras"), [("requirements.lock", ()), ("requirements-dev.lock", ("dev",))])
+def test_lock_pins_nothing_that_pyproject_does_not_reach(lock, extras):
+    unreached = set(pins(lock)) - walk(lock, extras, resolution())
+    assert not unreached, f"{lock} pins packages nothing requires: {sorted(unreached)}"
+
+
+def test_closure_check_reads_no_installed_metadata(monkeypatch):
+    """The check gives the same answer wherever it runs: with every installed distribution's metadata hidden (as on
+    a machine where all packages are at other versions, or absent), the walk still reaches every pin."""
+    import importlib.metadata
+
+    def hidden(*args, **kwargs):
+        raise AssertionError("the lock check read installed metadata")
+
+    for attr in ("distribution", "version", "requires", "metadata", "distributions"):
+        monkeypatch.setattr(importlib.metadata, attr, hidden)
+    assert walk("requirements-dev.lock", ("dev",), resolution()) == set(pins("requirements-dev.lock"))
 
 
 def test_dev_lock_agrees_with_the_runtime_lock():
@@ -112,28 +138,30 @@ def test_images_and_lock_pin_the_same_torch_deepspeed_and_ray():
     assert "grep -v '^torch=='" in (ROOT / "infra" / "docker" / "Dockerfile").read_text(), "GPU image keeps CUDA torch"
 
 
-def test_make_install_lock_1_installs_from_the_lock(tmp_path):
-    out = subprocess.run(["make", "-n", "install", "LOCK=1", f"VENV={tmp_path}/venv"], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
+def make_dry_run(*args: str, venv: Path) -> str:
+    """The commands `make -n` would run for a fresh venv (nothing is executed)."""
+    return subprocess.run(["make", "-n", *args, f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout  # fmt: skip
+
+
+@pytest.mark.parametrize("target", ["install", "demo", "test"])
+def test_readme_commands_install_the_locked_versions_by_default(tmp_path, target):
+    out = make_dry_run(target, venv=tmp_path / "venv")
+    assert re.search(r'pip install -q "torch==2\.13\.0\+cpu"', out), out
     assert re.search(r"pip install -q -r requirements-dev\.lock", out), out
     assert re.search(r"pip install -q --no-deps -e \.", out), out
-    plain = subprocess.run(["make", "-n", "install", f"VENV={tmp_path}/venv"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout  # fmt: skip
-    assert "requirements-dev.lock" not in plain
+    assert not re.search(r"pip install -q -e \.\[dev\]", out), out
 
 
-def test_git_commit_falls_back_to_the_env_var_outside_a_checkout(tmp_path, monkeypatch):
-    monkeypatch.delenv(GIT_COMMIT_ENV, raising=False)
-    assert git_commit(tmp_path) is None
-    monkeypatch.setenv(GIT_COMMIT_ENV, "0123456789abcdef0123456789abcdef01234567")
-    assert git_commit(tmp_path) == "0123456789abcdef0123456789abcdef01234567"
+def test_make_install_latest_1_resolves_the_newest_releases_instead(tmp_path):
+    out = make_dry_run("install", "LATEST=1", venv=tmp_path / "venv")
+    assert "requirements-dev.lock" not in out
+    assert re.search(r'pip install -q -e "\.\[dev\]"|pip install -q -e \.\[dev\]', out), out
 
 
-def test_git_commit_prefers_the_checkout_over_the_env_var(tmp_path, monkeypatch):
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    subprocess.run([*git, "init", "-q", str(tmp_path)], check=True)
-    subprocess.run([*git, "-C", str(tmp_path), "commit", "-q", "--allow-empty", "-m", "x"], check=True)
-    head = subprocess.run([*git, "-C", str(tmp_path), "log", "-1", "--format=%H"], capture_output=True, text=True,
-                          check=True).stdout.strip()  # fmt: skip
-    monkeypatch.setenv(GIT_COMMIT_ENV, "0123456789abcdef0123456789abcdef01234567")
-    assert git_commit(tmp_path) == head
+def test_lock_check_installs_unlocked_in_a_throwaway_venv_and_runs_the_fast_tests(tmp_path):
+    out = make_dry_run("lock-check", venv=tmp_path / "venv")
+    assert str(tmp_path / "venv") not in out, "lock-check must not touch the project venv"
+    assert re.search(r"pip install -q -e \.\[dev\]", out), out
+    assert re.search(r"-m pytest -m \"not slow\"", out), out
+    assert "pip freeze" in out
