@@ -18,8 +18,8 @@ right shape, finite) before anything is built; a tampered folder is a one-line U
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -167,7 +167,7 @@ def _resolve(spec: str, tracking_uri: str | None, overrides: list[str]) -> Resol
 def _folder(spec: str, path: Path, overrides: list[str]) -> Resolved:
     if not path.is_dir():
         raise UserError(f"{spec}: no such folder (expected a checkpoint, an exported model, a run id or models:/…)")
-    if (path / META_FILE).is_file():
+    if os.path.lexists(path / META_FILE):  # a meta that is a FIFO or a device is refused by its reader
         return _checkpoint(spec, path, overrides)
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         return _exported(spec, path, overrides)
@@ -181,19 +181,18 @@ def _folder(spec: str, path: Path, overrides: list[str]) -> Resolved:
 
 
 def _checkpoint(spec: str, path: Path, overrides: list[str]) -> Resolved:
-    from jobs.training.consolidate import UnsafeCheckpoint, consolidate
+    from jobs.training.checkpoint import read_meta
+    from jobs.training.consolidate import BadCheckpoint, consolidate
 
     try:
-        meta = json.loads((path / META_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path / META_FILE}: not valid JSON ({e})") from None
-    config = (meta.get("config") or {}).get("model")
-    if not isinstance(config, dict):
-        raise UserError(f"{path / META_FILE}: no config.model (not written by lma3d train?)")
-    cfg = model_config(config, overrides, str(path / META_FILE))
-    try:
-        weights = consolidate(path, meta.get("tag"))
-    except UnsafeCheckpoint as e:
+        meta = read_meta(path)  # the validated reader: the tag it returns names a folder inside the checkpoint
+        config = meta.get("config")
+        config = config.get("model") if isinstance(config, dict) else None
+        if not isinstance(config, dict):
+            raise UserError(f"{path / META_FILE}: no config.model (not written by lma3d train?)")
+        cfg = model_config(config, overrides, str(path / META_FILE))
+        weights = consolidate(path, meta["tag"])
+    except BadCheckpoint as e:
         raise UserError(str(e)) from None
     check_weights(cfg, weights, spec)
     origin = provenance(

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from jobs.experiment_config import ExperimentConfig
 from jobs.sweeping.runner import finished_result
-from jobs.training.checkpoint import META_FILE
+from jobs.training.checkpoint import META_FILE, META_FORMAT
 from jobs.training.run_folder import RAY_SNAPSHOT_FILE
 from jobs.training.tracking import RUN_KEY_TAG
 
@@ -26,7 +26,8 @@ def _trial_folder(
     for step in steps:
         folder = run / f"checkpoint_step{step:09d}"
         folder.mkdir()
-        meta = {"step": step, "metrics": {"step": step, "val/auc": step / 100} if metrics is None else metrics}
+        meta = {"format": META_FORMAT, "tag": f"global_step{step}", "step": step,
+                "metrics": {"step": step, "val/auc": step / 100} if metrics is None else metrics}
         (folder / META_FILE).write_text(json.dumps(meta))
     snapshot = {"checkpoint_results": [{"checkpoint_dir_name": f"checkpoint_step{s:09d}"} for s in registered]}
     (run / RAY_SNAPSHOT_FILE).write_text(json.dumps(snapshot))

@@ -15,7 +15,8 @@ from jobs.training.run_folder import inspect_run, register_local
 def _checkpoint(run: Path, step: int) -> str:
     name = f"checkpoint_step{step:09d}"
     (run / name).mkdir(parents=True)
-    (run / name / "lma3d_meta.json").write_text(json.dumps({"step": step}))
+    meta = {"format": "lma3d-deepspeed-v1", "tag": f"global_step{step}", "step": step}  # what its reader accepts
+    (run / name / "lma3d_meta.json").write_text(json.dumps(meta))
     return name
 
 

@@ -168,7 +168,8 @@ def test_inspect_run_counts_only_checkpoints_ray_registered(tmp_path) -> None:
     run = tmp_path / "run"
     for step in (2, 4, 6):
         (run / f"checkpoint_step{step:09d}").mkdir(parents=True)
-        (run / f"checkpoint_step{step:09d}" / "lma3d_meta.json").write_text(json.dumps({"step": step}))
+        meta = {"format": "lma3d-deepspeed-v1", "tag": f"global_step{step}", "step": step}
+        (run / f"checkpoint_step{step:09d}" / "lma3d_meta.json").write_text(json.dumps(meta))
     assert inspect_run(str(tmp_path), "run") == (True, [])  # no Ray snapshot: nothing was registered
     # Ray's snapshot lists what its controller registered; step 6 was written by an attempt that died first.
     snapshot = {

@@ -16,22 +16,22 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from jobs.bounded import META_MAX_BYTES, ReadRefused, read_text, short
 from jobs.training import rng_state
-from jobs.training.consolidate import safe_load
+from jobs.training.consolidate import TAG, BadCheckpoint, safe_load, tag_folder
 
 log = logging.getLogger("lma3d.train.checkpoint")
 
 META_FILE = "lma3d_meta.json"
 META_FORMAT = "lma3d-deepspeed-v1"
 CHECKPOINT_TAG_PREFIX = "checkpoint/"
-TAG = re.compile(r"^global_step\d+$")
 UNVALIDATED_SCORE = -1.0
 """`val/auc` reported with a checkpoint that had no validation: below every AUC, so Ray's best-k drops it
 first. Not NaN: Ray 2.60 writes NaN to its run snapshot as null and its controller then crashes on resume
@@ -61,21 +61,36 @@ def save(engine: Any, folder: Path, *, step: int, rank: int, meta: dict[str, Any
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
+    """The checked lma3d_meta.json of a local checkpoint folder: the one reader of it (export, eval, resume,
+    the run folder's listing). Read with a size bound, unread when not a regular file; BadCheckpoint (a
+    ValueError) naming the file and field, FileNotFoundError without one."""
     path = Path(folder, META_FILE)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"{folder}: not an lma3d checkpoint (no {META_FILE})")
     try:
-        meta = json.loads(path.read_text())
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        text = read_text(path, META_MAX_BYTES, "a checkpoint meta")
+    except ReadRefused as e:
+        raise BadCheckpoint(str(e)) from None
+    return parse_meta(text, path)
+
+
+def parse_meta(text: str, path: str | Path) -> dict[str, Any]:
+    """lma3d_meta.json's text (read from `path`, local or remote) checked: format, a tag `global_step<N>`
+    (the folder the weights are read from: nothing else, so it cannot leave the checkpoint), a step."""
+    try:
+        meta = json.loads(text)
+    except ValueError as e:
+        raise BadCheckpoint(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise BadCheckpoint(f"{path}: not valid JSON (nested too deep)") from None
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format') if isinstance(meta, dict) else meta!r}, "
-                         f"expected {META_FORMAT!r}")  # fmt: skip
+        raise BadCheckpoint(f"{path}: format {short(meta.get('format') if isinstance(meta, dict) else meta)}, "
+                            f"expected {META_FORMAT!r}")  # fmt: skip
     tag = meta.get("tag")
-    if not isinstance(tag, str) or not TAG.match(tag):
-        raise ValueError(f"{path}: tag {tag!r} is not global_step<N>")
+    if not isinstance(tag, str) or not TAG.fullmatch(tag):
+        raise BadCheckpoint(f"{path}: tag {short(tag)} is not global_step<N>")
     if type(meta.get("step")) is not int or meta["step"] < 0:
-        raise ValueError(f"{path}: step {meta.get('step')!r} is not a non-negative integer")
+        raise BadCheckpoint(f"{path}: step {short(meta.get('step'))} is not a non-negative integer")
     return meta
 
 
@@ -86,7 +101,7 @@ def screen(folder: str | Path) -> dict[str, Any]:
     Screened: every *.pt in the tag folder (model states, ZeRO optimizer shards: what load_checkpoint reads)
     and every RNG file. Nothing is unpickled for real here, and tensors are memory-mapped, not read."""
     meta = read_meta(folder)
-    tag_dir = Path(folder, meta["tag"])
+    tag_dir = tag_folder(folder, meta["tag"])
     files = sorted(tag_dir.glob("*.pt")) if tag_dir.is_dir() else []
     if not files:
         raise FileNotFoundError(f"{folder}: no DeepSpeed files in {meta['tag']}/")

@@ -12,18 +12,28 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from jobs.bounded import ReadRefused, read_text
+
 log = logging.getLogger("lma3d.export")
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
+TAG = re.compile(r"global_step\d+")
+"""The only tags lma3d writes (`global_step<N>`): a tag names a folder inside its checkpoint, nothing else."""
+LATEST_MAX_BYTES = 64
 
 
-class UnsafeCheckpoint(ValueError):
+class BadCheckpoint(ValueError):
+    """A checkpoint whose meta, `latest` or layout is not what lma3d writes, or that names a path outside itself."""
+
+
+class UnsafeCheckpoint(BadCheckpoint):
     """A checkpoint file that would need arbitrary code to unpickle."""
 
 
@@ -56,13 +66,35 @@ def _first_line(error: Exception) -> str:
 
 
 def resolve_tag(checkpoint_dir: str | Path, tag: str | None = None) -> str:
+    """`tag`, else what the checkpoint's `latest` file names; either must be global_step<N> (BadCheckpoint)."""
     folder = Path(checkpoint_dir)
-    if tag:
+    if tag is not None and tag != "":
+        if not isinstance(tag, str) or not TAG.fullmatch(tag):
+            raise BadCheckpoint(f"{folder}: tag {tag!r} is not global_step<N>")
         return tag
     latest = folder / "latest"
     if not latest.is_file():
         raise FileNotFoundError(f"{folder}: no tag given and no `latest` file (not a DeepSpeed checkpoint?)")
-    return latest.read_text().strip()
+    try:
+        named = read_text(latest, LATEST_MAX_BYTES, "a DeepSpeed `latest` file").strip()
+    except ReadRefused as e:
+        raise BadCheckpoint(str(e)) from None
+    if not TAG.fullmatch(named):
+        raise BadCheckpoint(f"{latest}: latest names {named!r}, not global_step<N>")
+    return named
+
+
+def tag_folder(checkpoint_dir: str | Path, tag: str) -> Path:
+    """checkpoint_dir/tag, refused (BadCheckpoint) unless it and every file in it resolve, symlinks followed,
+    inside the checkpoint folder: the weights of a checkpoint are its own."""
+    folder = Path(checkpoint_dir)
+    tag_dir = folder / resolve_tag(folder, tag)
+    root = folder.resolve()
+    for path in [tag_dir, *(sorted(tag_dir.iterdir()) if tag_dir.is_dir() else [])]:
+        resolved = path.resolve()
+        if not resolved.is_relative_to(root):
+            raise BadCheckpoint(f"{path} resolves outside the checkpoint folder {folder} ({resolved})")
+    return tag_dir
 
 
 def zero_stage_of(tag_dir: Path) -> int:
@@ -79,7 +111,7 @@ def consolidate(checkpoint_dir: str | Path, tag: str | None = None) -> dict[str,
     """fp32 trainable state dict (frozen parameters excluded, buffers included) of a DeepSpeed checkpoint."""
     folder = Path(checkpoint_dir)
     tag = resolve_tag(folder, tag)
-    tag_dir = folder / tag
+    tag_dir = tag_folder(folder, tag)
     if not tag_dir.is_dir():
         raise FileNotFoundError(f"{folder}: no checkpoint folder {tag}/")
     files = sorted(tag_dir.glob("*.pt"))

@@ -185,7 +185,10 @@ def launch(
         raise UserError(f"run name {name!r} must not contain '/'")
     cfg = replace(cfg, train=replace(cfg.train, run_name=name))
     run_dir = f"{cfg.storage_path.rstrip('/')}/{name}"
-    exists, metas = inspect_run(cfg.storage_path, name)
+    try:
+        exists, metas = inspect_run(cfg.storage_path, name)
+    except ValueError as e:  # a registered checkpoint's meta that its validated reader refuses
+        raise UserError(str(e)) from None
     mode = decide_start(run_dir, exists, bool(metas), resume, overwrite)
     # Everything the job reads, checked before anything is created (MLflow run, Ray, DeepSpeed): one line, exit 2.
     tracking.check_tracking_uri(cfg.tracking_uri)

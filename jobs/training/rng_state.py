@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jobs.bounded import META_MAX_BYTES, read_text
 from jobs.training.consolidate import UnsafeCheckpoint, safe_load
 
 FORMAT = "lma3d-rng-v1"
@@ -124,9 +125,9 @@ def apply(state: dict[str, Any]) -> None:
 
 
 def read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    try:  # a few KB: a bound read, and a FIFO or device in its place refused unread
+        data = json.loads(read_text(path, META_MAX_BYTES, "an RNG state"))
+    except (OSError, ValueError, RecursionError) as e:
         raise BadRngState(f"{path}: not readable as JSON ({e})") from None
     return parse(data, str(path))
 

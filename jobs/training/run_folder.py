@@ -19,8 +19,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from jobs.bounded import META_MAX_BYTES
 from jobs.cluster_storage import filesystem
-from jobs.training.checkpoint import META_FILE
+from jobs.training.checkpoint import META_FILE, parse_meta
+from jobs.training.consolidate import BadCheckpoint
 
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 LOCAL_REGISTRY_FILE = "lma3d_checkpoints.json"
@@ -53,10 +55,23 @@ def inspect_run(storage_path: str, name: str) -> tuple[bool, list[dict[str, Any]
             continue  # written by an attempt that died before it was registered
         if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
             meta_path = f"{info.path}/{META_FILE}"
-            if fs.get_file_info(meta_path).type == pyarrow.fs.FileType.File:
-                with fs.open_input_stream(meta_path) as f:
-                    metas.append({**json.loads(f.read().decode()), "path": info.path})
+            meta_info = fs.get_file_info(meta_path)
+            if meta_info.type == pyarrow.fs.FileType.File:
+                metas.append({**_read_meta(fs, meta_info), "path": info.path})
     return True, sorted(metas, key=lambda m: m["step"])
+
+
+def _read_meta(fs: Any, info: Any) -> dict[str, Any]:
+    """A registered checkpoint's meta (local or remote) through the validated parser, its size bounded first."""
+    if info.size > META_MAX_BYTES:
+        raise BadCheckpoint(f"{info.path}: a checkpoint meta is {info.size} bytes, over the {META_MAX_BYTES}-byte "
+                            "limit")  # fmt: skip
+    with fs.open_input_stream(info.path) as f:
+        data = f.read(META_MAX_BYTES + 1)
+    try:
+        return parse_meta(data.decode(), info.path)
+    except UnicodeDecodeError as e:
+        raise BadCheckpoint(f"{info.path}: not valid JSON ({e})") from None
 
 
 def _registered_dirs(snapshot: str) -> set[str] | None:
