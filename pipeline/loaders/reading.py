@@ -10,6 +10,12 @@ job stops with that line) or `skip` (its samples are dropped, the shard is count
 
 Per-sample decode failures in a verified shard (e.g. a JPEG PIL cannot decode) remain BadData: skipped,
 counted and warned about until more than `max_bad_fraction` of what was read is bad.
+
+Whoever can write a shard can also re-sign it, so what a shard declares is checked before it is allocated: each
+tar header before its member is read (a regular file of a known kind, at most MEMBER_MAX_BYTES; a header of any
+other type, e.g. a pax or GNU long-name header whose data tarfile would read whole, is refused before its data
+is), each `.npy` header against the bytes its member holds (a shape claiming 10^12 points is a corrupt shard,
+not a MemoryError).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import re
 import tarfile
 import time
@@ -27,11 +34,21 @@ from typing import BinaryIO
 
 import numpy as np
 
+from pipeline.formats.common import ANNOTATION_MAX_BYTES, IMAGE_MAX_BYTES
 from pipeline.shards.manifest import READ_CHUNK, ShardEntry, read_manifest, split_entries
 
 log = logging.getLogger("lma3d.loader")
 MEMBERS = ("jpg", "points.npy", "label.npy", "json")
 META_FIELDS = ("object", "affordance", "instruction")
+NPY_MAX_POINTS = 500_000
+"""As pipeline.pointfiles.MAX_POINTS: the most points per cloud anything in lma3d reads."""
+MEMBER_MAX_BYTES = {
+    "jpg": IMAGE_MAX_BYTES,  # the raw image's bytes, which the raw readers refuse above this
+    "json": ANNOTATION_MAX_BYTES,  # its instruction comes from an annotation file, refused above this
+    "points.npy": (64 << 10) + NPY_MAX_POINTS * 3 * 4,  # header + float32 [N,3]
+    "label.npy": (64 << 10) + NPY_MAX_POINTS * 4,
+}
+"""The most bytes a member of each kind may declare in its tar header: far above what lma3d shard writes."""
 
 
 class CorruptShard(ValueError):
@@ -110,16 +127,36 @@ def read_shard(entry: ShardEntry, num_points: int | None = None) -> list[dict]:
     return samples
 
 
+class _Declared(tarfile.TarInfo):
+    """A tar header checked before tarfile acts on it: tarfile reads the data of pax and GNU long-name headers
+    whole, whatever size they declare, before it hands out the next member. Only regular files of a known kind
+    within MEMBER_MAX_BYTES pass; the others end the parse as a CorruptShard naming the member."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            kind = self.type.decode("latin-1")
+            raise _Refused(f"member {self.name!r} is not a regular file (tar type {kind!r})")
+        ext = self.name.partition(".")[2]
+        limit = MEMBER_MAX_BYTES.get(ext, max(MEMBER_MAX_BYTES.values()))  # an unknown kind: refused by name next
+        if self.size > limit:
+            raise _Refused(f"member {self.name} declares {self.size} bytes, over the {limit}-byte limit for a .{ext} "
+                           "member")  # fmt: skip
+        return super()._proc_member(tarfile_)
+
+
+class _Refused(Exception):
+    """A member refused from its header (its declared bytes are never read)."""
+
+
 def _parse(stream: HashingReader, entry: ShardEntry) -> tuple[list[dict], str]:
     """(samples, first structural problem or ""): members grouped by key, in order; parsing stops at a problem
-    (the digest is still taken over every byte)."""
+    (the digest is still taken over every byte). A member refused from its header is a CorruptShard at once:
+    the rest of the shard (gigabytes, as declared) is neither read nor hashed."""
     samples: list[dict] = []
     seen: set[str] = set()
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_Declared) as tar:
             for info in tar:
-                if not info.isfile():
-                    return samples, f"member {info.name!r} is not a regular file"
                 key, dot, ext = info.name.partition(".")
                 if not dot or "/" in info.name or ext not in MEMBERS:
                     return samples, f"member {info.name!r} is not <key>.{{{','.join(MEMBERS)}}}"
@@ -131,6 +168,8 @@ def _parse(stream: HashingReader, entry: ShardEntry) -> tuple[list[dict], str]:
                 elif ext in samples[-1]:
                     return samples, f"key {key} occurs twice (member {info.name})"
                 samples[-1][ext] = tar.extractfile(info).read()
+    except _Refused as refused:
+        raise CorruptShard(entry.name, str(refused)) from None
     except (tarfile.TarError, EOFError) as error:
         return samples, f"unreadable tar: {error}"
     return samples, ""
@@ -148,11 +187,10 @@ def check_sample(sample: dict, num_points: int | None) -> str:
         return "points.npy and label.npy come together"
     if "points.npy" not in sample:
         return "" if "jpg" in sample else "neither an image nor points"
-    try:
-        xyz = np.load(io.BytesIO(sample["points.npy"]), allow_pickle=False)
-        label = np.load(io.BytesIO(sample["label.npy"]), allow_pickle=False)
-    except ValueError as error:
-        return f"unreadable array: {error}"
+    xyz, label = _npy(sample["points.npy"], "points.npy"), _npy(sample["label.npy"], "label.npy")
+    for problem in (xyz, label):
+        if isinstance(problem, str):
+            return problem
     if xyz.dtype != np.float32 or xyz.ndim != 2 or xyz.shape[1] != 3:
         return f"points.npy is {xyz.dtype} {xyz.shape}, expected float32 [N,3]"
     if label.dtype != np.float32 or label.shape != xyz.shape[:1]:
@@ -164,6 +202,27 @@ def check_sample(sample: dict, num_points: int | None) -> str:
     if not ((label >= 0) & (label <= 1)).all():  # NaN fails both comparisons
         return "labels outside [0, 1]"
     return ""
+
+
+def _npy(data: bytes, name: str) -> np.ndarray | str:
+    """An `.npy` member's array, or the problem with it: its header is read first and must claim exactly the bytes
+    that follow (shape x itemsize), so nothing is allocated for a shape the member does not hold."""
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version not in ((1, 0), (2, 0)):  # what np.save writes for a plain float array
+            return f"unreadable array: {name} is .npy format {version}"
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(stream)  # headers over 10,000 bytes are refused by numpy
+    except (ValueError, TypeError, SyntaxError) as error:
+        return f"unreadable array: {name}: {error}"
+    if dtype.hasobject:
+        return f"unreadable array: {name} holds Python objects"
+    offset = stream.tell()
+    declared = math.prod(shape) * dtype.itemsize
+    if declared != len(data) - offset:
+        return f"{name} header claims shape {shape} {dtype}: {declared} bytes, the member holds {len(data) - offset}"
+    return np.frombuffer(data, dtype, math.prod(shape), offset).reshape(shape, order="F" if fortran else "C")
 
 
 class ShardPolicy:
