@@ -194,7 +194,7 @@ def _checkpoint(spec: str, path: Path, overrides: list[str]) -> Resolved:
         weights = consolidate(path, meta["tag"])
     except BadCheckpoint as e:
         raise UserError(str(e)) from None
-    check_weights(cfg, weights, spec)
+    check_weights(cfg, weights, spec, str(path / META_FILE))
     origin = provenance(
         spec, "checkpoint", path.name, step=meta.get("step"), run_id=meta.get("mlflow_run_id") or None,
         tracking_uri=meta.get("tracking_uri") or None, backbone_id=str(meta.get("backbone_id", "")),
@@ -289,7 +289,7 @@ def _run_artifacts(spec: str, run_id: str, client: Any, tracking_uri: str, overr
             log.info("run %s: using its logged weights/%s", run_id, which)
             cfg = model_config(config.get("model") or {}, overrides, f"{spec} config/config.yaml")
             weights = load_file(weights_file)
-            check_weights(cfg, weights, spec)
+            check_weights(cfg, weights, spec, f"{spec} config/config.yaml")
             origin = provenance(
                 spec, "run", f"run-{run_id[:8]}-{which}", run_id=run_id, tracking_uri=tracking_uri,
                 precision=_precision({"config": config}, f"{spec} config/config.yaml"),

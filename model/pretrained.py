@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import stat
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -75,10 +77,29 @@ def config_from_dict(values: dict, where: str = "config.json") -> ModelConfig:
         raise BadModelFolder(f"{where}: {e}") from None
 
 
+CONFIG_MAX_BYTES = 1 << 20
+"""config.json holds the model config and where the weights came from: a few KB."""
+
+
 def read_json(path: Path) -> dict:
+    """A folder's config.json, read with its size bounded first; a FIFO or a device in its place is refused unread."""
     try:
-        data = json.loads(path.read_text())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise BadModelFolder(f"{path}: not a regular file")
+            if info.st_size > CONFIG_MAX_BYTES:
+                raise BadModelFolder(f"{path}: {info.st_size} bytes, over the {CONFIG_MAX_BYTES}-byte limit")
+            with open(fd, "rb", closefd=False) as f:
+                data = json.loads(f.read(CONFIG_MAX_BYTES + 1))
+        finally:
+            os.close(fd)
+    except RecursionError:
+        raise BadModelFolder(f"{path}: not valid JSON (nested too deep)") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
+        if isinstance(e, BadModelFolder):
+            raise
         raise BadModelFolder(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise BadModelFolder(f"{path}: top level must be a JSON object")
@@ -95,10 +116,22 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise BadModelFolder(f"{path}: not a readable safetensors file ({e})") from None
 
 
-def check_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor], where: str) -> LMAffordance3D:
-    """The model skeleton (meta device, nothing allocated) after checking `weights` fit it tensor by tensor."""
-    skeleton = build_model(cfg, device="meta", pretrained=False)
-    expected = skeleton.trainable_state_dict()
+def skeleton(cfg: ModelConfig, where: str) -> LMAffordance3D:
+    """The model of `cfg` on the meta device (shapes only, nothing allocated). Widths the modules refuse, or too
+    large to describe (a size overflowing int64), are a BadModelFolder naming `where`, the config's file."""
+    try:
+        return build_model(cfg, device="meta", pretrained=False)
+    except (ValueError, TypeError, IndexError, RuntimeError, OverflowError) as e:
+        raise BadModelFolder(f"{where}: model widths do not fit together ({type(e).__name__}: {e})") from None
+
+
+def check_weights(
+    cfg: ModelConfig, weights: dict[str, torch.Tensor], where: str, config_where: str | None = None
+) -> LMAffordance3D:
+    """The model skeleton (meta device, nothing allocated) after checking `weights` fit it tensor by tensor;
+    `config_where` names the config in errors of the config itself (default: `where`)."""
+    model = skeleton(cfg, config_where or where)
+    expected = model.trainable_state_dict()
     for key, tensor in expected.items():
         if key not in weights:
             raise BadModelFolder(f"{where}: tensor {key} is missing ({len(set(expected) - set(weights))} missing)")
@@ -112,7 +145,7 @@ def check_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor], where: str
     unexpected = sorted(set(weights) - set(expected))
     if unexpected:
         raise BadModelFolder(f"{where}: tensor {unexpected[0]} is not one of the model's ({len(unexpected)} unknown)")
-    return skeleton
+    return model
 
 
 def save_pretrained(
@@ -159,7 +192,7 @@ def read_pretrained(
     # resnet_weights "none": the image encoder's trained weights are in model.safetensors, no ImageNet file
     cfg = config_from_dict({**stored, "resnet_weights": "none", **(overrides or {})}, str(config_path))
     weights = read_weights(weights_path)
-    check_weights(cfg, weights, str(weights_path))
+    check_weights(cfg, weights, str(weights_path), str(config_path))
     return cfg, weights, config
 
 

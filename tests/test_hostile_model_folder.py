@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from capped import run_verb
 from safetensors.torch import load_file, save_file
 from tiny import tiny_model_config
 
@@ -104,3 +106,35 @@ def test_eval_and_export_resolution_refuses_an_unknown_model_key(folder) -> None
     _edit_config(folder, lambda c: c["model"].update(hidden_trapdoor=1))
     with pytest.raises(UserError, match=r"config.json: unknown key\(s\) model.hidden_trapdoor"):
         resolve(str(folder), "sqlite:///unused.db")
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"emb_dim": 33, "num_heads": 3}, "model.fp1_mlp"),
+        ({"resnet_width": 7}, "resnet_width"),
+        ({"sa1_mlps": [[], []]}, "config.json: "),
+        ({"fp3_mlp": []}, "config.json: "),
+        ({"emb_dim": 2**40, "num_heads": 1, "fp1_mlp": [2**40, 2**40]}, "overflow"),
+        ({"fusion_hidden": 2**62}, "overflow"),
+        ({"resnet_width": 2**40, "sa3_mlps": [[32, 2**42], [32, 2**42]]}, "overflow"),
+    ],
+)
+def test_widths_that_do_not_fit_together_or_overflow_are_one_line_exit_2(
+    folder, tmp_path, capsys, change, needle
+) -> None:
+    """Refused from the config (the model skeleton is built on the meta device: nothing allocated), exit 2; it was
+    exit 1 (a ValueError, IndexError or RuntimeError of the modules)."""
+    _edit_config(folder, lambda c: c["model"].update(change))
+    _predict_refused(folder, tmp_path, capsys, str(folder / "config.json"), needle)
+    with pytest.raises(UserError, match="config.json: "):
+        resolve(str(folder), "sqlite:///unused.db")
+
+
+def test_a_config_json_of_gigabytes_is_refused_unread(folder, tmp_path) -> None:
+    os.truncate(folder / "config.json", 5 << 30)  # 5 GiB of holes after the real JSON
+    run = run_verb("export", "--checkpoint", str(folder), "--out", str(tmp_path / "o"), f"workdir={tmp_path}")
+    print(f"\n[bounded] peak {run.peak_mb:.0f} MB, {run.seconds:.1f} s: {run.lines[-1:]}")
+    assert run.code == 2 and len(run.lines) == 1, (run.code, run.stderr[-2000:])
+    assert str(folder / "config.json") in run.lines[0] and "bytes, over the" in run.lines[0]
+    assert run.peak_mb < 1500 and run.seconds < 30
