@@ -183,9 +183,12 @@ def insert_spatial(
 class LanguageAdapter(nn.Module):
     """adapter_up → backbone → adapter_down, then the split into (semantic, instructional) features."""
 
-    def __init__(self, cfg: ModelConfig, pretrained: bool) -> None:
+    def __init__(self, cfg: ModelConfig, pretrained: bool, backbone: Backbone | None = None) -> None:
+        """`backbone`: one built by the caller (e.g. on the meta device and materialised on a GPU, as
+        benchmarks/gpu_check.py does) instead of `load_backbone(cfg)`; it is still cast and frozen per `cfg`."""
         super().__init__()
-        backbone = load_backbone(cfg, pretrained)
+        if backbone is None:
+            backbone = load_backbone(cfg, pretrained)
         self.backbone, self.tokenizer, self.backbone_id = backbone.model, backbone.tokenizer, backbone.backbone_id
         self.adapter_up = nn.Sequential(
             nn.Linear(cfg.emb_dim, cfg.emb_dim), nn.ReLU(inplace=True), nn.Linear(cfg.emb_dim, backbone.hidden)

@@ -21,12 +21,12 @@ from model.fusion import Fusion
 from model.group_norm_bn import batchnorm_groups, deferred_batchnorm_updates
 from model.head import HeatmapHead
 from model.image_encoder import NO_WEIGHTS, ResNet18Encoder, load_torchvision_weights
-from model.language import LanguageAdapter
+from model.language import Backbone, LanguageAdapter
 from model.pointnet2 import PointNet2Encoder
 
 
 class LMAffordance3D(nn.Module):
-    def __init__(self, cfg: ModelConfig, pretrained: bool = True) -> None:
+    def __init__(self, cfg: ModelConfig, pretrained: bool = True, backbone: Backbone | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         released = cfg.fidelity == "released"
@@ -39,7 +39,7 @@ class LMAffordance3D(nn.Module):
                 f"sa3_mlps widths) must equal 8 * resnet_width ({self.image_encoder.out_channels})"
             )
         self.fusion = Fusion(point_channels, cfg.fusion_hidden, cfg.emb_dim, cfg.num_heads, released)
-        self.language = LanguageAdapter(cfg, pretrained)
+        self.language = LanguageAdapter(cfg, pretrained, backbone)
         self.decoder = AffordanceDecoder(cfg.emb_dim, released)
         self.head = HeatmapHead(cfg, self.point_encoder.channels)
         if pretrained and cfg.resnet_weights not in ("", NO_WEIGHTS):
@@ -98,12 +98,15 @@ class LMAffordance3D(nn.Module):
         self.load_state_dict(state, strict=False)
 
 
-def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", pretrained: bool = True) -> LMAffordance3D:
-    """The model on `device`; `device="meta"` with `pretrained=False` builds the shapes only (parameter counts)."""
+def build_model(
+    cfg: ModelConfig, device: str | torch.device = "cpu", pretrained: bool = True, backbone: Backbone | None = None
+) -> LMAffordance3D:
+    """The model on `device`; `device="meta"` with `pretrained=False` builds the shapes only (parameter counts).
+    `backbone`: a language backbone the caller built (model/language.py `Backbone`) instead of `cfg.backbone`'s."""
     if str(device) == "meta":
         with torch.device("meta"):
-            return LMAffordance3D(cfg, pretrained=False)
-    return LMAffordance3D(cfg, pretrained=pretrained).to(device)
+            return LMAffordance3D(cfg, pretrained=False, backbone=backbone)
+    return LMAffordance3D(cfg, pretrained=pretrained, backbone=backbone).to(device)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
