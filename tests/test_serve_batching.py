@@ -1,7 +1,8 @@
-"""How a replica schedules its work, in a real Serve deployment of the server class with a forward slowed to 1 s:
-requests that arrive while a forward runs leave together as one batch when it ends, instead of one small batch
-per batch-wait window queued behind it (Serve 2.60 forms batches while the last one still runs); requests are
-prepared on `serve.prepare_threads` threads beside the forward."""
+"""How a replica schedules its work, in a real Serve deployment of the server class whose first forward is held
+until five more requests wait behind it: requests that arrive while a forward runs leave together as one batch when
+it ends, instead of one small batch per batch-wait window queued behind it (Serve 2.60 forms batches while the last
+one still runs); requests are prepared on `serve.prepare_threads` threads beside the forward. Nothing depends on
+how fast the machine is: the test waits for events (a forward started, requests waiting), not for time to pass."""
 
 from __future__ import annotations
 
@@ -20,21 +21,27 @@ from jobs.serving.serve_config import ServeConfig
 from jobs.verbs.serve import main as serve_main
 from pipeline.pointfiles import read_point_file
 
-FORWARD_S = 1.0
+BEHIND = 5  # requests sent while the first forward runs
 ARRIVAL_GAP_S = 0.05  # five times the batch wait: without the gate each of these would leave as its own batch
+HOLD_LIMIT_S = 120  # the first forward gives up waiting for the others after this (the assertion then fails)
 
 
 class SlowForwardServer(AffordanceServer):
-    """The real replica class; only its model's forward takes FORWARD_S longer, and it records batch sizes."""
+    """The real replica class; its first forward is held (on the thread the real forward runs on) until BEHIND
+    more prepared requests wait at the forward's gate, and it records batch sizes."""
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
         self.sizes: list[int] = []
+        self.waiting = 0  # prepared requests that reached the gate
         real_run = self.predictor.run
 
         def run(items: list) -> list:
             self.sizes.append(len(items))
-            time.sleep(FORWARD_S)  # on the thread the real forward runs on
+            if len(self.sizes) == 1:
+                deadline = time.monotonic() + HOLD_LIMIT_S
+                while self.waiting < 1 + BEHIND and time.monotonic() < deadline:
+                    time.sleep(0.01)
             return real_run(items)
 
         self.predictor.run = run
@@ -42,6 +49,8 @@ class SlowForwardServer(AffordanceServer):
     async def predict_fixture(self) -> str:
         request = PredictRequest(IMAGE.read_bytes(), read_point_file(POINTS), INSTRUCTION)
         prepared = await self.beside_forward(self.predictor.prepare, request)
+        # No await between the count and the gate: once the held forward sees the count, this request waits there.
+        self.waiting += 1
         await self.forward(prepared)
         return await self.beside_forward(lambda: threading.current_thread().name)
 
@@ -59,15 +68,18 @@ def test_requests_arriving_during_a_forward_leave_as_one_batch(ray_local, tmp_pa
         name="slow", max_ongoing_requests=16, ray_actor_options={"num_cpus": 0}
     )
     model = export_tiny(tmp_path / "model", seed=0)
+    serve.start(proxy_location="Disabled")  # called through its handle only: no HTTP proxy to start and wait for
     handle = serve.run(deployment.bind(str(model), "", [], dataclasses.asdict(cfg)), name="batching", route_prefix=None)
     try:
         responses = [handle.predict_fixture.remote()]  # a forward alone, after the batch wait
-        time.sleep(0.2)
-        for _ in range(5):  # all within that forward, each further from the last than the batch wait
+        deadline = time.monotonic() + HOLD_LIMIT_S
+        while not handle.batch_sizes.remote().result(timeout_s=60) and time.monotonic() < deadline:
+            time.sleep(0.05)  # until that forward runs
+        for _ in range(BEHIND):  # all within that forward, each further from the last than the batch wait
             responses.append(handle.predict_fixture.remote())
             time.sleep(ARRIVAL_GAP_S)
-        preparers = {response.result(timeout_s=120) for response in responses}
-        assert handle.batch_sizes.remote().result(timeout_s=60) == [1, 5]
+        preparers = {response.result(timeout_s=300) for response in responses}
+        assert handle.batch_sizes.remote().result(timeout_s=60) == [1, BEHIND]
         assert preparers == {"lma3d-prepare_0"}  # serve.prepare_threads: 1
     finally:
         serve.delete("batching")
