@@ -13,6 +13,7 @@ from jobs.entry import UserError
 from jobs.evaluation import tracking
 from jobs.experiment_config import ExperimentConfig
 from jobs.loading import Resolved, resolve
+from pipeline.writer_lock import OutputBusy, exclusive
 
 log = logging.getLogger("lma3d.export")
 
@@ -49,8 +50,12 @@ def export(
     skeleton = build_model(source.config, device="meta", pretrained=False)  # config + backbone id, no weights
     out = Path(out)
     recorded = {key: origin[key] for key in ("spec", "kind", "step", "run_id", "tracking_uri")}
-    save_pretrained(skeleton, out, weights=source.weights, source=recorded, precision=origin["precision"])
-    _verify(out, source.weights)
+    try:
+        with exclusive(out, "export folder"):  # two exports into one folder would mix weights and config
+            save_pretrained(skeleton, out, weights=source.weights, source=recorded, precision=origin["precision"])
+            _verify(out, source.weights)
+    except OutputBusy as e:
+        raise UserError(str(e)) from None
     report = ExportReport(
         out, len(source.weights), sum(v.numel() for v in source.weights.values() if v.is_floating_point()), source
     )

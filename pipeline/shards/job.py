@@ -37,6 +37,7 @@ from pipeline.shards.config import ShardConfig
 from pipeline.shards.manifest import FORMAT_VERSION, file_sha256
 from pipeline.shards.plan import TASKS_PER_CPU, Part, group_parts, plan_parts
 from pipeline.shards.samples import sample_members, write_tar
+from pipeline.writer_lock import exclusive
 
 log = logging.getLogger("lma3d.shard")
 BANK_PARTS = ".points-parts"
@@ -185,6 +186,21 @@ def run(
     if address and not use_ray:
         raise ValueError(f"use_ray=False runs every part in this process: address {address!r} needs Ray")
     source, out = Path(source).resolve(), Path(out).resolve()
+    with exclusive(out, "shard folder"):  # two jobs into one --out would share (and delete) one .partial folder
+        return _shard(source, fmt, out, cfg, num_points, overwrite, address, tasks, use_ray)
+
+
+def _shard(
+    source: Path,
+    fmt: str,
+    out: Path,
+    cfg: ShardConfig,
+    num_points: int,
+    overwrite: bool,
+    address: str | None,
+    tasks: int | None,
+    use_ray: bool,
+) -> dict[str, Any]:
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (pass --overwrite to replace it)")
     fmt = detect_format(source) if fmt == "auto" else fmt
