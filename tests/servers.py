@@ -132,9 +132,10 @@ def postgres_server(bindir: Path, root: Path, database: str = "mlflow") -> Itera
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_uri: str, root: Path) -> Iterator[str]:
-    """`mlflow server` on a free loopback port with local artifacts under `root`; yields its http URI."""
-    port = free_port()
+def mlflow_server(backend_uri: str, root: Path, port: int | None = None) -> Iterator[str]:
+    """`mlflow server` on `port` (default: a free loopback port) with local artifacts under `root`; yields its
+    http URI."""
+    port = port or free_port()
     log = root / "mlflow-server.log"
     artifacts = root / "mlflow-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)

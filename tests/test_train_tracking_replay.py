@@ -15,6 +15,7 @@ def _attempt(uri: str, run_id: str, logs: list[tuple[int, dict[str, float]]]) ->
     logger.start()
     for step, metrics in logs:
         logger.metrics(metrics, step=step)
+    assert logger.flush(timeout=60)  # sent (by the outbox's thread) before the process "dies"
     mlflow.end_run(status="RUNNING")  # the process is gone; the run stays RUNNING for the next attempt
 
 
@@ -68,6 +69,7 @@ def test_an_attempt_that_cannot_read_the_run_logs_its_replay_again_and_trains_on
         logger.start()
         logger.metrics({"train/loss": 0.25}, step=2)
         logger.metrics({"train/loss": 0.3}, step=3)
+        assert logger.flush(timeout=60)
         mlflow.end_run(status="RUNNING")
     assert _history(uri, run_id, "train/loss") == [(1, 0.1), (2, 0.2), (2, 0.25), (3, 0.3)]
     assert "MLflow get_run failed 3 times, skipped" in caplog.text

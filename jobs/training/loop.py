@@ -32,7 +32,7 @@ from jobs.training.engine import (
     to_device,
 )
 from jobs.training.session import Session
-from jobs.training.tracking import RunLogger
+from jobs.training.tracking import UNSENT_FILE, RunLogger
 from jobs.training.validate import validate
 from jobs.typed_yaml import build, dump, to_dict
 
@@ -109,7 +109,10 @@ class TrainJob:
         self.best = {"val/auc": float("nan"), "step": -1}
         self.last_train: dict[str, float] = {}
         self.last_checkpoint = ""
-        self.run = RunLogger(rank == 0, self.cfg.tracking_uri, config["mlflow_run_id"], self.cfg.mlflow.system_metrics)
+        run_dir = f"{self.cfg.storage_path.rstrip('/')}/{config['run_name']}"
+        unsent = None if "://" in run_dir else Path(run_dir) / UNSENT_FILE  # what MLflow never took, kept here
+        self.run = RunLogger(rank == 0, self.cfg.tracking_uri, config["mlflow_run_id"], self.cfg.mlflow.system_metrics,
+                             unsent_path=unsent)  # fmt: skip
 
     # ---- restore -------------------------------------------------------------------------------------
     def restore(self) -> None:

@@ -3,8 +3,10 @@
 The driver checks the tracking server before Ray starts (an unreachable server is a clear error, not a
 failure ten minutes into the job), creates the experiment and the run (or finds the run of a resumed
 job) and logs params + the resolved YAML. Rank 0 of the workers then attaches to that run id
-(`mlflow.start_run(run_id=...)`, system metrics on) and logs metrics, tags and weights; every call there
-is retried with backoff and only warned about, so a flaky server never kills training.
+(`mlflow.start_run(run_id=...)`, system metrics on) and logs metrics, tags and weights. Metrics and tags go
+through an outbox sent by a background thread (tracking_outbox.py): training never waits on the server, and an
+outage delays points instead of losing them; other calls are retried with backoff and only warned about, so a
+flaky server never kills training.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from jobs.entry import UserError
+from jobs.training.tracking_outbox import Outbox, Point
 
 log = logging.getLogger("lma3d.train.mlflow")
 T = TypeVar("T")
 
 RUN_KEY_TAG = "lma3d.run_key"
 """`<storage_path>/<run name>`: how a resumed job finds its MLflow run."""
+UNSENT_FILE = "mlflow-unsent.jsonl"
+"""In the run folder: the metric and tag points MLflow did not take before the run ended (one JSON object a line)."""
 PARAM_BATCH = 100  # MLflow's log_batch limit on params per call
 PARAM_KEY_MAX, PARAM_VALUE_MAX = 250, 6000  # MLflow's limits on a param's key and value
 
@@ -154,11 +159,20 @@ class RunLogger:
     """Rank 0's handle on the job's MLflow run; on other ranks every method is a no-op."""
 
     def __init__(
-        self, enabled: bool, tracking_uri: str, run_id: str, system_metrics: bool = True, backoff_s: float = 1.0
+        self,
+        enabled: bool,
+        tracking_uri: str,
+        run_id: str,
+        system_metrics: bool = True,
+        backoff_s: float = 1.0,
+        unsent_path: Path | None = None,
+        end_flush_s: float = 60.0,
     ) -> None:
         self.enabled = enabled and bool(run_id)
         self.tracking_uri, self.run_id = tracking_uri, run_id
         self.system_metrics, self.backoff_s = system_metrics, backoff_s
+        self.unsent_path, self.end_flush_s = unsent_path, end_flush_s
+        self.outbox: Outbox | None = None
         self.started = False
         self.logged_through: dict[str, int] = {}  # key -> last step the run holds for it (earlier attempts)
         self.replay_noted = False
@@ -185,6 +199,7 @@ class RunLogger:
             return
         steps = retry("get_run", lambda: last_steps(self.tracking_uri, self.run_id), backoff_s=self.backoff_s)
         self.logged_through = steps or {}  # unread: replayed steps are logged again
+        self.outbox = Outbox(self.tracking_uri, self.run_id, self.unsent_path, backoff_s=self.backoff_s)
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         """Log `metrics` at `step`, except a key an earlier attempt of this run already logged at `step` or later.
@@ -199,17 +214,17 @@ class RunLogger:
             log.info("step %d: already logged by an earlier attempt of this run; replayed steps are not logged again",
                      step)  # fmt: skip
             self.replay_noted = True
-        if fresh:
-            import mlflow
-
-            retry("log_metrics", lambda: mlflow.log_metrics(fresh, step=step), backoff_s=self.backoff_s)
+        now = int(time.time() * 1000)
+        self.outbox.put([Point(k, float(v), step, now) for k, v in fresh.items()])
 
     def tags(self, tags: dict[str, Any]) -> None:
         if self.started and tags:
-            import mlflow
+            now = int(time.time() * 1000)
+            self.outbox.put([Point(k, str(v), 0, now, tag=True) for k, v in tags.items()])
 
-            values = {k: str(v) for k, v in tags.items()}
-            retry("set_tags", lambda: mlflow.set_tags(values), backoff_s=self.backoff_s)
+    def flush(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the metrics and tags logged so far to reach MLflow; True when they did."""
+        return self.outbox is None or self.outbox.flush(timeout)
 
     def artifact(self, local_path: str | Path, artifact_path: str) -> None:
         if self.started:
@@ -224,6 +239,8 @@ class RunLogger:
     def end(self, status: str = "FINISHED") -> None:
         if self.started:
             import mlflow
+
+            self.outbox.close(self.end_flush_s)
 
             retry("end_run", lambda: mlflow.end_run(status=status), backoff_s=self.backoff_s)
             self.started = False
