@@ -2,8 +2,9 @@
 
 Members of a sample: `<key>.jpg` (the original image bytes), `<key>.points.npy` (float32 [N,3] raw xyz),
 `<key>.label.npy` (float32 [N], the GT column of the sample's affordance), `<key>.json` (object,
-affordance, instruction, sources, shape id). Tar headers carry no wall clock, user or group, so the same
-samples always give the same bytes.
+affordance, instruction, sources, shape id). The tars are written by the `webdataset` library's own TarWriter
+(members of a sample in its order: by extension name), with no wall clock, user or group in the headers, so the
+same samples always give the same bytes, and `webdataset.WebDataset` reads them as they are.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.record import Record
-
-MEMBER_ORDER = ("jpg", "points.npy", "label.npy", "json")
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -52,14 +51,14 @@ def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> tuple[
     keys = [key for key, _ in samples]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{path}: key {next(k for k in keys if keys.count(k) > 1)} would occur twice")
+    import webdataset as wds
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+    with open(path, "wb") as out:
+        # encoder=False: members are bytes already (the image as it was read, .npy written above).
+        writer = wds.TarWriter(out, user="", group="", mode=0o644, mtime=0, encoder=False, format=tarfile.USTAR_FORMAT)
         for key, members in samples:
-            for ext in sorted(members, key=lambda e: MEMBER_ORDER.index(e) if e in MEMBER_ORDER else len(MEMBER_ORDER)):
-                data = members[ext]
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(data))
+            writer.write({"__key__": key, **members})
+        writer.close()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return path.stat().st_size, digest
