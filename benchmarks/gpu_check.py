@@ -128,7 +128,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--sizes", choices=("paper", "tiny"), default=None,
                         help="force the sizes (default: paper with CUDA, tiny without)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's; 1 for the tiny CPU run)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.budget <= 0 or (args.llama_layers is not None and args.llama_layers < 1):
         parser.error("--budget and --llama-layers must be positive")
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = Sizes.paper(args.llama_layers, args.llama_width_divisor or 1)
     else:
         sizes = Sizes.tiny(args.llama_layers, args.llama_width_divisor or 16)
+    if args.threads is None and sizes.label == "tiny" and not device.cuda:
+        torch.set_num_threads(1)  # tiny tensors: more OpenMP threads only spin against each other and neighbours
     ctx = Context(device, sizes, deadline=started + args.budget)
     report = {"device": device.name, "cuda": device.cuda, "sizes": sizes.label, "llama": sizes.llama.describe(),
               "versions": _versions(), "budget_s": args.budget, "flops_note": FLOPS_NOTE,

@@ -38,7 +38,7 @@ for name in HIDDEN:
         blocked.append(name)
 with open({imports!r}, "w") as f:
     json.dump({{"imported": names, "hidden_loaded": hidden_loaded, "blocked": blocked}}, f)
-sys.argv = ["benchmarks/gpu_check.py", "--out", {out!r}, "--threads", "1"]
+sys.argv = ["benchmarks/gpu_check.py", "--out", {out!r}]  # the command as a user types it: no other flag
 runpy.run_path({script!r}, run_name="__main__")
 """
 
