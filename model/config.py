@@ -44,7 +44,9 @@ class ModelConfig:
     sa3_mlps: tuple[tuple[int, ...], ...] = ((128, 128, 256), (128, 196, 256))
     fp3_mlp: tuple[int, ...] = (768, 512)
     fp2_mlp: tuple[int, ...] = (768, 512)
-    fp1_mlp: tuple[int, ...] = (512, 512)
+    fp1_mlp: tuple[int, ...] | None = None
+    """Widths of the last feature-propagation MLP; it must end in emb_dim (the decoder's tokens gate its output).
+    Unset: (emb_dim, emb_dim), so it follows emb_dim (the paper's (512, 512)); the built config holds the widths."""
     head_hidden: int = 64
     fps_start: Literal["random", "first"] = "random"
     """Farthest-point sampling start index: `random` as the original, `first` for determinism."""
@@ -65,16 +67,19 @@ class ModelConfig:
     lora_targets: tuple[str, ...] = field(default=("q_proj", "v_proj"))
 
     def __post_init__(self) -> None:
+        if self.fp1_mlp is None:
+            self.fp1_mlp = (self.emb_dim, self.emb_dim)
         sizes = ("num_points", "image_size", "resnet_width", "emb_dim", "num_heads", "fusion_hidden", "sa1_npoint",
                  "sa2_npoint", "sa3_npoint", "head_hidden", "max_txt_len", "lora_r")  # fmt: skip
         for name in sizes:
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("sa1_nsample", "sa2_nsample", "sa3_nsample", "fp3_mlp", "fp2_mlp", "fp1_mlp"):
-            if not all(v >= 1 for v in getattr(self, name)):
+            if not getattr(self, name) or not all(v >= 1 for v in getattr(self, name)):
                 raise ValueError(f"model.{name} must hold sizes >= 1, got {list(getattr(self, name))}")
         for name in ("sa1_mlps", "sa2_mlps", "sa3_mlps"):
-            if not all(v >= 1 for mlp in getattr(self, name) for v in mlp):
+            mlps = getattr(self, name)
+            if not mlps or not all(mlp and all(v >= 1 for v in mlp) for mlp in mlps):
                 raise ValueError(f"model.{name} must hold sizes >= 1")
         for name in ("sa1_radii", "sa2_radii", "sa3_radii"):
             if not all(0.0 < r < float("inf") for r in getattr(self, name)):  # also refuses NaN
@@ -91,6 +96,22 @@ class ModelConfig:
                 raise ValueError(f"model.{level}_radii/_nsample/_mlps must have the same length")
         if not self.sa3_npoint <= self.sa2_npoint <= self.sa1_npoint <= self.num_points:
             raise ValueError("model: need sa3_npoint <= sa2_npoint <= sa1_npoint <= num_points")
+        self._module_rules()
+
+    def _module_rules(self) -> None:
+        """What the modules' constructors would refuse (model/head.py, model/lmaffordance3d.py), refused here
+        instead: a config is checked when it is read, on the driver, not when a worker builds the model."""
+        if self.fp1_mlp[-1] != self.emb_dim:
+            raise ValueError(
+                f"model.fp1_mlp {list(self.fp1_mlp)} must end in model.emb_dim ({self.emb_dim}): the decoder's tokens "
+                "gate its output (leave model.fp1_mlp unset to follow model.emb_dim)"
+            )
+        sa3_channels, layer4 = sum(mlp[-1] for mlp in self.sa3_mlps), 8 * self.resnet_width
+        if sa3_channels != layer4:
+            raise ValueError(
+                f"model.sa3_mlps end in {sa3_channels} channels in all, but 8 * model.resnet_width is {layer4}: the "
+                "point and image features share one fusion MLP"
+            )
 
     @property
     def image_tokens(self) -> int:

@@ -43,6 +43,8 @@ def _tuple(value):
 
 
 def _type_ok(default: Any, value: Any) -> bool:
+    if default is None:  # a width that follows another unless set (model.fp1_mlp): stored as widths
+        return value is None or isinstance(value, (list, tuple))
     if isinstance(default, bool) or isinstance(value, bool):
         return type(default) is type(value)
     if isinstance(default, float):

@@ -140,7 +140,8 @@ def test_foreign_objects_are_not_unpickled(tmp_path: Path) -> None:
 
 def test_the_preflight_check_accepts_a_good_file_and_none(tmp_path: Path) -> None:
     torch.save(torchvision_resnet18(WIDTH), tmp_path / "resnet18.pth")
-    check_resnet_weights(ModelConfig(resnet_width=WIDTH, resnet_weights=str(tmp_path / "resnet18.pth")))
+    weights = str(tmp_path / "resnet18.pth")  # SA3's widths sum to layer4's channels (8 * WIDTH): one fusion MLP
+    check_resnet_weights(ModelConfig(resnet_width=WIDTH, sa3_mlps=((64, 64), (64, 64)), resnet_weights=weights))
     check_resnet_weights(ModelConfig(resnet_weights="none"))
     with pytest.raises(UserError, match="does not exist.*resnet_weights=none"):
         check_resnet_weights(ModelConfig(resnet_weights=str(tmp_path / "absent.pth")))
