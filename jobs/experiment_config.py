@@ -30,6 +30,11 @@ class ExperimentConfig:
     mlflow: TrackingConfig = field(default_factory=TrackingConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
+    def __post_init__(self) -> None:
+        # Rules across sections (each section checks its own): here, not in the engine that meets them in a worker.
+        if self.model.backbone_mode == "lora" and self.train.zero_stage == 3:
+            raise ValueError("model.backbone_mode lora is not supported with train.zero_stage 3; use zero_stage 2")
+
     @property
     def storage_path(self) -> str:
         return self.train.storage_path or str(Path(self.workdir, "runs").resolve())

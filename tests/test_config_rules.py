@@ -62,3 +62,20 @@ def test_a_broken_module_rule_is_one_line_from_the_cli_in_seconds(tmp_path):
     assert "model.fp1_mlp [128, 128]" in lines[0] and "model.emb_dim (64)" in lines[0]
     assert time.monotonic() - start < 60
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "keys"),
+    [
+        (["train.precision=fp16"], ("train.precision fp16", "train.use_gpu")),  # DeepSpeed's config refused it
+        (["train.offload_optimizer=true", "train.zero_stage=0"], ("train.offload_optimizer", "train.zero_stage")),
+        (["model.backbone_mode=lora", "train.zero_stage=3"], ("model.backbone_mode lora", "train.zero_stage 3")),
+    ],
+)
+def test_rules_a_worker_met_are_refused_when_the_config_is_read(overrides, keys):
+    from jobs.experiment_config import ExperimentConfig
+    from jobs.typed_yaml import ConfigError, load
+
+    with pytest.raises(ConfigError) as error:
+        load(ExperimentConfig, REPO / "configs" / "demo.yaml", overrides)
+    assert all(key in str(error.value) for key in keys) and "\n" not in str(error.value)

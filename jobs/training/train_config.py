@@ -67,6 +67,12 @@ class TrainConfig:
             raise ValueError(f"train.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.offload_params and self.zero_stage != 3:
             raise ValueError("train.offload_params needs train.zero_stage: 3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError(f"train.offload_optimizer needs train.zero_stage 1, 2 or 3, got {self.zero_stage}")
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError(
+                "train.precision fp16 needs a GPU (train.use_gpu: true); on CPU use bf16, bf16-autocast or fp32"
+            )
         if self.num_workers < 1 or self.grad_accum < 1:
             raise ValueError("train.num_workers and train.grad_accum must be >= 1")
         # Written `not (low <= x <= high)` so that NaN (every comparison false) is refused too.
