@@ -6,13 +6,15 @@ import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from jobs.evaluation.eval_config import EvalConfig
+from jobs.resources import find_config
 from jobs.serving.serve_config import ServeConfig
 from jobs.training.train_config import TrackingConfig, TrainConfig
-from jobs.typed_yaml import ConfigError, dump, load, to_dict
+from jobs.typed_yaml import ConfigError, build, dump, load_mapping, to_dict
 from model.config import ModelConfig
 from pipeline.loaders.config import DataConfig
 
@@ -55,7 +57,8 @@ class ExperimentConfig:
 def add_config_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     """--config FILE, --set key=value (repeatable), bare key=value overrides, --print-config."""
     parser.add_argument(
-        "--config", default=default, help=f"experiment YAML (default: {default or 'built-in defaults'})"
+        "--config", default=default, help=f"experiment YAML: a file, or a shipped config's name (demo, "
+        f"agpil/full_seen, ...) from any folder (default: {default or 'built-in defaults'})"
     )
     parser.add_argument(
         "--set",
@@ -75,10 +78,20 @@ def resolve_config(args: argparse.Namespace, model_from_source: bool = False) ->
     """Build the config from parsed args; prints it and exits on --print-config. With `model_from_source` (eval,
     export, predict, serve: the model config comes from the model they load) the printed config leaves out the
     model section, which the verb does not use, and names the `model.*` overrides it applies instead."""
+    return resolve_config_mapping(args, model_from_source)[0]
+
+
+def resolve_config_mapping(
+    args: argparse.Namespace, model_from_source: bool = False
+) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """resolve_config's config and the mapping it was built from (typed_yaml.load_mapping: what the files and
+    overrides set). `--config` is a file if that file exists, else a shipped config's name (jobs.resources)."""
     for item in args.override_args:
         if "=" not in item:
             raise ConfigError(f"unexpected argument {item!r}: overrides are key.sub=value")
-    cfg = load(ExperimentConfig, args.config, [*args.overrides, *args.override_args])
+    path = find_config(args.config) if args.config is not None else None
+    data = load_mapping(path, [*args.overrides, *args.override_args])
+    cfg = build(ExperimentConfig, data, str(path) if path is not None else "<defaults>")
     if args.print_config:
         if model_from_source:
             used = {k: v for k, v in to_dict(cfg).items() if k != "model"}
@@ -88,7 +101,7 @@ def resolve_config(args: argparse.Namespace, model_from_source: bool = False) ->
         else:
             print(dump(cfg), end="")
         raise SystemExit(0)
-    return cfg
+    return cfg, data
 
 
 def model_overrides(args: argparse.Namespace) -> list[str]:

@@ -23,20 +23,39 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the dataclass schema."""
 
 
+class _NumberLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (YAML 1.1) reading floats as YAML 1.2 and JSON do: in 1.1 `1e-5` and `1.0e5` (an
+    exponent without a dot, or without a sign) are strings, while `--set train.lr=3e-4` is a number to the user."""
+
+
+_NumberLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text -> plain data, with one number grammar for config files, overrides and search spaces."""
+    return yaml.load(text, Loader=_NumberLoader)  # noqa: S506 - a SafeLoader subclass: no object construction
+
+
 BASE_KEY = "base"
 """A config file may name another (`base: recipe.yaml`, relative to itself) whose values it extends."""
 
 
 def load(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
     """Read `path` (or start from defaults), apply `overrides`, and build `cls`."""
-    data: dict[str, Any] = {}
-    where = "<defaults>"
-    if path is not None:
-        where = str(path)
-        data = read_layers(Path(path))
+    return build(cls, load_mapping(path, overrides), str(path) if path is not None else "<defaults>")
+
+
+def load_mapping(path: str | Path | None, overrides: list[str] = ()) -> dict[str, Any]:
+    """What `path` (with its `base:` chain) and `overrides` set, as a mapping: the keys they leave out are absent,
+    so values derived from others (model.fp1_mlp from model.emb_dim) are derived again when it is built."""
+    data: dict[str, Any] = read_layers(Path(path)) if path is not None else {}
     for item in overrides:
         apply_override(data, item)
-    return build(cls, data, where)
+    return data
 
 
 def read_layers(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -59,7 +78,7 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = parse_yaml(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -81,7 +100,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     if not sep or not key:
         raise ConfigError(f"override {item!r}: expected key.sub=value")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = parse_yaml(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     set_dotted(data, key, value, f"override {item!r}")
@@ -204,4 +223,4 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-__all__ = ["ConfigError", "apply_override", "build", "dump", "flatten", "load", "to_dict"]
+__all__ = ["ConfigError", "apply_override", "build", "dump", "flatten", "load", "load_mapping", "parse_yaml", "to_dict"]

@@ -6,7 +6,8 @@
     train.warmup_steps: {randint: [100, 2000]}      # upper bound exclusive, as numpy and Ray Tune
 
 Every key and every value a distribution can produce is checked against the experiment config (unknown keys,
-wrong types, out-of-range values) before Ray starts, by building the config with that value.
+wrong types, out-of-range values, the rules across keys and those of the model's modules) before Ray starts, by
+building the config with that value. Numbers are read as in config files: `1e-5` is a float.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from jobs.typed_yaml import ConfigError, build, set_dotted
+from jobs.typed_yaml import ConfigError, build, parse_yaml, set_dotted
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 
@@ -26,7 +27,7 @@ DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 def read_space(path: str | Path) -> dict[str, tuple[str, list[Any]]]:
     """{dotted key: (distribution, arguments)} from SPACE.yaml; one-line ConfigError naming the key otherwise."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = parse_yaml(Path(path).read_text())  # one number grammar: `1e-5` is a float, as in configs
     except OSError as e:
         raise ConfigError(f"{path}: cannot read search space ({e.strerror})") from None
     except yaml.YAMLError as e:

@@ -66,16 +66,16 @@ def main(argv: list[str]) -> int:
         prog="lma3d demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workdir", default="work", help="where everything is written (default ./work)")
-    parser.add_argument("--config", help="experiment YAML (default: the shipped configs/demo.yaml)")
+    parser.add_argument("--config", help="experiment YAML, a file or a shipped config's name (default: demo)")
     parser.add_argument("--train-images", type=int, default=480, help="synthetic train images (default 480)")
     parser.add_argument("--test-samples", type=int, default=120, help="synthetic test triplets (default 120)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="delete the work dir's previous demo and start over")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=4")
     args = parser.parse_args(argv)
-    from jobs.resources import project_file
+    from jobs.resources import find_config
 
-    args.config = str(Path(args.config).resolve()) if args.config else str(project_file("configs/demo.yaml"))
+    args.config = str(find_config(args.config or "demo").resolve())
     work = Path(args.workdir).resolve()
     if args.fresh and work.exists():
         shutil.rmtree(work)
