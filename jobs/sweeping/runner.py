@@ -128,13 +128,16 @@ def trials_at_once(cfg: ExperimentConfig, cluster: dict[str, float]) -> int:
     return max(1, int(fits))
 
 
-def sweep(cfg: ExperimentConfig, spec: SweepSpec, space: dict[str, tuple[str, list[Any]]]) -> results.SweepSummary:
+def sweep(
+    cfg: ExperimentConfig, spec: SweepSpec, space: dict[str, tuple[str, list[Any]]], base: dict[str, Any]
+) -> results.SweepSummary:
+    """Run (or resume) the sweep. `base`: the mapping each trial sets its values on (jobs/sweeping/inputs.py)."""
     import ray
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     folder = sweep_dir(cfg, spec.name)
-    setup = _setup(cfg, spec, space, folder)
+    setup = _setup(cfg, spec, space, folder, base)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), TRIAL_DRIVER_RESOURCES)
     if tune.Tuner.can_restore(str(folder)):
         log.info("resuming sweep %s from %s (finished trials are kept)", spec.name, folder)
@@ -168,10 +171,8 @@ def _scheduler(spec: SweepSpec) -> Any:
     return FIFOScheduler()
 
 
-def _setup(cfg: ExperimentConfig, spec: SweepSpec, space: dict, folder: Path) -> dict[str, Any]:
+def _setup(cfg: ExperimentConfig, spec: SweepSpec, space: dict, folder: Path, base: dict[str, Any]) -> dict[str, Any]:
     """The constants every trial needs; a re-run of the same sweep reuses the first run's (its MLflow parent)."""
-    from jobs.typed_yaml import to_dict
-
     state_path = folder / STATE_FILE
     if state_path.exists():
         try:
@@ -185,7 +186,7 @@ def _setup(cfg: ExperimentConfig, spec: SweepSpec, space: dict, folder: Path) ->
     parent = results.start_parent_run(cfg, spec, space)
     state = {
         "name": spec.name,
-        "base": to_dict(cfg),
+        "base": base,
         "space": {k: [kind, args] for k, (kind, args) in space.items()},
         "runs": str(folder / "runs"),
         "tracking_uri": cfg.tracking_uri,

@@ -20,6 +20,7 @@ from typing import Any
 
 from jobs import preflight
 from jobs.cluster_storage import check_train_outputs
+from jobs.config_paths import absolute_value
 from jobs.entry import UserError, causes, stage
 from jobs.experiment_config import ExperimentConfig
 from jobs.training import tracking
@@ -66,18 +67,18 @@ def decide_start(run_dir: str, exists: bool, has_checkpoints: bool, resume: str 
 
 
 def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Ray Train workers run in their own working directory: make every local path absolute."""
+    """Ray Train workers run in their own working directory: make every local path absolute (jobs/config_paths)."""
 
-    def fix(path: str) -> str:
-        return path if not path or path == "none" or "://" in path else str(Path(path).expanduser().resolve())
+    def fix(key: str) -> str:
+        section, _, name = key.rpartition(".")
+        return absolute_value(key, getattr(getattr(cfg, section) if section else cfg, name))
 
     return replace(
         cfg,
-        workdir=fix(cfg.workdir),
-        data=replace(cfg.data, shards=fix(cfg.data.shards)),
-        model=replace(
-            cfg.model, backbone_path=fix(cfg.model.backbone_path), resnet_weights=fix(cfg.model.resnet_weights)
-        ),
+        workdir=fix("workdir"),
+        data=replace(cfg.data, shards=fix("data.shards")),
+        model=replace(cfg.model, backbone=fix("model.backbone"), backbone_path=fix("model.backbone_path"),
+                      resnet_weights=fix("model.resnet_weights")),  # fmt: skip
         train=replace(cfg.train, storage_path=cfg.storage_path),
         mlflow=replace(cfg.mlflow, tracking_uri=cfg.tracking_uri),
     )

@@ -20,7 +20,7 @@ import argparse
 import datetime as dt
 
 from jobs.entry import entry
-from jobs.experiment_config import add_config_args, resolve_config
+from jobs.experiment_config import add_config_args, resolve_config_mapping
 
 
 @entry("sweep")
@@ -29,7 +29,8 @@ def main(argv: list[str]) -> int:
         prog="lma3d sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_config_args(parser)
-    parser.add_argument("--search", required=True, metavar="SPACE.yaml", help="the search space")
+    parser.add_argument("--search", required=True, metavar="SPACE.yaml",
+                        help="the search space: a file, or a shipped space's name (demo, agpil)")  # fmt: skip
     parser.add_argument("--trials", type=int, required=True, help="number of trials to sample")
     parser.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default: what fits)")
     parser.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo", help="asha stops weak trials")
@@ -42,22 +43,22 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.trials < 1 or args.max_concurrent < 0 or args.grace_period < 1:
         parser.error("--trials and --grace-period must be >= 1, --max-concurrent >= 0")
-    cfg = resolve_config(args)
+    cfg, data = resolve_config_mapping(args)
 
-    from jobs.experiment_config import ExperimentConfig
+    from jobs.resources import SPACES, find_config
+    from jobs.sweeping.inputs import resolve_sweep
     from jobs.sweeping.runner import SweepSpec, sweep
-    from jobs.sweeping.space import check_space, read_space
-    from jobs.typed_yaml import to_dict
     from pipeline.ray_session import ensure_ray
 
-    space = read_space(args.search)
-    check_space(space, to_dict(cfg), ExperimentConfig)
+    # Paths absolute and every value of the space built into the config, here: trials never re-decide.
+    inputs = resolve_sweep(cfg, data, find_config(args.search, SPACES))
+    space = inputs.space
     name = args.name or f"sweep-{dt.date.today().isoformat()}"
     spec = SweepSpec(
         name, args.trials, args.metric, args.mode, args.scheduler, args.grace_period, args.max_concurrent, args.seed
     )
     ensure_ray(args.address)
-    summary = sweep(cfg, spec, space)
+    summary = sweep(inputs.cfg, spec, space, inputs.base)
     print(summary.table(sorted(space)))
     if summary.interrupted:
         print(f"sweep {name} interrupted: run the same command again to resume it ({summary.folder})")
