@@ -80,7 +80,7 @@ def _write_traceback(verb: str, error: BaseException) -> Path:
     return path
 
 
-def _summary(error: BaseException) -> str:
+def root_cause(error: BaseException) -> str:
     """The innermost cause's type and first line (Ray's wrappers only say that something failed)."""
     chain = list(causes(error))
     root = chain[-1]
@@ -98,7 +98,7 @@ def failure_line(verb: str, error: BaseException) -> str:
         log_file = f"traceback in {_write_traceback(verb, error)}"
     except OSError as e:
         log_file = f"traceback could not be written to {log_dir()} ({e.strerror})"
-    return f"lma3d {verb}: error: {where} failed: {_summary(error)} ({log_file})"
+    return f"lma3d {verb}: error: {where} failed: {root_cause(error)} ({log_file})"
 
 
 def entry(verb: str) -> Callable[[Callable[[list[str] | None], int]], Callable[[list[str] | None], int]]:

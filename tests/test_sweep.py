@@ -126,3 +126,26 @@ def test_asha_stops_a_weak_trial_at_its_first_round(shards, tmp_path):
     assert rounds[:2] == [3, 3] and rounds[2] < 3
     stopped = client.get_run(table[2]["mlflow_run_id"])
     assert stopped.info.status == "KILLED" and stopped.data.tags["lma3d.sweep.stopped"].startswith("early")
+
+
+def test_an_errored_trial_is_named_with_its_reason_and_fails_the_command(shards, tmp_path, monkeypatch, capsys):
+    # docs/sweeps.md's command as typed: data.shards and workdir relative to the folder the sweep is run from.
+    # --seed 1 samples the callbacks [] then [fail_at_first_step] (checked against Tune's sampler): the first
+    # trial finishes, the second dies of its own code at step 1.
+    monkeypatch.chdir(shards.parent)
+    workdir = Path("work-errored")
+    space = {"train.step_callbacks": {"choice": [[], ["tests.debug_callbacks:fail_at_first_step"]]}}
+    args = _args(Path("shards"), workdir, space, "--trials", "2", "--max-concurrent", "1", "--seed", "1",
+                 "--name", "err", "train.epochs=1", "train.max_failures=0")  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err.splitlines()
+    named = [line for line in err if "injected fault at step 1" in line]
+    assert len(named) == 1 and "RuntimeError" in named[0], err
+    client, parents, children = _runs(shards.parent / workdir)
+    kids = {k.info.status: k for k in children[parents[0].info.run_id]}
+    assert sorted(kids) == ["FAILED", "FINISHED"]
+    assert named[0].split()[1] in kids["FAILED"].info.run_name  # the line names the trial
+    assert "RuntimeError: injected fault at step 1" in kids["FAILED"].data.tags["lma3d.sweep.error"]
+    assert parents[0].info.status == "FINISHED"  # one trial finished: the sweep has a result
+    best = json.loads((shards.parent / workdir / "sweeps" / "err" / "best.json").read_text())
+    assert best["mlflow_run_id"] == kids["FINISHED"].info.run_id

@@ -38,3 +38,27 @@ def test_a_trial_run_is_closed_from_tunes_status(client, tune_status, run_status
     after = client.get_run(child.info.run_id)
     assert after.info.status == closed
     assert ("lma3d.sweep.stopped" in after.data.tags) == (row == "STOPPED")
+
+
+def test_an_errored_trial_run_is_closed_failed_with_its_error_line(client):
+    child = _child(client)
+    line = "RuntimeError: injected fault at step 1"
+    assert _close_child(client, child, "ERROR", False, error=line) == "ERROR"
+    after = client.get_run(child.info.run_id)
+    assert after.info.status == "FAILED" and after.data.tags["lma3d.sweep.error"] == line
+
+
+@pytest.mark.parametrize(
+    ("rows", "status"),
+    [
+        (["ERROR", "ERROR"], "FAILED"),  # no trial finished: the sweep has no result
+        (["ERROR", "FINISHED"], "FINISHED"),  # a result, with a failed trial beside it (the command exits 1)
+        (["STOPPED", "ERROR"], "FINISHED"),  # a trial the scheduler stopped did report its metric
+    ],
+)
+def test_the_parent_run_fails_when_no_trial_finished(client, rows, status):
+    from jobs.sweeping.results import close_parent
+
+    parent = _child(client)
+    close_parent(client, parent.info.run_id, [{"trial": f"t{i}", "status": s} for i, s in enumerate(rows)])
+    assert client.get_run(parent.info.run_id).info.status == status

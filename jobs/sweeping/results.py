@@ -14,7 +14,13 @@ from jobs.training import tracking
 from jobs.training.checkpoint import CHECKPOINT_TAG_PREFIX, UNVALIDATED_SCORE
 
 SWEEP_KIND = "sweep"
-TRIAL_COLUMNS = ("trial", "status", "reports", "best", "best_step", "last", "run_name", "mlflow_run_id", "checkpoint")
+TRIAL_COLUMNS = (
+    "trial", "status", "reports", "best", "best_step", "last", "run_name", "mlflow_run_id", "checkpoint", "error"
+)
+ERROR_TAG = "lma3d.sweep.error"
+"""On an errored trial's child run: the error's root cause, one line (jobs.entry.root_cause)."""
+FAILED_TRIALS_TAG = "lma3d.sweep.failed_trials"
+"""On the parent run: `<trial>: <error>` per errored trial, one a line."""
 
 
 @dataclass
@@ -24,6 +30,11 @@ class SweepSummary:
     trials: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     interrupted: bool = False
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        """The trials that errored (each row's `error` says why)."""
+        return [t for t in self.trials if t["status"] == "ERROR"]
 
     def table(self, keys: list[str]) -> str:
         header = f"{'trial':<14}{'status':<10}{'reports':>8}{'best':>9}{'last':>9}  " + "  ".join(keys)
@@ -104,15 +115,19 @@ def _trial_row(
 ) -> dict[str, Any]:
     """One trial from its MLflow child run (the record that survives a restore: Tune's own result frame of a
     trial finished before a Ctrl-C is not reloaded) and Tune's view of its status and values."""
+    from jobs.entry import root_cause
+
     trial_id = (result.metrics or {}).get("trial_id") or _trial_id(result.path)
     run_name = f"{setup['name']}-{trial_id}"
     child = children.get(f"{setup['runs']}/{run_name}")
     history = _history(client, child, spec.metric)
     pick = max if spec.mode == "max" else min
     best_step, best_value = pick(history, key=lambda sv: sv[1]) if history else (None, float("nan"))
+    error = root_cause(result.error) if result.error is not None else None
+    tune_status = states.get(trial_id, "ERROR" if result.error else None)
     return {
         "trial": trial_id,
-        "status": _close_child(client, child, states.get(trial_id, "ERROR" if result.error else None), interrupted),
+        "status": _close_child(client, child, tune_status, interrupted, error),
         "reports": len(history),
         "best": best_value,
         "best_step": best_step,
@@ -122,6 +137,7 @@ def _trial_row(
         "checkpoint": _checkpoint_at(client, child, best_step),
         "overrides": {k: _plain(v) for k, v in (result.config or {}).get("overrides", {}).items()},
         "metrics": _metrics_at(client, child, best_step),
+        "error": error,
     }
 
 
@@ -163,10 +179,13 @@ def _metrics_at(client: Any, child: Any, step: int | None) -> dict[str, float]:
     return values
 
 
-def _close_child(client: Any, child: Any, tune_status: str | None, interrupted: bool) -> str:
+def _close_child(
+    client: Any, child: Any, tune_status: str | None, interrupted: bool, error: str | None = None
+) -> str:
     """The trial's status, its child run closed to match. A trial the scheduler stopped is TERMINATED for Tune
     but its fit() was cut off (the run is left RUNNING): closed here as KILLED and tagged; an errored trial's run is
-    closed FAILED. After a Ctrl-C a running trial is left RUNNING: the resumed sweep continues it in the same run."""
+    closed FAILED, tagged with `error` (its root cause). After a Ctrl-C a running trial is left RUNNING: the resumed
+    sweep continues it in the same run."""
     if child is None:
         return "ERROR" if tune_status == "ERROR" else "PENDING"
     status = child.info.status
@@ -176,10 +195,29 @@ def _close_child(client: Any, child: Any, tune_status: str | None, interrupted: 
         client.set_tag(child.info.run_id, "lma3d.sweep.stopped", "early (scheduler)")
         client.set_terminated(child.info.run_id, "KILLED")
         return "STOPPED"
-    if tune_status == "ERROR" and status == "RUNNING":  # the trial's launch() leaves its run open (runner.py)
-        client.set_terminated(child.info.run_id, "FAILED")
+    if tune_status == "ERROR" and status in ("RUNNING", "FAILED"):  # launch() leaves its run open (runner.py)
+        if error:
+            client.set_tag(child.info.run_id, ERROR_TAG, error[:MAX_TAG])
+        if status == "RUNNING":
+            client.set_terminated(child.info.run_id, "FAILED")
         return "ERROR"
     return {"FINISHED": "FINISHED", "FAILED": "ERROR", "KILLED": "STOPPED"}.get(status, status)
+
+
+MAX_TAG = 5000
+"""MLflow's limit on a tag value's length."""
+
+
+def close_parent(client: Any, parent: str, trials: list[dict[str, Any]]) -> str:
+    """Close the sweep's run: FAILED when no trial finished (none FINISHED, none stopped by the scheduler after
+    reporting), else FINISHED; the errored trials and why as a tag. Returns the status."""
+    failed = [t for t in trials if t["status"] == "ERROR"]
+    if failed:
+        lines = "\n".join(f"{t['trial']}: {t.get('error') or 'error'}" for t in failed)
+        client.set_tag(parent, FAILED_TRIALS_TAG, lines[:MAX_TAG])
+    status = "FINISHED" if any(t["status"] in ("FINISHED", "STOPPED") for t in trials) else "FAILED"
+    client.set_terminated(parent, status)
+    return status
 
 
 def _plain(value: Any) -> Any:
@@ -221,4 +259,4 @@ def _write(summary: SweepSummary, spec: Any, setup: dict, client: Any) -> None:
         client.log_batch(parent, metrics=values)
         client.set_tag(parent, "lma3d.sweep.best_trial", best["trial"])
     if not summary.interrupted:
-        client.set_terminated(parent, "FINISHED")
+        close_parent(client, parent, summary.trials)

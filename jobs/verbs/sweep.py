@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 
 from jobs.entry import entry
 from jobs.experiment_config import add_config_args, resolve_config_mapping
@@ -63,12 +64,19 @@ def main(argv: list[str]) -> int:
     if summary.interrupted:
         print(f"sweep {name} interrupted: run the same command again to resume it ({summary.folder})")
         return 130
+    for trial in summary.failed:  # each errored trial and why; the whole story is in Ray Tune's trial folder
+        run = f" (MLflow run {trial['mlflow_run_id']})" if trial["mlflow_run_id"] else ""
+        print(f"trial {trial['trial']} failed: {trial['error'] or 'error'}{run}", file=sys.stderr)
     best = summary.best
     if best is None:
-        print(f"sweep {name}: no trial reported {args.metric}")
+        print(f"sweep {name}: no trial reported {args.metric}", file=sys.stderr)
         return 1
     print(f"best: trial {best['trial']} {args.metric}={best['best']:.4f} {best['overrides']}")
     print(f"      {summary.folder / 'best.json'} -> lma3d eval --checkpoint {best['checkpoint']}")
+    if summary.failed:
+        print(f"sweep {name}: {len(summary.failed)} of {len(summary.trials)} trials failed (the same command runs "
+              "them again)", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
