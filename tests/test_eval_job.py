@@ -183,6 +183,8 @@ def test_eval_cli_writes_results_renders_and_a_child_run_of_the_training_run(
     assert child.info.run_name == "eval-step40"
     assert child.data.metrics["test/auc"] == pytest.approx(document["auc"])
     assert child.data.metrics["test/n"] == N_TEST
+    inputs = client.get_run(child.info.run_id).inputs.dataset_inputs
+    assert [(i.dataset.name.split("/")[-1], [t.value for t in i.tags]) for i in inputs] == [("test", ["evaluation"])]
     logged = {a.path for a in client.list_artifacts(child.info.run_id, "eval")}
     logged |= {a.path for a in client.list_artifacts(child.info.run_id, "viz")}
     assert {"eval/metrics.json", "eval/per_class.csv", "eval/predictions.npz", f"viz/{shown[0]}.png"} <= logged

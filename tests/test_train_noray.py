@@ -98,6 +98,16 @@ def test_no_ray_run_trains_checkpoints_and_logs_one_mlflow_run(runs):
     assert {Path("global_step3/mp_rank_00_model_states.pt"), Path("rng_rank0.json")} <= after["latest_files"]
 
 
+def test_no_ray_run_logs_its_shard_splits_as_training_and_validation_inputs_once(runs):
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(runs["cfg"].tracking_uri).get_run(runs["run_id"])  # after both jobs of the run
+    contexts = sorted(t.value for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context")
+    assert contexts == ["training", "validation"]
+    names = {i.dataset.name.split("/")[-1] for i in run.inputs.dataset_inputs}
+    assert names == {"train", "test"}
+
+
 def test_no_ray_rerun_with_the_same_name_resumes_at_its_checkpoint_in_the_same_mlflow_run(runs):
     cfg, run_id = runs["cfg"], runs["run_id"]
     assert f"resumed at step {FIRST_STEPS}" in runs["second"].stderr

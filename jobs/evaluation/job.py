@@ -105,7 +105,7 @@ def evaluate(
             ray.shutdown()
     report = EvalReport(result, out_dir, files, viz_files, tracking_uri=tracking_uri)
     if track:
-        report.run_id = _log(cfg, source, tracking_uri, report, info)
+        report.run_id = _log(cfg, source, tracking_uri, report, info, manifest)
     return report
 
 
@@ -176,7 +176,9 @@ def run_name(source: Resolved, shuffled: bool) -> str:
     return f"{kind}-step{step}" if step is not None else f"{kind}-{source.provenance['name']}"
 
 
-def _log(cfg: ExperimentConfig, source: Resolved, tracking_uri: str, report: EvalReport, info: dict) -> str | None:
+def _log(
+    cfg: ExperimentConfig, source: Resolved, tracking_uri: str, report: EvalReport, info: dict, manifest: dict
+) -> str | None:
     run_id = tracking.start_run(
         tracking_uri,
         parent_run_id=source.provenance["run_id"],
@@ -192,6 +194,7 @@ def _log(cfg: ExperimentConfig, source: Resolved, tracking_uri: str, report: Eva
     )
     if run_id is None:
         return None
+    tracking.log_inputs(tracking_uri, run_id, info["shards"], manifest)
     params = flatten({"eval": info["eval"], "model": info["model"]}) | {key: info[key] for key in ("source", "shards")}
     params["eval.actors"] = info["actors"]  # what eval.num_actors (e.g. auto) came to on this cluster
     files, step = list(report.files.values()), info["step"] or 0

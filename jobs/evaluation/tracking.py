@@ -61,6 +61,16 @@ def start_run(
     return retry("create eval run", create)
 
 
+def log_inputs(tracking_uri: str, run_id: str, shards: str, manifest: dict) -> None:
+    """The test split the run evaluated, as its `evaluation` dataset input."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.dataset_inputs import log_shard_inputs
+
+    client = MlflowClient(tracking_uri)
+    retry("log eval inputs", lambda: log_shard_inputs(client, run_id, shards, manifest, ["evaluation"]))
+
+
 def log_results(
     tracking_uri: str,
     run_id: str,

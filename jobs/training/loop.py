@@ -138,7 +138,10 @@ class TrainJob:
     # ---- training ------------------------------------------------------------------------------------
     def fit(self) -> None:
         self.run.start(node_id=socket.gethostname())
-        self.run.tags({"backbone": self.backbone_id, "manifest_fingerprint": _manifest_fingerprint(self.cfg)})
+        self.manifest = _manifest(self.cfg)
+        self.run.tags({"backbone": self.backbone_id, "manifest_fingerprint": self.manifest.get("fingerprint", "")})
+        contexts = ["training", "validation"] if self.cfg.train.val_every > 0 else ["training"]
+        self.run.dataset_inputs(self.cfg.data.shards, self.manifest, contexts)
         if self.step >= self.total_steps:
             log.info("run already complete at step %d", self.step)
         bar = _progress_bar(self.rank, self.total_steps, self.step)
@@ -262,7 +265,7 @@ class TrainJob:
             "zero_stage": self.cfg.train.zero_stage,
             "precision": self.cfg.train.precision,  # evaluation and predict compute under it
             "backbone_id": self.backbone_id,
-            "manifest_fingerprint": _manifest_fingerprint(self.cfg),
+            "manifest_fingerprint": self.manifest.get("fingerprint", ""),
             "config": self.config["config"],
             "config_yaml": self.config["config_yaml"],
             "scheduler": self.engine.lr_scheduler.state_dict(),
@@ -313,15 +316,16 @@ def _grad_norm(engine: Any) -> float | None:
     return None
 
 
-def _manifest_fingerprint(cfg: ExperimentConfig) -> str:
-    import json
+def _manifest(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The shard folder's manifest through its validating reader ({} when it cannot be read: the driver's preflight
+    already refused a missing or broken one, so this only happens to a folder changed under a running job)."""
+    from pipeline.shards.manifest import read_manifest
 
-    path = Path(cfg.data.shards, "manifest.json")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return ""
-    return str(manifest.get("fingerprint") or manifest.get("source_fingerprint") or "")
+        return read_manifest(cfg.data.shards)
+    except (OSError, ValueError) as e:
+        log.warning("manifest of %s unreadable (%s): no fingerprint or dataset input logged", cfg.data.shards, e)
+        return {}
 
 
 def _json(tables: dict) -> str:

@@ -222,6 +222,18 @@ class RunLogger:
             now = int(time.time() * 1000)
             self.outbox.put([Point(k, str(v), 0, now, tag=True) for k, v in tags.items()])
 
+    def dataset_inputs(self, shards: str, manifest: dict[str, Any], contexts: list[str]) -> None:
+        """The shard folder's splits as the run's dataset inputs (jobs.dataset_inputs); logging it again on a resumed
+        attempt changes nothing."""
+        if self.started and manifest:
+            from mlflow.tracking import MlflowClient
+
+            from jobs.dataset_inputs import log_shard_inputs
+
+            client = MlflowClient(self.tracking_uri)
+            retry("log_inputs", lambda: log_shard_inputs(client, self.run_id, shards, manifest, contexts),
+                  backoff_s=self.backoff_s)  # fmt: skip
+
     def flush(self, timeout: float) -> bool:
         """Wait up to `timeout` for the metrics and tags logged so far to reach MLflow; True when they did."""
         return self.outbox is None or self.outbox.flush(timeout)
