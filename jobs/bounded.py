@@ -11,6 +11,7 @@ checkpoint metas. Every bound is decided before the read it bounds:
 
 from __future__ import annotations
 
+import functools
 import os
 import reprlib
 import stat
@@ -82,6 +83,11 @@ def short(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def clip(text: str, limit: int = 400) -> str:
+    """`text` (an error message that may quote a value) cut to `limit` characters."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load_yaml(text: str, where: str, loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> Any:
     """The data of YAML `text` (read by `loader`, a SafeLoader subclass), refused with one ReadRefused line
     naming `where` and the key when nested deeper than YAML_MAX_DEPTH or larger than YAML_MAX_NODES with its
@@ -108,6 +114,7 @@ class _TooDeep(Exception):
         self.path = path
 
 
+@functools.cache
 def _bounded(loader: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
     class Bounded(loader):  # type: ignore[misc, valid-type]
         """Composes under YAML_MAX_DEPTH, keeping the dotted key being composed for the error line (PyYAML's

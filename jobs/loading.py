@@ -275,12 +275,22 @@ def _run_artifacts(spec: str, run_id: str, client: Any, tracking_uri: str, overr
     import yaml
     from safetensors.torch import load_file
 
+    from jobs.bounded import CONFIG_MAX_BYTES, ReadRefused, load_yaml, read_text, short
+
     with tempfile.TemporaryDirectory(prefix="lma3d-run-") as tmp:
         try:
             config_file = client.download_artifacts(run_id, "config/config.yaml", tmp)
         except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact
             raise UserError(f"{spec}: run has no usable checkpoint tag and no config/config.yaml artifact") from None
-        config = yaml.safe_load(Path(config_file).read_text()) or {}
+        where = f"{spec} config/config.yaml"
+        try:
+            config = load_yaml(read_text(config_file, CONFIG_MAX_BYTES, "a run config"), where) or {}
+        except ReadRefused as e:
+            raise UserError(str(e)) from None
+        except yaml.YAMLError as e:
+            raise UserError(f"{where}: not valid YAML ({short(str(e).splitlines()[0])})") from None
+        if not isinstance(config, dict):
+            raise UserError(f"{where}: not a mapping")
         for which in ("best", "last"):
             try:
                 weights_file = client.download_artifacts(run_id, f"weights/{which}/model.safetensors", tmp)

@@ -45,7 +45,7 @@ def find_config(given: str, folder: str = CONFIGS, roots: tuple[Path, ...] = (SO
     """`given` as a path if that file exists, else the shipped file a name without `.yaml` names (`demo`,
     `agpil/full_seen`), from any folder; otherwise a FileNotFoundError listing the shipped names, in one line."""
     path = Path(given).expanduser()
-    if path.is_file():
+    if path.exists() and not path.is_dir():  # a FIFO or a device too: its reader refuses it by name, unread
         return path
     is_name = not given.endswith(_SUFFIXES) and not path.is_absolute() and ".." not in path.parts
     if is_name and given in shipped_names(folder, roots) + (["agpil/base"] if folder == CONFIGS else []):

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
+from jobs.bounded import CONFIG_MAX_BYTES, load_yaml, read_text
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RAYIGNORE = PROJECT_ROOT / ".rayignore"
@@ -21,7 +21,7 @@ def runtime_env(path: str | None = None, working_dir: str | None = None) -> dict
     env_file = Path(path) if path else PROJECT_ROOT / "infra" / "runtime_env.yaml"
     env: dict[str, Any] = {}
     if env_file.exists():
-        env = yaml.safe_load(env_file.read_text()) or {}
+        env = load_yaml(read_text(env_file, CONFIG_MAX_BYTES, "runtime env file"), str(env_file)) or {}
         if not isinstance(env, dict):
             raise ValueError(f"{env_file}: a runtime_env must be a mapping")
     elif path:

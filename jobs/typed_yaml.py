@@ -15,6 +15,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from jobs.bounded import CONFIG_MAX_BYTES, ReadRefused, clip, load_yaml, read_text, short
+
 T = TypeVar("T")
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
@@ -35,13 +37,20 @@ _NumberLoader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str) -> Any:
-    """YAML text -> plain data, with one number grammar for config files, overrides and search spaces."""
-    return yaml.load(text, Loader=_NumberLoader)  # noqa: S506 - a SafeLoader subclass: no object construction
+def parse_yaml(text: str, where: str = "YAML") -> Any:
+    """YAML text -> plain data, with one number grammar for config files, overrides and search spaces. Bounded
+    (jobs/bounded.py): nested at most 32 deep, at most 100,000 nodes with its aliases expanded, else a one-line
+    ConfigError naming `where` and the key."""
+    try:
+        return load_yaml(text, where, _NumberLoader)  # a SafeLoader subclass: no object construction
+    except ReadRefused as e:
+        raise ConfigError(str(e)) from None
 
 
 BASE_KEY = "base"
 """A config file may name another (`base: recipe.yaml`, relative to itself) whose values it extends."""
+MAX_BASE_DEPTH = 16
+"""Files in a `base:` chain (the shipped configs use two)."""
 
 
 def load(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
@@ -59,26 +68,37 @@ def load_mapping(path: str | Path | None, overrides: list[str] = ()) -> dict[str
 
 
 def read_layers(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The mapping of `path`, on top of its `base:` file's (recursively): sections merge key by key."""
-    data = _read_mapping(path)
-    base = data.pop(BASE_KEY, None)
-    if base is None:
-        return data
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"{path}: {BASE_KEY} must be a file name, got {base!r}")
-    base_path = (path.parent / base).resolve()
-    if base_path in seen or base_path == path.resolve():
-        raise ConfigError(f"{path}: {BASE_KEY} {base} leads back to itself")
-    return _merge(read_layers(base_path, (*seen, path.resolve())), data)
+    """The mapping of `path`, on top of its `base:` file's (and so on, at most MAX_BASE_DEPTH files): sections
+    merge key by key."""
+    layers, current, seen = [], path, {*seen}
+    while True:
+        data = _read_mapping(current)
+        base = data.pop(BASE_KEY, None)
+        layers.append(data)
+        if base is None:
+            break
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{current}: {BASE_KEY} must be a file name, got {short(base)}")
+        seen.add(current.resolve())
+        base_path = (current.parent / base).resolve()
+        if base_path in seen:
+            raise ConfigError(f"{current}: {BASE_KEY} {short(base)} leads back to itself")
+        if len(layers) == MAX_BASE_DEPTH:
+            raise ConfigError(f"{path}: {BASE_KEY}: chain more than {MAX_BASE_DEPTH} files deep (at {current})")
+        current = base_path
+    merged: dict[str, Any] = {}
+    for data in reversed(layers):
+        merged = _merge(merged, data)
+    return merged
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
+    try:  # the size bound decided before reading; a FIFO or /dev/zero is refused unread
+        text = read_text(path, CONFIG_MAX_BYTES, "config file")
+    except ReadRefused as e:
+        raise ConfigError(str(e)) from None
     try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
-    try:
-        data = parse_yaml(text) or {}
+        data = parse_yaml(text, str(path)) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -98,12 +118,12 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     """`a.b.c=value` sets data['a']['b']['c'] to the YAML-parsed value."""
     key, sep, raw = item.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override {item!r}: expected key.sub=value")
+        raise ConfigError(f"override {short(item)}: expected key.sub=value")
     try:
-        value = parse_yaml(raw) if raw != "" else ""
+        value = parse_yaml(raw, f"override {clip(key, 100)}") if raw != "" else ""
     except yaml.YAMLError:
         value = raw
-    set_dotted(data, key, value, f"override {item!r}")
+    set_dotted(data, key, value, f"override {short(item)}")
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any, where: str) -> None:
@@ -131,7 +151,7 @@ def build(cls: type[T], data: dict[str, Any], where: str, prefix: str = "") -> T
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{where}: {clip(str(e))}") from None
 
 
 def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
@@ -150,11 +170,11 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
         raise ConfigError(errors[0])
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where}: {key} must be one of {list(args)}, got {value!r}")
+            raise ConfigError(f"{where}: {key} must be one of {list(args)}, got {short(value)}")
         return value
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
+            raise ConfigError(f"{where}: {key} must be a list, got {short(value)}")
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
             items = [_coerce(args[0], v, where, f"{key}[{i}]") for i, v in enumerate(value)]
         elif origin is tuple and args:
@@ -166,7 +186,7 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
+            raise ConfigError(f"{where}: {key} must be a mapping, got {short(value)}")
         return dict(value)
     if tp is Any:
         return value
@@ -174,25 +194,25 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
         if isinstance(value, str) and _FLOAT.match(value.strip()):
             value = float(value)  # YAML 1.1 reads `3e-4` (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+            raise ConfigError(f"{where}: {key} must be a number, got {short(value)}")
         try:
             number = float(value)
         except OverflowError:
-            raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}") from None
+            raise ConfigError(f"{where}: {key} must be a finite number, got {short(value)}") from None
         if not math.isfinite(number):  # no setting of this project means anything with .nan or .inf
-            raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
+            raise ConfigError(f"{where}: {key} must be a finite number, got {short(value)}")
         return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+            raise ConfigError(f"{where}: {key} must be an integer, got {short(value)}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+            raise ConfigError(f"{where}: {key} must be true or false, got {short(value)}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
+            raise ConfigError(f"{where}: {key} must be a string, got {short(value)}")
         return value
     raise ConfigError(f"{where}: {key} has unsupported type {tp!r}")
 

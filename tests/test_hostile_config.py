@@ -5,14 +5,18 @@ summary line naming the stage and the log file holding the traceback (exit 1).""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
 import pytest
+from capped import Capped, run_verb
 from tiny import synth_shards, tiny_overrides
 
 from jobs.entry import entry, stage
+from jobs.sweeping.space import read_space
+from jobs.typed_yaml import ConfigError
 from jobs.verbs.train import main as train_main
 
 
@@ -115,3 +119,108 @@ def test_a_failed_ray_stage_is_one_summary_line_naming_the_stage_and_the_log(
     assert len(logs) == 1 and str(logs[0]) in lines[0]
     text = logs[0].read_text()
     assert "second line of detail" in text and "read_block" in text and "Traceback" in text
+
+
+# ---------------------------------------------------------------- bounded config and search-space reads (issue 32)
+# Bombs run in a child under a 4 GB address-space cap (tests/capped.py): one that gets through dies there.
+
+
+def laughs(levels: int = 9, width: int = 10) -> str:
+    """A billion-laughs YAML flow sequence: a few hundred bytes, width ** levels leaves once aliases are expanded."""
+    items = ["&l0 lol"] + [f"&l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return "[" + ", ".join(items) + "]"
+
+
+def _bounded(run: Capped, *needles: str, max_seconds: float = 30) -> str:
+    print(f"\n[bounded] peak {run.peak_mb:.0f} MB, {run.seconds:.1f} s: {run.lines[-1:]}")
+    assert run.code == 2 and len(run.lines) == 1, (run.code, run.stderr[-2000:])
+    assert len(run.lines[0]) < 600 and run.seconds < max_seconds and run.peak_mb < 1500
+    for needle in needles:
+        assert needle in run.lines[0], run.lines[0]
+    return run.lines[0]
+
+
+def test_an_alias_bomb_as_train_lr_is_one_short_line(tmp_path) -> None:
+    config = tmp_path / "bomb.yaml"
+    config.write_text(f"train:\n  lr: {laughs()}\n")
+    _bounded(run_verb("train", "--config", str(config), f"workdir={tmp_path}"), str(config), "train.lr", "alias")
+
+
+def test_an_alias_bomb_in_an_override_is_one_short_line(tmp_path) -> None:
+    _bounded(run_verb("train", f"workdir={tmp_path}", f"train.lr={laughs()}"), "train.lr", "alias")
+
+
+def test_dev_zero_as_base_is_refused_unread(tmp_path) -> None:
+    config = tmp_path / "exp.yaml"
+    config.write_text("base: /dev/zero\ntrain:\n  lr: 0.001\n")
+    _bounded(run_verb("train", "--config", str(config), f"workdir={tmp_path}"), "/dev/zero", "not a regular file")
+
+
+def test_a_fifo_as_base_is_refused_without_blocking(tmp_path) -> None:
+    os.mkfifo(tmp_path / "pipe.yaml")
+    config = tmp_path / "exp.yaml"
+    config.write_text("base: pipe.yaml\n")
+    run = run_verb("train", "--config", str(config), f"workdir={tmp_path}", timeout=30)
+    _bounded(run, "pipe.yaml", "not a regular file")
+
+
+def test_a_config_over_the_size_limit_is_refused_from_its_size(tmp_path, capsys) -> None:
+    config = tmp_path / "big.yaml"
+    config.write_text("train:\n  lr: 0.001\n" + "# padding\n" * 200_000)  # 2 MB, valid YAML
+    _refused(capsys, ["--config", str(config), f"workdir={tmp_path}"], str(config), "bytes, over the")
+
+
+def test_a_base_chain_3000_deep_is_one_line(tmp_path, capsys) -> None:
+    for i in range(3000):
+        (tmp_path / f"c{i}.yaml").write_text(f"base: c{i + 1}.yaml\n" if i < 2999 else "train:\n  lr: 0.001\n")
+    _refused(capsys, ["--config", str(tmp_path / "c0.yaml"), f"workdir={tmp_path}"], "c0.yaml", "base:", "deep")
+
+
+def test_yaml_nested_100000_deep_is_one_line(tmp_path, capsys) -> None:
+    config = tmp_path / "deep.yaml"
+    config.write_text("train:\n  lr: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    _refused(capsys, ["--config", str(config), f"workdir={tmp_path}"], str(config), "nested deeper than")
+
+
+def test_a_long_value_is_truncated_in_the_error_line(tmp_path, capsys) -> None:
+    config = tmp_path / "long.yaml"
+    config.write_text("train:\n  lr: [" + ", ".join(["0.1"] * 50_000) + "]\n")
+    line = _refused(capsys, ["--config", str(config), f"workdir={tmp_path}"], "train.lr must be a number")
+    assert len(line) < 600, len(line)
+
+
+def test_an_alias_bomb_as_a_choice_value_is_one_short_line(tmp_path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(f"train.lr: {{choice: [0.001, {laughs()}]}}\n")
+    run = run_verb("sweep", "--search", str(space), "--trials", "1", f"workdir={tmp_path}")
+    _bounded(run, str(space), "train.lr", "alias")
+
+
+def test_a_choice_of_a_million_values_is_refused_from_the_file_size(tmp_path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("train.lr: {choice: [" + ", ".join(["0.001"] * 1_000_000) + "]}\n")
+    run = run_verb("sweep", "--search", str(space), "--trials", "1", f"workdir={tmp_path}", timeout=40)
+    _bounded(run, str(space), "bytes, over the")
+
+
+def test_dev_zero_as_search_space_is_refused_unread(tmp_path) -> None:
+    run = run_verb("sweep", "--search", "/dev/zero", "--trials", "1", f"workdir={tmp_path}")
+    _bounded(run, "/dev/zero", "not a regular file")
+
+
+def test_a_choice_of_5000_values_is_refused_before_any_is_checked(tmp_path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("train.lr: {choice: [" + ", ".join(["0.001"] * 5000) + "]}\n")
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as error:
+        read_space(space)
+    assert f"{space}: train.lr: choice has 5000 values, at most 1000" in str(error.value)
+    assert time.monotonic() - started < 5
+
+
+def test_a_choice_value_nested_40_deep_is_refused(tmp_path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("train.lr: {choice: [" + "[" * 40 + "0.1" + "]" * 40 + "]}\n")
+    with pytest.raises(ConfigError, match="nested deeper than") as error:
+        read_space(space)
+    assert str(space) in str(error.value) and "\n" not in str(error.value)

@@ -19,22 +19,31 @@ from typing import Any
 
 import yaml
 
+from jobs.bounded import CONFIG_MAX_BYTES, ReadRefused, read_text, short
 from jobs.typed_yaml import ConfigError, build, parse_yaml, set_dotted
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
+MAX_CHOICES = 1000
+"""`choice` values in a whole search space: each is built into a config to check it before Ray starts."""
 
 
 def read_space(path: str | Path) -> dict[str, tuple[str, list[Any]]]:
     """{dotted key: (distribution, arguments)} from SPACE.yaml; one-line ConfigError naming the key otherwise."""
+    try:  # bounded (jobs/bounded.py): the file's size, then the YAML's nesting and expanded aliases
+        text = read_text(path, CONFIG_MAX_BYTES, "search space")
+    except ReadRefused as e:
+        raise ConfigError(str(e)) from None
     try:
-        data = parse_yaml(Path(path).read_text())  # one number grammar: `1e-5` is a float, as in configs
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read search space ({e.strerror})") from None
+        data = parse_yaml(text, str(path))  # one number grammar: `1e-5` is a float, as in configs
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{path}: a search space is a non-empty mapping of config keys to distributions")
-    return {str(key): _distribution(path, str(key), spec) for key, spec in data.items()}
+    space = {str(key): _distribution(path, str(key), spec) for key, spec in data.items()}
+    choices = sum(len(args) for kind, args in space.values() if kind == "choice")
+    if choices > MAX_CHOICES:
+        raise ConfigError(f"{path}: {choices} choice values in all, at most {MAX_CHOICES}")
+    return space
 
 
 def _distribution(path: str | Path, key: str, spec: Any) -> tuple[str, list[Any]]:
@@ -43,18 +52,20 @@ def _distribution(path: str | Path, key: str, spec: Any) -> tuple[str, list[Any]
         raise ConfigError(f"{where}: expected one of {{{', '.join(f'{d}: [...]' for d in DISTRIBUTIONS)}}}")
     kind, args = next(iter(spec.items()))
     if not isinstance(args, list) or not args:
-        raise ConfigError(f"{where}: {kind} takes a non-empty list, got {args!r}")
+        raise ConfigError(f"{where}: {kind} takes a non-empty list, got {short(args)}")
     if kind == "choice":
+        if len(args) > MAX_CHOICES:
+            raise ConfigError(f"{where}: choice has {len(args)} values, at most {MAX_CHOICES}")
         return kind, args
     if len(args) != 2 or not all(isinstance(a, int | float) and not isinstance(a, bool) for a in args):
-        raise ConfigError(f"{where}: {kind} takes [low, high] numbers, got {args!r}")
+        raise ConfigError(f"{where}: {kind} takes [low, high] numbers, got {short(args)}")
     low, high = args
     if not (math.isfinite(low) and math.isfinite(high)) or not low < high:
         raise ConfigError(f"{where}: {kind} range [{low}, {high}] is empty (low must be below high)")
     if kind == "loguniform" and low <= 0:
         raise ConfigError(f"{where}: loguniform needs low > 0, got {low}")
     if kind == "randint" and not all(isinstance(a, int) for a in args):
-        raise ConfigError(f"{where}: randint takes integer bounds, got {args!r}")
+        raise ConfigError(f"{where}: randint takes integer bounds, got {short(args)}")
     return kind, [low, high]
 
 
@@ -76,7 +87,7 @@ def check_space(space: dict[str, tuple[str, list[Any]]], base: dict[str, Any], c
             try:
                 build(config_cls, data, "<search space>")
             except ConfigError as e:
-                raise ConfigError(f"search space key {key} = {value!r}: {_reason(e)}") from None
+                raise ConfigError(f"search space key {key} = {short(value)}: {_reason(e)}") from None
 
 
 def _reason(error: ConfigError) -> str:
