@@ -114,3 +114,17 @@ def test_a_second_export_into_a_held_folder_exits_2_naming_the_holder(tmp_path):
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert f"pid {holder.pid} on " in lines[0] and "export folder" in lines[0], lines[0]
     assert not out.exists()
+
+
+def test_a_second_training_job_on_a_held_run_exits_2_naming_the_holder(tmp_path):
+    storage = tmp_path / "runs"
+    holder = _holder(storage / "r1")
+    try:
+        done = _verb("train", "--no-ray", "--run-name", "r1", f"workdir={tmp_path}", f"train.storage_path={storage}")
+    finally:
+        holder.kill()
+        holder.wait()
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert f"pid {holder.pid} on " in lines[0] and "training run" in lines[0], lines[0]
+    assert not (storage / "r1").exists() and not (tmp_path / "mlflow.db").exists()

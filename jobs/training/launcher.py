@@ -29,6 +29,7 @@ from jobs.training.pretrained_check import check_resnet_weights
 from jobs.training.run_folder import delete_run, inspect_run  # inspect_run: where demo and sweeps import it from
 from jobs.training.trainer import fit
 from jobs.typed_yaml import dump, flatten, to_dict
+from pipeline.writer_lock import OutputBusy, exclusive
 
 log = logging.getLogger("lma3d.train")
 
@@ -186,6 +187,24 @@ def launch(
         raise UserError(f"run name {name!r} must not contain '/'")
     cfg = replace(cfg, train=replace(cfg.train, run_name=name))
     run_dir = f"{cfg.storage_path.rstrip('/')}/{name}"
+    if "://" in run_dir:  # object storage: no flock; Ray Train's own storage layout is the only guard
+        return _start(cfg, name, run_dir, address, resume, overwrite, no_ray, step_callbacks, callbacks,
+                      close_failed_run)  # fmt: skip
+    try:
+        # Held from the resume decision to the end of training: two jobs on one run would both decide to start
+        # (or resume) it and write checkpoints of two MLflow runs into one folder.
+        with exclusive(run_dir, "training run"):
+            return _start(cfg, name, run_dir, address, resume, overwrite, no_ray, step_callbacks, callbacks,
+                          close_failed_run)  # fmt: skip
+    except OutputBusy as e:
+        raise UserError(str(e)) from None
+
+
+def _start(
+    cfg: ExperimentConfig, name: str, run_dir: str, address: str | None, resume: str | None, overwrite: bool,
+    no_ray: bool, step_callbacks: list[Any], callbacks: list[Any], close_failed_run: bool,
+) -> TrainSummary:  # fmt: skip
+    """The run `name` decided (new, resume, from a path, overwrite), its MLflow run attached, trained, summarised."""
     try:
         exists, metas = inspect_run(cfg.storage_path, name)
     except ValueError as e:  # a registered checkpoint's meta that its validated reader refuses
