@@ -112,6 +112,8 @@ def entry(verb: str) -> Callable[[Callable[[list[str] | None], int]], Callable[[
                 logging.getLogger(f"lma3d.{verb}").debug("user error", exc_info=True)
                 print(f"lma3d {verb}: error: {e}", file=sys.stderr)
                 return 2
+            except BrokenPipeError:  # `lma3d <verb> --help-config | head`: jobs.cli exits quietly
+                raise
             except JobFailed as e:
                 logging.getLogger(f"lma3d.{verb}").debug("job failed", exc_info=True)
                 print(f"lma3d {verb}: {e}", file=sys.stderr)

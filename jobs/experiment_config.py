@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from jobs.config_help import HelpConfig
 from jobs.evaluation.eval_config import EvalConfig
 from jobs.resources import find_config
 from jobs.serving.serve_config import ServeConfig
@@ -55,7 +56,7 @@ class ExperimentConfig:
 
 
 def add_config_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    """--config FILE, --set key=value (repeatable), bare key=value overrides, --print-config."""
+    """--config FILE, --set key=value (repeatable), bare key=value overrides, --print-config, --help-config."""
     parser.add_argument(
         "--config", default=default, help=f"experiment YAML: a file, or a shipped config's name (demo, "
         f"agpil/full_seen, ...) from any folder (default: {default or 'built-in defaults'})"
@@ -72,6 +73,8 @@ def add_config_args(parser: argparse.ArgumentParser, default: str | None = None)
         "override_args", nargs="*", metavar="KEY=VALUE", help="more overrides, e.g. model.fidelity=corrected"
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--help-config", action=HelpConfig, help="list the config keys this verb reads (type, "
+                        "default, what each means) and exit")  # fmt: skip
 
 
 def resolve_config(args: argparse.Namespace, model_from_source: bool = False) -> ExperimentConfig:

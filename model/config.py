@@ -27,27 +27,44 @@ class ModelConfig:
     emb_dim: int = 512
     """C_S: width of the fused spatial tokens, the decoder and the head."""
     num_heads: int = 4
+    """Attention heads of the fusion's self-attention layers; emb_dim must be divisible by it."""
     fusion_hidden: int = 1024
     """Hidden width of the shared fusion MLP."""
     # PointNet++ MSG set-abstraction levels (docs/original.md §1.2 b). sa3_npoint is N_p (point tokens).
     sa1_npoint: int = 512
+    """SA1: centroids chosen by farthest-point sampling."""
     sa1_radii: tuple[float, ...] = (0.1, 0.2, 0.4)
+    """SA1: the ball-query radius of each scale (one per multi-scale branch)."""
     sa1_nsample: tuple[int, ...] = (32, 64, 128)
+    """SA1: the neighbours grouped around each centroid, per scale."""
     sa1_mlps: tuple[tuple[int, ...], ...] = ((32, 32, 64), (64, 64, 128), (64, 96, 128))
+    """SA1: the shared MLP widths of each scale; the level outputs the sum of their last widths."""
     sa2_npoint: int = 128
+    """SA2: centroids chosen by farthest-point sampling among SA1's."""
     sa2_radii: tuple[float, ...] = (0.4, 0.8)
+    """SA2: the ball-query radius of each scale."""
     sa2_nsample: tuple[int, ...] = (64, 128)
+    """SA2: the neighbours grouped around each centroid, per scale."""
     sa2_mlps: tuple[tuple[int, ...], ...] = ((128, 128, 256), (128, 196, 256))
+    """SA2: the shared MLP widths of each scale; the level outputs the sum of their last widths."""
     sa3_npoint: int = 64
+    """SA3: centroids among SA2's; they are the point tokens N_p of the fusion."""
     sa3_radii: tuple[float, ...] = (0.2, 0.4)
+    """SA3: the ball-query radius of each scale."""
     sa3_nsample: tuple[int, ...] = (16, 32)
+    """SA3: the neighbours grouped around each centroid, per scale."""
     sa3_mlps: tuple[tuple[int, ...], ...] = ((128, 128, 256), (128, 196, 256))
+    """SA3: the shared MLP widths of each scale; their last widths must sum to 8 * resnet_width (the point and
+    image features go through one fusion MLP)."""
     fp3_mlp: tuple[int, ...] = (768, 512)
+    """Widths of the first feature-propagation MLP (the aligned point tokens up to the SA2 points)."""
     fp2_mlp: tuple[int, ...] = (768, 512)
+    """Widths of the second feature-propagation MLP (up to the SA1 points)."""
     fp1_mlp: tuple[int, ...] | None = None
-    """Widths of the last feature-propagation MLP; it must end in emb_dim (the decoder's tokens gate its output).
-    Unset: (emb_dim, emb_dim), so it follows emb_dim (the paper's (512, 512)); the built config holds the widths."""
+    """Widths of the last feature-propagation MLP, ending in emb_dim (the decoder's tokens gate its output); unset:
+    (emb_dim, emb_dim), following emb_dim. The paper's is (512, 512); a built config holds the widths."""
     head_hidden: int = 64
+    """Hidden width of the per-point head (linear, BatchNorm, ReLU, linear, sigmoid)."""
     fps_start: Literal["random", "first"] = "random"
     """Farthest-point sampling start index: `random` as the original, `first` for determinism."""
     fps_impl: Literal["loop", "compiled"] = "loop"
@@ -59,12 +76,20 @@ class ModelConfig:
     backbone_path: str = ""
     """Local weights for a preset that has none on disk (the 7B backbone)."""
     backbone_mode: Literal["frozen", "lora", "full"] = "frozen"
+    """`frozen`: the language backbone is not trained (the paper); `lora`: LoRA adapters on lora_targets are
+    (not with train.zero_stage 3); `full`: every backbone weight is."""
     backbone_dtype: Literal["fp32", "bf16", "fp16"] = "fp16"
+    """The dtype the language backbone's weights are held in (the original loads its LLM in fp16)."""
     max_txt_len: int = 32
+    """Instruction tokens kept; a longer instruction is truncated."""
     lora_r: int = 8
+    """LoRA rank (backbone_mode lora)."""
     lora_alpha: int = 32
+    """LoRA scaling: the adapters' output is multiplied by lora_alpha / lora_r."""
     lora_dropout: float = 0.05
+    """Dropout on the LoRA adapters' input."""
     lora_targets: tuple[str, ...] = field(default=("q_proj", "v_proj"))
+    """Names of the backbone's linear layers that get LoRA adapters (LLaMA's; BERT-style names are mapped)."""
 
     def __post_init__(self) -> None:
         if self.fp1_mlp is None:

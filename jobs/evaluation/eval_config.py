@@ -9,6 +9,7 @@ from typing import Literal
 @dataclass
 class EvalConfig:
     batch_size: int = 6
+    """Test samples per forward in each model actor."""
     num_actors: int | Literal["auto"] = "auto"
     """Model replicas in the Ray Data actor pool (one GPU each with use_gpu). auto: one per GPU of the cluster
     with use_gpu, else as many as its CPUs hold at cpus_per_actor each after one CPU for reading shards."""
@@ -17,6 +18,8 @@ class EvalConfig:
     viz_samples: int = 4
     """Fixed test keys rendered as GT/prediction PLY + PNG each evaluation."""
     seed: int = 0
+    """Seeds the forward passes (with votes > 1, where each extra vote starts farthest-point sampling), so scores
+    repeat."""
     cpus_per_actor: float = 1.0
     """Ray CPUs reserved per model actor; below 1 locally leaves room for the shard-reading tasks."""
     threads_per_actor: int = 0

@@ -10,6 +10,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     """Address the HTTP proxy binds; 0.0.0.0 only when the endpoint must be reachable from other machines."""
     port: int = 8000
+    """Port of the HTTP endpoint."""
     replicas: int = 1
     """Replicas of the model (each loads it once); the minimum when autoscaling."""
     max_replicas: int = 0

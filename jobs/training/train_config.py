@@ -9,33 +9,44 @@ from typing import Literal
 @dataclass
 class TrainConfig:
     epochs: int = 20
+    """Passes over the train shards (each rank takes the same number of batches per epoch)."""
     max_steps: int = 0
     """Stop after this many optimizer steps (0: run all epochs)."""
     lr: float = 1e-4
+    """Peak learning rate of AdamW, reached at the end of the warm-up; a cosine decay per epoch follows."""
     min_lr: float = 1e-5
+    """The learning rate the cosine decay ends at after the last epoch."""
     warmup_lr: float = 1e-6
+    """The learning rate of the first optimizer step (see warmup_steps)."""
     warmup_steps: int = 2000
     """Linear warm-up from warmup_lr to lr, per iteration, in epoch 0 only (capped)."""
     weight_decay: float = 0.06
     """Applied only to parameters with ndim > 1."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's betas."""
     grad_clip: float = 0.0
     """Gradient-norm clipping (0 = off, as the original)."""
     grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step (DeepSpeed's gradient_accumulation_steps)."""
     precision: Literal["bf16", "fp16", "fp32", "bf16-autocast", "fp16-autocast"] = "bf16"
     """`bf16`/`fp16` cast the whole module; `*-autocast` keep fp32 weights and BatchNorm and compute under
     torch.autocast (the original: fp16-autocast). Evaluation replays it (jobs/precision.py)."""
     zero_stage: int = 2
+    """DeepSpeed ZeRO stage: 0 none, 1 shards the optimizer state over workers, 2 also the gradients, 3 also the
+    parameters."""
     offload_optimizer: bool = False
+    """Keep the optimizer state in CPU memory and step it there (DeepSpeed's CPU Adam; zero_stage 1, 2 or 3)."""
     offload_params: bool = False
     """ZeRO-3 only: keep parameters in CPU memory."""
     num_workers: int = 1
     """Ray Train workers (one GPU each when use_gpu)."""
     use_gpu: bool = False
+    """One GPU per worker (CUDA, NCCL); false: CPU workers with gloo."""
     gpu_wait_s: float = 900.0
     """With use_gpu on a cluster: how long to wait for GPUs for every worker (the autoscaler is asked for them)
     before giving up with an error, instead of retrying forever."""
     cpus_per_worker: int = 1
+    """Ray CPUs reserved per worker (its loader processes and torch threads run in them)."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """How Ray places the workers over nodes (Ray's placement-group strategies): STRICT_SPREAD puts every worker
     on its own node."""
@@ -43,16 +54,21 @@ class TrainConfig:
     """Worker-group failures (a dead worker, an out-of-memory kill, a lost node) retried from the latest
     checkpoint, counted over the whole job."""
     keep_checkpoints: int = 2
+    """Checkpoints kept per run: the best ones by val/auc, and always the latest."""
     checkpoint_every: int = 0
     """Checkpoint every N optimizer steps (0: at each epoch end)."""
     val_every: int = 1
     """Validate on the test shards every N epochs (0: never)."""
     log_every: int = 20
+    """Log the training metrics (train/loss, train/lr, perf/*) every N optimizer steps."""
     storage_path: str = ""
     """Ray Train storage (default <workdir>/runs); on a cluster a shared absolute path or URI (s3://, gs://,
     file:///), required there unless workdir is absolute (jobs/cluster_storage.py)."""
     run_name: str = ""
+    """The run's folder under storage_path and its MLflow run name (empty: <date>-<view>-<setting>-lr<lr>-bs<bs>;
+    --run-name overrides it)."""
     seed: int = 42
+    """Seeds torch, NumPy and random in every worker (model initialisation, dropout, sampling starts)."""
     threads_per_worker: int = 0
     """torch intra-op threads per worker (0: cpus_per_worker)."""
     norm_eval: bool = False
@@ -101,4 +117,6 @@ class TrackingConfig:
     experiment: str = ""
     """Empty: lma3d/<dataset>-<view>-<setting>."""
     system_metrics: bool = True
+    """Log MLflow's system metrics (CPU, memory, GPU) to the training run."""
     tags: dict[str, str] = field(default_factory=dict)
+    """Extra tags set on the training run."""

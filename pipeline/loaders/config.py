@@ -13,15 +13,21 @@ class DataConfig:
     view: Literal["full", "partial", "rotation"] = "full"
     """`rotation` gives each train point cloud a fresh random SO(3) rotation per draw."""
     setting: Literal["seen", "unseen"] = "seen"
+    """The benchmark setting the shards hold (`unseen`: test objects or affordances absent from training); names
+    the run and the MLflow experiment, the loaders do not read it."""
     batch_size: int = 6
     """Images per batch per rank (each with `pairs` point clouds)."""
     eval_batch_size: int = 6
+    """Test samples per batch per rank when validating during training."""
     pairs: int = 3
     """Point clouds of the image's object drawn per image, without replacement."""
     num_workers: int = 2
     """Loader processes per rank."""
     shuffle_buffer: int = 500
+    """Train samples each loader stream holds and draws from at random (0 or 1: the shards' order, shuffled per
+    epoch by shard only)."""
     seed: int = 42
+    """Seeds the epoch's shard order, the shuffle buffers and the point clouds drawn for each image."""
     max_bad_fraction: float = 0.01
     """Stop with an error when more than this fraction of samples read does not decode (in verified shards)."""
     on_corrupt_shard: Literal["fail", "skip"] = "fail"
