@@ -128,3 +128,18 @@ def test_a_second_training_job_on_a_held_run_exits_2_naming_the_holder(tmp_path)
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert f"pid {holder.pid} on " in lines[0] and "training run" in lines[0], lines[0]
     assert not (storage / "r1").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_second_sweep_driver_of_a_held_sweep_exits_2_naming_the_holder(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("train.lr: {choice: [0.001, 0.002]}\n")
+    holder = _holder(tmp_path / "sweeps" / "s1")
+    try:
+        done = _verb("sweep", "--search", str(space), "--trials", "1", "--name", "s1", f"workdir={tmp_path}",
+                     f"data.shards={tmp_path}")  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert f"pid {holder.pid} on " in lines[0] and "another sweep writer" in lines[0], lines[0]

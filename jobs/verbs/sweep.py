@@ -20,7 +20,7 @@ import argparse
 import datetime as dt
 import sys
 
-from jobs.entry import entry
+from jobs.entry import UserError, entry
 from jobs.experiment_config import add_config_args, resolve_config_mapping
 
 
@@ -48,8 +48,9 @@ def main(argv: list[str]) -> int:
 
     from jobs.resources import SPACES, find_config
     from jobs.sweeping.inputs import resolve_sweep
-    from jobs.sweeping.runner import SweepSpec, sweep
+    from jobs.sweeping.runner import SweepSpec, sweep, sweep_dir
     from pipeline.ray_session import ensure_ray
+    from pipeline.writer_lock import OutputBusy, exclusive
 
     # Paths absolute and every value of the space built into the config, here: trials never re-decide.
     inputs = resolve_sweep(cfg, data, find_config(args.search, SPACES))
@@ -58,8 +59,12 @@ def main(argv: list[str]) -> int:
     spec = SweepSpec(
         name, args.trials, args.metric, args.mode, args.scheduler, args.grace_period, args.max_concurrent, args.seed
     )
-    ensure_ray(args.address)
-    summary = sweep(inputs.cfg, spec, space, inputs.base)
+    try:
+        with exclusive(sweep_dir(inputs.cfg, name), "sweep"):  # two drivers of one sweep would run its trials twice
+            ensure_ray(args.address)
+            summary = sweep(inputs.cfg, spec, space, inputs.base)
+    except OutputBusy as e:
+        raise UserError(str(e)) from None
     print(summary.table(sorted(space)))
     if summary.interrupted:
         print(f"sweep {name} interrupted: run the same command again to resume it ({summary.folder})")
