@@ -23,6 +23,8 @@ PATH_KEYS: dict[str, tuple[str, ...]] = {
     "train.storage_path": (),
 }
 """Dotted key -> the values of that key that are names, not paths. (`train.storage_path` empty: under workdir.)"""
+TRACKING_KEY = "mlflow.tracking_uri"
+"""A URI, but a local store's path in it may be relative (absolute_tracking_uri)."""
 
 
 def absolute(path: str, names: tuple[str, ...] = ()) -> str:
@@ -32,8 +34,18 @@ def absolute(path: str, names: tuple[str, ...] = ()) -> str:
     return str(Path(path).expanduser().resolve())
 
 
+def absolute_tracking_uri(uri: str) -> str:
+    """An MLflow tracking URI whose local path is relative (`sqlite:///db/mlflow.db`: three slashes, or a bare
+    folder, MLflow's file store) made absolute; servers and absolute ones unchanged."""
+    if isinstance(uri, str) and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + absolute(uri.removeprefix("sqlite:///"))
+    return absolute(uri, ("databricks",))  # MLflow's name for a Databricks workspace, not a folder
+
+
 def absolute_value(key: str, value: Any) -> Any:
     """`value` of dotted `key` with its path made absolute if `key` holds a path; other keys' values unchanged."""
+    if key == TRACKING_KEY:
+        return absolute_tracking_uri(value)
     return absolute(value, PATH_KEYS[key]) if key in PATH_KEYS else value
 
 
@@ -43,12 +55,12 @@ def absolute_mapping(data: dict[str, Any], built: Any) -> dict[str, Any]:
     `data` left a key out: a default like `workdir: work` is relative too. Other keys stay as written, so that
     values derived from them (model.fp1_mlp from model.emb_dim) are derived again when a trial changes them."""
     out = copy.deepcopy(data)
-    for key, names in PATH_KEYS.items():
+    for key in (*PATH_KEYS, TRACKING_KEY):
         section, _, name = key.rpartition(".")
         value = getattr(getattr(built, section) if section else built, name)
         if value or key in _dotted_keys(data):  # an empty default (storage_path) stays unset: it follows workdir
             node = out.setdefault(section, {}) if section else out
-            node[name] = absolute(value, names)
+            node[name] = absolute_value(key, value)
     return out
 
 

@@ -137,3 +137,17 @@ def test_the_shipped_config_and_space_by_name_from_any_folder(tmp_path, monkeypa
     state = json.loads((tmp_path / "work" / "sweeps" / "names" / "sweep.json").read_text())
     assert set(state["space"]) == {"train.lr", "train.weight_decay"}  # configs/sweeps/demo.yaml
     assert state["base"]["data"]["shards"] == str(tmp_path.resolve() / "work" / "shards" / "demo")
+
+
+def test_a_relative_tracking_store_means_the_folder_the_command_was_run_from(tmp_path, monkeypatch, stop_at_tune):
+    # sqlite:///db/mlflow.db (three slashes) and a bare folder (MLflow's file store) are relative paths too
+    run_from = (tmp_path / "here").resolve()
+    run_from.mkdir()
+    monkeypatch.chdir(run_from)
+    _space(run_from, "train.lr: {loguniform: [1.0e-4, 1.0e-3]}\n")
+    main(["--config", str(DEMO), "--search", "space.yaml", "--trials", "1", "--max-concurrent", "1",
+          "--name", "uri", "mlflow.tracking_uri=sqlite:///db/mlflow.db"])  # fmt: skip
+    state = json.loads((run_from / "work" / "sweeps" / "uri" / "sweep.json").read_text())
+    assert state["tracking_uri"] == f"sqlite:///{run_from}/db/mlflow.db"  # what every trial logs to
+    cfg = build(ExperimentConfig, {"mlflow": {"tracking_uri": "mlruns"}}, "<train>")
+    assert absolute_paths(cfg).tracking_uri == str(run_from / "mlruns")  # lma3d train's workers likewise

@@ -20,7 +20,7 @@ from typing import Any
 
 from jobs import preflight
 from jobs.cluster_storage import check_train_outputs
-from jobs.config_paths import absolute_value
+from jobs.config_paths import absolute_tracking_uri, absolute_value
 from jobs.entry import UserError, causes, stage
 from jobs.experiment_config import ExperimentConfig
 from jobs.training import tracking
@@ -81,7 +81,7 @@ def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
         model=replace(cfg.model, backbone=fix("model.backbone"), backbone_path=fix("model.backbone_path"),
                       resnet_weights=fix("model.resnet_weights")),  # fmt: skip
         train=replace(cfg.train, storage_path=cfg.storage_path),
-        mlflow=replace(cfg.mlflow, tracking_uri=cfg.tracking_uri),
+        mlflow=replace(cfg.mlflow, tracking_uri=absolute_tracking_uri(cfg.tracking_uri)),
     )
 
 
