@@ -98,6 +98,8 @@ def load_yaml(text: str, where: str, loader: type[yaml.SafeLoader] = yaml.SafeLo
             node = composer.get_single_node()
         except _TooDeep as deep:
             raise ReadRefused(f"{where}: {_at(deep.path)}nested deeper than {YAML_MAX_DEPTH} levels") from None
+        except _TooMany as many:
+            raise ReadRefused(f"{where}: {_at(many.path)}more than {YAML_MAX_NODES} YAML nodes") from None
         if node is None:
             return None
         _check_expanded(node, where)
@@ -114,21 +116,32 @@ class _TooDeep(Exception):
         self.path = path
 
 
+class _TooMany(Exception):
+    def __init__(self, path: list[str]) -> None:
+        self.path = path
+
+
 @functools.cache
 def _bounded(loader: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
     class Bounded(loader):  # type: ignore[misc, valid-type]
-        """Composes under YAML_MAX_DEPTH, keeping the dotted key being composed for the error line (PyYAML's
-        composer recurses once per level: 100,000 `[` would otherwise be a RecursionError)."""
+        """Composes under YAML_MAX_DEPTH and YAML_MAX_NODES (aliases not expanded yet), keeping the dotted key
+        being composed for the error line: PyYAML's composer recurses once per level (100,000 `[` would be a
+        RecursionError), and a 1 MiB flat list would cost seconds and hundreds of MB in nodes."""
 
         def __init__(self, stream: str) -> None:
             super().__init__(stream)
             self.keys: list[str | None] = []
+            self.nodes = 0
 
         def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
             self.keys.append(index.value if isinstance(index, yaml.ScalarNode) else None)
             try:
                 if len(self.keys) > YAML_MAX_DEPTH:
                     raise _TooDeep([k for k in self.keys if k is not None])
+                if not self.check_event(yaml.AliasEvent):
+                    self.nodes += 1
+                    if self.nodes > YAML_MAX_NODES:
+                        raise _TooMany([k for k in self.keys if k is not None])
                 return super().compose_node(parent, index)
             finally:
                 self.keys.pop()

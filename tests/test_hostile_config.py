@@ -224,3 +224,12 @@ def test_a_choice_value_nested_40_deep_is_refused(tmp_path) -> None:
     with pytest.raises(ConfigError, match="nested deeper than") as error:
         read_space(space)
     assert str(space) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_flat_config_of_349000_nodes_stops_composing_at_the_budget(tmp_path) -> None:
+    """Under the size limit but over the node budget without any alias: refused after 100,000 nodes are composed
+    (composing all 349,000 took 15 s and 500 MB)."""
+    config = tmp_path / "flat.yaml"
+    config.write_text("train:\n  lr: [" + ", ".join(["1"] * 349_000) + "]\n")
+    run = run_verb("train", "--config", str(config), f"workdir={tmp_path}")
+    _bounded(run, str(config), "train.lr: more than 100000 YAML nodes", max_seconds=10)
