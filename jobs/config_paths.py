@@ -2,7 +2,7 @@
 
 Ray Train workers and Ray Tune trials run in folders of their own, so a relative path must be made absolute on
 the driver, before Ray starts: `lma3d train` does it to its config (jobs/training/launcher.py), `lma3d sweep` to
-the mapping every trial is built from (jobs/sweeping/space.py), so a trial reads what `lma3d train` would read.
+the mapping every trial is built from (jobs/sweeping/inputs.py), so a trial reads what `lma3d train` would read.
 """
 
 from __future__ import annotations
