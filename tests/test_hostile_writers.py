@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from registered import export_tiny
-from tiny import NUM_POINTS
+from tiny import NUM_POINTS, tiny_overrides
 
 from pipeline.shards.manifest import BANK_FILE, file_sha256, read_manifest, shard_entries
 from pipeline.writer_lock import lock_path
@@ -116,11 +116,17 @@ def test_a_second_export_into_a_held_folder_exits_2_naming_the_holder(tmp_path):
     assert not out.exists()
 
 
-def test_a_second_training_job_on_a_held_run_exits_2_naming_the_holder(tmp_path):
+def test_a_second_training_job_on_a_held_run_exits_2_naming_the_holder(raw, tmp_path):
+    from pipeline.shards.config import ShardConfig
+    from pipeline.shards.job import run as shard
+
+    shards = tmp_path / "shards"
+    shard(raw, "agpil", shards, ShardConfig(samples_per_shard=3), NUM_POINTS, use_ray=False)
     storage = tmp_path / "runs"
     holder = _holder(storage / "r1")
     try:
-        done = _verb("train", "--no-ray", "--run-name", "r1", f"workdir={tmp_path}", f"train.storage_path={storage}")
+        done = _verb("train", "--no-ray", "--run-name", "r1", f"workdir={tmp_path}", f"train.storage_path={storage}",
+                     f"data.shards={shards}", *tiny_overrides())  # fmt: skip
     finally:
         holder.kill()
         holder.wait()

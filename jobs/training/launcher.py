@@ -187,6 +187,11 @@ def launch(
         raise UserError(f"run name {name!r} must not contain '/'")
     cfg = replace(cfg, train=replace(cfg.train, run_name=name))
     run_dir = f"{cfg.storage_path.rstrip('/')}/{name}"
+    # Everything the job reads, checked before anything is created (the run's lock, MLflow run, Ray, DeepSpeed):
+    # one line, exit 2.
+    tracking.check_tracking_uri(cfg.tracking_uri)
+    preflight.train_inputs(cfg)
+    _check_step_callbacks(cfg)
     if "://" in run_dir:  # object storage: no flock; Ray Train's own storage layout is the only guard
         return _start(cfg, name, run_dir, address, resume, overwrite, no_ray, step_callbacks, callbacks,
                       close_failed_run)  # fmt: skip
@@ -210,10 +215,6 @@ def _start(
     except ValueError as e:  # a registered checkpoint's meta that its validated reader refuses
         raise UserError(str(e)) from None
     mode = decide_start(run_dir, exists, bool(metas), resume, overwrite)
-    # Everything the job reads, checked before anything is created (MLflow run, Ray, DeepSpeed): one line, exit 2.
-    tracking.check_tracking_uri(cfg.tracking_uri)
-    preflight.train_inputs(cfg)
-    _check_step_callbacks(cfg)
     resume_from = None
     if mode == "from_path":
         resume_from = str(Path(resume).resolve()) if "://" not in resume else resume
