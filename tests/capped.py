@@ -40,12 +40,12 @@ def _cap() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (CAP_BYTES, CAP_BYTES))
 
 
-def run_verb(verb: str, *args: str, timeout: float = 60.0) -> Capped:
+def run_verb(verb: str, *args: str, timeout: float = 300.0) -> Capped:
     """`python -m jobs.verbs.<verb> ARGS` from the repository root, under CAP_BYTES of address space."""
     return run_python("-m", f"jobs.verbs.{verb}", *args, timeout=timeout)
 
 
-def run_python(*args: str, timeout: float = 60.0) -> Capped:
+def run_python(*args: str, timeout: float = 300.0) -> Capped:
     """`python ARGS` from the repository root, under CAP_BYTES of address space."""
     argv = [sys.executable, *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

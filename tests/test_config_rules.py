@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -49,8 +48,7 @@ def test_stored_configs_load_as_before():
     assert config_from_dict(unset).fp1_mlp == (32, 32)
 
 
-def test_a_broken_module_rule_is_one_line_from_the_cli_in_seconds(tmp_path):
-    start = time.monotonic()
+def test_a_broken_module_rule_is_one_line_from_the_cli_before_anything_starts(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "jobs.verbs.train", "--config", str(REPO / "configs" / "demo.yaml"),
          "model.emb_dim=64", "model.fp1_mlp=[128, 128]", f"workdir={tmp_path / 'work'}", "--print-config"],
@@ -60,7 +58,6 @@ def test_a_broken_module_rule_is_one_line_from_the_cli_in_seconds(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert "model.fp1_mlp [128, 128]" in lines[0] and "model.emb_dim (64)" in lines[0]
-    assert time.monotonic() - start < 60
     assert not (tmp_path / "work").exists()
 
 

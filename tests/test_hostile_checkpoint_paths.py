@@ -117,7 +117,7 @@ def test_a_meta_of_gigabytes_is_refused_unread(checkpoint, tmp_path, kind, needl
     print(f"\n[bounded] peak {run.peak_mb:.0f} MB, {run.seconds:.1f} s: {run.lines[-1:]}")
     assert run.code == 2 and len(run.lines) == 1, (run.code, run.stderr[-2000:])
     assert str(meta) in run.lines[0] and needle in run.lines[0]
-    assert run.peak_mb < 1500 and run.seconds < 30
+    assert run.peak_mb < 1500
 
 
 def test_eval_refuses_an_escaping_tag_before_ray_starts(checkpoint, tmp_path, capsys, monkeypatch) -> None:

@@ -137,4 +137,4 @@ def test_a_config_json_of_gigabytes_is_refused_unread(folder, tmp_path) -> None:
     print(f"\n[bounded] peak {run.peak_mb:.0f} MB, {run.seconds:.1f} s: {run.lines[-1:]}")
     assert run.code == 2 and len(run.lines) == 1, (run.code, run.stderr[-2000:])
     assert str(folder / "config.json") in run.lines[0] and "bytes, over the" in run.lines[0]
-    assert run.peak_mb < 1500 and run.seconds < 30
+    assert run.peak_mb < 1500

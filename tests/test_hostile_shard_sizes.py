@@ -68,7 +68,7 @@ def _inspected(run: Capped) -> str:
     """The one bad shard's reason from `lma3d inspect --json`, after the exit code and the one stderr line."""
     print(f"\n[bounded] peak {run.peak_mb:.0f} MB, {run.seconds:.1f} s: {run.lines[-1:]}")
     assert run.code == 2 and len(run.lines) == 1 and SHARD in run.lines[0], (run.code, run.stderr[-2000:])
-    assert run.peak_mb < 1500 and run.seconds < 30
+    assert run.peak_mb < 1500
     bad = json.loads(run.stdout)["verification"]["bad"]
     assert [b["name"] for b in bad] == [SHARD]
     return bad[0]["reason"]
