@@ -82,6 +82,7 @@ def test_a_lock_left_by_a_killed_writer_is_taken_over(raw, tmp_path):
     done = _shard(raw, out)
     assert done.returncode == 0, done.stderr
     assert read_manifest(out)["written"] > 0
+    assert not lock_path(out).exists()  # the writer that took it over removed it when it ended
 
 
 def test_two_shard_jobs_started_together_leave_one_complete_folder(raw, tmp_path):

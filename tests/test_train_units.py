@@ -204,11 +204,14 @@ def test_train_verb_stops_before_ray_when_tracking_is_unreachable(tmp_path, caps
 
 
 def test_train_verb_refuses_to_overwrite_an_existing_run(tmp_path, capsys) -> None:
+    from tiny import synth_shards, tiny_overrides
+
     from jobs.verbs.train import main
 
+    shards = synth_shards(tmp_path / "data")  # valid inputs: the run folder is what is refused
     (tmp_path / "runs" / "r1").mkdir(parents=True)
     (tmp_path / "runs" / "r1" / "keep.txt").write_text("x")
-    code = main([f"workdir={tmp_path}", "train.run_name=r1"])
+    code = main([f"workdir={tmp_path}", "train.run_name=r1", f"data.shards={shards}", *tiny_overrides()])
     assert code == 2
     assert "exists but has no checkpoint; pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "runs" / "r1" / "keep.txt").exists()
