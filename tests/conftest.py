@@ -11,6 +11,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers (rawtree, tiny, servers) import as top-level modules
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts the session's Ray is slow, marked or not: `-m "not slow"` (make test-fast) starts no Ray."""
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A local Ray for every test that needs one (started once: each start costs seconds)."""

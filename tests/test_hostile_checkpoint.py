@@ -37,7 +37,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory, ray_local) -> Path:
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synth_shards(tmp_path_factory.mktemp("data"))
 
 

@@ -68,7 +68,7 @@ def test_missing_resnet_weights_is_one_line_before_anything_starts(shards, tmp_p
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory, ray_local) -> Path:
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synth_shards(tmp_path_factory.mktemp("data"))
 
 

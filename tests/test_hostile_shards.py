@@ -29,10 +29,10 @@ TRAIN, TEST, CLOUDS_PER_OBJECT = 12, 8, 4
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, ray_local):
+def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
     write_agpil(root / "raw", n_train_images=TRAIN, points_per_object=CLOUDS_PER_OBJECT, n_test=TEST, num_points=N)
-    run(root / "raw", "agpil", root / "shards", ShardConfig(samples_per_shard=4), num_points=N)
+    run(root / "raw", "agpil", root / "shards", ShardConfig(samples_per_shard=4), num_points=N, use_ray=False)
     return root / "shards"
 
 
@@ -293,7 +293,7 @@ def test_on_corrupt_shard_skip_drops_and_counts_the_bad_shards(shards):
 
 
 @pytest.fixture(scope="module")
-def train_shards(tmp_path_factory, ray_local) -> Path:
+def train_shards(tmp_path_factory) -> Path:
     from tiny import NUM_POINTS
 
     from pipeline.synth.config import SynthConfig
@@ -302,7 +302,7 @@ def train_shards(tmp_path_factory, ray_local) -> Path:
     root = tmp_path_factory.mktemp("train")
     generate(SynthConfig(out=str(root / "raw"), train_images=24, test_samples=6, points_per_object=3,
                          num_points=NUM_POINTS, image_size=64))  # fmt: skip
-    run(root / "raw", "agpil", root / "shards", ShardConfig(samples_per_shard=6), num_points=NUM_POINTS)
+    run(root / "raw", "agpil", root / "shards", ShardConfig(samples_per_shard=6), num_points=NUM_POINTS, use_ray=False)
     return root / "shards"
 
 

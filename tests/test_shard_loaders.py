@@ -24,13 +24,13 @@ N = 64
 
 
 @pytest.fixture(scope="module")
-def sharded(tmp_path_factory, ray_local):
+def sharded(tmp_path_factory):
     root = tmp_path_factory.mktemp("raw")
     tree = write_agpil(
         root, objects=("Bag", "Chair", "Mug"), n_train_images=24, points_per_object=4, n_test=10, num_points=N
     )
     out = tmp_path_factory.mktemp("shards") / "out"
-    manifest = run(root, "agpil", out, ShardConfig(samples_per_shard=4), num_points=N)
+    manifest = run(root, "agpil", out, ShardConfig(samples_per_shard=4), num_points=N, use_ray=False)
     return tree, out, manifest
 
 

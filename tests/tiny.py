@@ -34,7 +34,9 @@ def _yaml(value) -> str:
 
 
 def synth_shards(root: Path, train_images: int = 12, test_samples: int = 4, samples_per_shard: int = 6) -> Path:
-    """A tiny synthetic AGPIL dataset in root/raw, sharded by the real shard job into root/shards (needs Ray)."""
+    """A tiny synthetic AGPIL dataset in root/raw, sharded by the real shard job into root/shards, in this process
+    (`use_ray=False`: the same bytes as the Ray Data job, tests/test_shard_plan.py; no Ray for tests about
+    reading or training on shards)."""
     from pipeline.shards.config import ShardConfig
     from pipeline.shards.job import run as shard
     from pipeline.synth.config import SynthConfig
@@ -43,5 +45,5 @@ def synth_shards(root: Path, train_images: int = 12, test_samples: int = 4, samp
     generate(SynthConfig(out=str(root / "raw"), train_images=train_images, test_samples=test_samples,
                          points_per_object=3, num_points=NUM_POINTS, image_size=64))  # fmt: skip
     cfg = ShardConfig(samples_per_shard=samples_per_shard)
-    shard(root / "raw", "agpil", root / "shards", cfg, num_points=NUM_POINTS)
+    shard(root / "raw", "agpil", root / "shards", cfg, num_points=NUM_POINTS, use_ray=False)
     return root / "shards"
