@@ -18,6 +18,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_ray(request):
+    """A test not marked slow that leaves a Ray running it did not find (ray.data and ray.init start one on first
+    use) fails: `-m "not slow"` stays Ray-free. The Ray is shut down, so the next offender is caught too."""
+    ray = sys.modules.get("ray")
+    running_before = ray is not None and ray.is_initialized()  # the session's Ray, started by an earlier slow test
+    yield
+    ray = sys.modules.get("ray")
+    slow = request.node.get_closest_marker("slow") is not None
+    if ray is not None and not slow and not running_before and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail(f"{request.node.nodeid} started Ray: mark it slow", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A local Ray for every test that needs one (started once: each start costs seconds)."""

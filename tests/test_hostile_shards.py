@@ -96,6 +96,7 @@ def read_test(shards: Path, **data) -> list[str]:
     return [k for b in eval_loader(cfg, 32, 0, 1) for k, v in zip(b["key"], b["valid"]) if v]
 
 
+@pytest.mark.slow  # reads through Ray Data, which starts a Ray
 def test_flipped_bytes_in_test_arrays_fail_eval_and_the_ray_data_read_naming_the_shard(shards, tmp_path):
     name = entry(shards, "test")["name"]
     for offset, size in member_offsets(shards / name, ".label.npy"):  # every label array of the shard
@@ -272,6 +273,7 @@ def test_inspect_verifies_everything_and_lists_every_bad_shard_with_exit_2(shard
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow  # reads through Ray Data, which starts a Ray
 def test_on_corrupt_shard_skip_drops_and_counts_the_bad_shards(shards):
     names = [entry(shards, "train", 1)["name"], entry(shards, "test", 0)["name"]]
     for name in names:
