@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_check_common import TINY_MODEL  # noqa: E402
 from reference_original import original_encoder_pass, original_ops, original_step  # noqa: E402
 from reference_original import three_nn_interpolate as gathered  # noqa: E402
 from step_budget import geometry, matmul_gflops, useful_flops  # noqa: E402
@@ -89,14 +90,7 @@ def compare_all(fns: dict, rounds: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-# The smoke sizes of `--tiny` (those of the tests' tiny model).
-TINY = dict(
-    num_points=256, image_size=64, resnet_width=8, emb_dim=32, num_heads=2, fusion_hidden=32,
-    sa1_npoint=64, sa1_radii=(0.2, 0.4), sa1_nsample=(8, 16), sa1_mlps=((8, 16), (8, 16)),
-    sa2_npoint=32, sa2_radii=(0.4, 0.8), sa2_nsample=(8, 16), sa2_mlps=((16, 32), (16, 32)),
-    sa3_npoint=16, sa3_radii=(0.6, 1.0), sa3_nsample=(8, 8), sa3_mlps=((32, 32), (32, 32)),
-    fp3_mlp=(32, 32), fp2_mlp=(32, 32), fp1_mlp=(32, 32), head_hidden=16, max_txt_len=16,
-)  # fmt: skip
+TINY = TINY_MODEL  # the smoke sizes of `--tiny` (those of the tests' tiny model)
 # Both sides: the `tiny` backbone in fp32, FPS from a random start as the original.
 BENCH = ["model.backbone=tiny", "model.fps_start=random", "model.backbone_dtype=fp32"]
 
