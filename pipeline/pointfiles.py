@@ -14,6 +14,8 @@ input point from its nearest sampled point.
 
 from __future__ import annotations
 
+import io
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -98,16 +100,42 @@ def _read_txt(path: Path) -> np.ndarray:
 
 def _read_npy(path: Path) -> np.ndarray:
     limit = MAX_POINTS * 3 * 8 + 4096  # float64 data and the header
-    if path.stat().st_size > limit:
-        raise PointFileError(f"{path}: {path.stat().st_size} bytes, over the {limit}-byte limit of a .npy point file")
     try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise PointFileError(f"{path}: not a readable .npy array ({e})") from None
-    if array.ndim != 2 or array.shape[1] != 3:
-        raise PointFileError(f"{path}: expected an array [N,3] of x y z, got shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise PointFileError(f"{path}: expected numbers, got dtype {array.dtype}")
+        data = read_bytes(path, "", limit, f"a .npy of {MAX_POINTS} points")
+    except BadRecord as e:
+        raise PointFileError(e.detail.strip()) from None
+    return npy_points(data, str(path), "a point file")
+
+
+def npy_points(data: bytes, where: str, holder: str) -> np.ndarray:
+    """xyz [N,3] float64 of the bytes of an .npy file, its header checked before anything is allocated: numbers
+    (no objects: nothing is unpickled), shape [N,3] with N <= MAX_POINTS, and shape x itemsize equal to the bytes
+    that follow (np.load allocates what a header claims, 10^12 points included, before it reads). `where` names
+    the input in messages, `holder` what may hold MAX_POINTS ("a point file", "a request")."""
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version not in ((1, 0), (2, 0)):  # what np.save writes for an array of numbers
+            raise ValueError(f".npy format {version}")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(stream)  # headers over 10,000 bytes are refused by numpy
+    except (ValueError, TypeError, SyntaxError, EOFError) as e:
+        raise PointFileError(f"{where}: not a readable .npy array ({e})") from None
+    if dtype.hasobject:
+        raise PointFileError(f"{where}: not a readable .npy array (it holds Python objects, which are never unpickled)")
+    if dtype.kind not in "iuf":
+        raise PointFileError(f"{where}: expected numbers, got dtype {dtype}")
+    if len(shape) != 2 or shape[1] != 3:
+        raise PointFileError(f"{where}: expected an array [N,3] of x y z, got shape {shape}")
+    if shape[0] > MAX_POINTS:
+        raise PointFileError(f"{where}: {shape[0]} points, more than the {MAX_POINTS} {holder} may hold")
+    offset = stream.tell()
+    declared = math.prod(shape) * dtype.itemsize
+    if declared != len(data) - offset:
+        raise PointFileError(
+            f"{where}: header claims shape {shape} {dtype}: {declared} bytes, the data holds {len(data) - offset}"
+        )
+    array = np.frombuffer(data, dtype, math.prod(shape), offset).reshape(shape, order="F" if fortran else "C")
     return array.astype(np.float64)
 
 
