@@ -17,7 +17,12 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)
 def decode_image(data: bytes, image_size: int) -> np.ndarray:
     """JPEG/PNG bytes -> float32 [3,S,S], ImageNet-normalised."""
     with Image.open(io.BytesIO(data)) as image:
-        pixels = image.convert("RGB").resize((image_size, image_size), Image.BICUBIC)
+        return image_input(image.convert("RGB"), image_size)
+
+
+def image_input(rgb: Image.Image, image_size: int) -> np.ndarray:
+    """A decoded RGB image -> float32 [3,S,S], ImageNet-normalised (what decode_image makes of its bytes)."""
+    pixels = rgb.resize((image_size, image_size), Image.BICUBIC)
     array = np.asarray(pixels, np.float32) / 255.0
     return ((array - MEAN) / STD).transpose(2, 0, 1).copy()
 

@@ -4,14 +4,14 @@ POST /predict takes either JSON
     {"image": "<base64 image bytes>", "points": [[x, y, z], ...] | "<base64 .npy>", "instruction": "..."}
 or multipart/form-data with an `image` file, a `points` file (.txt / .npy / .ply, read by pipeline.pointfiles)
 and an `instruction` field. Either may add `return_points` (true / 1) to get the parsed points back (the page
-plots them). Nothing here unpickles: .npy data is read with allow_pickle=False. No Ray or web framework here.
+plots them). Every size is bounded before it is paid for (jobs/serving/bounds.py): nothing here unpickles, an .npy
+is read from its checked header. No Ray or web framework here.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import re
 import tempfile
@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from jobs.serving.batch_predict import BadInput, read_points
-from pipeline.pointfiles import SUFFIXES, PointFileError, read_point_file
+from jobs.serving.bounds import OutOfBounds, check_json_outline, json_points
+from pipeline.pointfiles import MAX_POINTS, SUFFIXES, PointFileError, npy_points, read_point_file
 
 FIELDS = ("image", "points", "instruction")
 TRUE = ("1", "true", "yes", "on")
@@ -58,10 +59,15 @@ def one_line(message: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def parse_json(body: bytes) -> PredictRequest:
+def parse_json(body: bytes, max_points: int = MAX_POINTS) -> PredictRequest:
+    """A JSON body; its depth, rows and values are counted before it is parsed (jobs.serving.bounds) and its
+    points checked to be numbers before they are converted."""
     try:
+        check_json_outline(body, max_points)
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except OutOfBounds as e:
+        raise BadRequest(str(e)) from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, an int over 4300 digits
         raise BadRequest(f"body is not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise BadRequest(f"body must be a JSON object with {', '.join(FIELDS)}, got {type(data).__name__}")
@@ -72,15 +78,15 @@ def parse_json(body: bytes) -> PredictRequest:
         raise BadRequest("image: expected a base64 string of the image file's bytes")
     image = _base64(data["image"], "image")
     points = data["points"]
-    if isinstance(points, str):
-        xyz = _npy(_base64(points, "points"), "points")
-    elif isinstance(points, list):
-        try:
-            xyz = np.asarray(points, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise BadRequest("points: expected a list of [x, y, z] numbers") from None
-    else:
-        raise BadRequest("points: expected a list of [x, y, z] or a base64 .npy string")
+    try:
+        if isinstance(points, str):
+            xyz = npy_points(_base64(points, "points"), "points", "a request")
+        elif isinstance(points, list):
+            xyz = json_points(points)
+        else:
+            raise BadRequest("points: expected a list of [x, y, z] or a base64 .npy string")
+    except (OutOfBounds, PointFileError) as e:
+        raise BadRequest(str(e)) from None
     return PredictRequest(image, _checked(xyz), _instruction(data["instruction"]), _flag(data.get("return_points")))
 
 
@@ -118,18 +124,6 @@ def _base64(text: str, key: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
         raise BadRequest(f"{key}: not valid base64 ({e})") from None
-
-
-def _npy(data: bytes, where: str) -> np.ndarray:
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise BadRequest(f"{where}: not a readable .npy array ({e})") from None
-    if not isinstance(array, np.ndarray) or not (
-        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
-    ):
-        raise BadRequest(f"{where}: expected a numeric .npy array [N,3]")
-    return array
 
 
 def _point_file(upload: Upload) -> np.ndarray:

@@ -6,7 +6,6 @@ reports each bad item on one line and goes on with the others.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,8 @@ import torch
 from jobs.evaluation.inference import predict_batch
 from jobs.evaluation.viz import render_png, write_ply
 from model.config import ModelConfig
-from pipeline.pointfiles import PointFileError, read_point_file, resample
+from pipeline.formats.common import IMAGE_MAX_BYTES, BadRecord, finite_rows, read_bytes
+from pipeline.pointfiles import MAX_POINTS, PointFileError, read_point_file, resample
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 POINT_SUFFIXES = (".txt", ".npy", ".ply")
@@ -52,23 +52,22 @@ class HeatMap:
     instruction: str
 
 
-def read_image(image: str | Path | bytes, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(model input [3,S,S], displayable uint8 [H,W,3]) of an image file or bytes; BadInput when PIL cannot."""
-    from PIL import Image
-
-    from pipeline.preprocess import decode_image
+def read_image(image: str | Path | bytes, image_size: int, shown: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(model input [3,S,S], displayable uint8 [H,W,3], or an empty array without `shown`) of an image file or
+    bytes, decoded once and only within the bounds of jobs.serving.bounds; BadInput when out of them or undecodable."""
+    from jobs.serving.bounds import OutOfBounds, decoded_image
+    from pipeline.preprocess import image_input
 
     where = "image bytes" if isinstance(image, bytes) else str(image)
     try:
-        data = image if isinstance(image, bytes) else Path(image).read_bytes()
-    except OSError as e:
-        raise BadInput(f"{where}: cannot read the image ({e.strerror or e})") from None
+        data = image if isinstance(image, bytes) else read_bytes(Path(image), "", IMAGE_MAX_BYTES, "an image")
+    except BadRecord as e:
+        raise BadInput(e.detail.strip()) from None
     try:
-        with Image.open(io.BytesIO(data)) as opened:
-            shown = np.asarray(opened.convert("RGB"))
-        return decode_image(data, image_size), shown
-    except Exception as e:  # noqa: BLE001 - PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
-        raise BadInput(f"{where}: not an image PIL can decode ({type(e).__name__}: {e})") from None
+        rgb = decoded_image(data, shown)
+    except OutOfBounds as e:
+        raise BadInput(f"{where}: {e}") from None
+    return image_input(rgb, image_size), np.asarray(rgb) if shown else np.empty((0, 0, 3), np.uint8)
 
 
 def read_points(points: str | Path | np.ndarray) -> np.ndarray:
@@ -80,8 +79,11 @@ def read_points(points: str | Path | np.ndarray) -> np.ndarray:
     xyz = np.asarray(points, dtype=np.float64)
     if xyz.ndim != 2 or xyz.shape[1] != 3 or len(xyz) == 0:
         raise BadInput(f"points: expected an array [N,3], got shape {xyz.shape}")
-    if not np.isfinite(xyz).all():
-        raise BadInput(f"points: row {int(np.argmax(~np.isfinite(xyz).all(1)))} has a NaN or infinite value")
+    if len(xyz) > MAX_POINTS:
+        raise BadInput(f"points: {len(xyz)} points, more than the {MAX_POINTS} a request may hold")
+    bad = ~finite_rows(xyz)
+    if bad.any():
+        raise BadInput(f"points: row {int(np.argmax(bad))} has a NaN or infinite value or one beyond float32's range")
     return xyz.astype(np.float32)
 
 
@@ -103,17 +105,18 @@ class Prepared:
     shown: np.ndarray
 
 
-def prepare(cfg: ModelConfig, item: Item) -> Prepared:
-    """Read, check, resample and normalise one input for a model of config `cfg`; BadInput names the problem."""
+def prepare(cfg: ModelConfig, item: Item, shown: bool = True) -> Prepared:
+    """Read, check, resample and normalise one input for a model of config `cfg`; BadInput names the problem.
+    Without `shown` the uint8 copy of the image (for renders) is not kept: a server holds prepared requests."""
     from pipeline.preprocess import normalize_points
 
     if not item.instruction.strip():
         raise BadInput(f"{item.name}: empty instruction")
-    image, shown = read_image(item.image, cfg.image_size)
+    image, shown_image = read_image(item.image, cfg.image_size, shown)
     xyz = read_points(item.points)
     sampled = resample(xyz, cfg.num_points)
     normalized = normalize_points(sampled.xyz)  # [3,N]
-    return Prepared(item.name, image, normalized, item.instruction, xyz, sampled.xyz, sampled.nearest, shown)
+    return Prepared(item.name, image, normalized, item.instruction, xyz, sampled.xyz, sampled.nearest, shown_image)
 
 
 def predict_prepared(model: torch.nn.Module, inputs: list[Prepared]) -> list[HeatMap]:

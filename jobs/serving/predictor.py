@@ -99,7 +99,8 @@ class Predictor:
                 "(its first sampling level)"
             )
         try:
-            return loaded, prepare(loaded.model.cfg, Item(name, request.image, request.points, request.instruction))
+            item = Item(name, request.image, request.points, request.instruction)
+            return loaded, prepare(loaded.model.cfg, item, shown=False)  # nothing renders a served request
         except BadInput as e:
             raise BadRequest(str(e)) from None
 
