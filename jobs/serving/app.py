@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -33,6 +34,11 @@ from jobs.serving.serve_config import ServeConfig
 log = logging.getLogger("lma3d.serve")
 DEPLOYMENT = "lma3d"
 DRAIN_FACTOR = 8
+LARGE_BODY = 1 << 20
+LARGE_POINTS_FACTOR = 16
+"""A body over LARGE_BODY, or more points than LARGE_POINTS_FACTOR x the model's, is parsed, prepared and answered on
+a thread of its own: farthest-point sampling 500,000 points takes seconds, and the requests behind it should not
+wait for that (they share the forward only)."""
 T = TypeVar("T")
 
 
@@ -49,10 +55,14 @@ class AffordanceServer:
         self.cfg = ServeConfig(**serve_cfg)
         self._stop = threading.Event()
         self._prepare_pool = ThreadPoolExecutor(self.cfg.prepare_threads, thread_name_prefix="lma3d-prepare")
+        self._large_pool = ThreadPoolExecutor(1, thread_name_prefix="lma3d-large")
+        self.large_lane = 0  # tasks queued or running on the large-request thread (event loop only)
         torch.set_num_threads(self.cfg.threads_per_replica or max(1, int(self.cfg.replica_cpus)))
         tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
         self.predictor = Predictor(spec, tracking_uri, overrides, "cuda" if self.cfg.use_gpu else "cpu")
         self.max_body = int(self.cfg.max_body_mb * 2**20)
+        self.max_buffered = int(self.cfg.max_buffered_mb * 2**20)
+        self.buffered = 0  # bytes of request bodies held now; only the event loop touches it
         self.predict_batch.set_max_batch_size(self.cfg.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_ms / 1000)
         # Serve forms a batch from what arrives within batch_wait_ms even while the last batch is still running,
@@ -74,10 +84,18 @@ class AffordanceServer:
     def __del__(self) -> None:
         self._stop.set()
         self._prepare_pool.shutdown(wait=False)
+        self._large_pool.shutdown(wait=False)
 
-    async def beside_forward(self, fn: Callable[..., T], *args: Any) -> T:
-        """fn(*args) on the prepare threads, so the event loop and the forward keep going."""
-        return await asyncio.get_running_loop().run_in_executor(self._prepare_pool, fn, *args)
+    async def beside_forward(self, fn: Callable[..., T], *args: Any, large: bool = False) -> T:
+        """fn(*args) on the prepare threads (`large`: the large-request thread), so the event loop and the forward
+        keep going."""
+        if not large:
+            return await asyncio.get_running_loop().run_in_executor(self._prepare_pool, fn, *args)
+        self.large_lane += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._large_pool, fn, *args)
+        finally:
+            self.large_lane -= 1
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path.removeprefix(request.scope.get("root_path", "").rstrip("/")) or "/"
@@ -87,7 +105,9 @@ class AffordanceServer:
         if method != "GET":
             return error(405, f"{method} {path}: only GET here (POST /predict)")
         if path == "/healthz":
-            return JSONResponse(self.predictor.health())
+            health = self.predictor.health()
+            health["stats"].update(large_lane=self.large_lane, buffered_bytes=self.buffered)
+            return JSONResponse(health)
         found = page.asset(path)
         if found is None:
             return error(404, f"no such path {path} (try /, /healthz, POST /predict)")
@@ -96,43 +116,76 @@ class AffordanceServer:
     async def predict(self, request: Request) -> Response:
         started = time.perf_counter()
         try:
-            parsed = await self.read_request(request)
-            loaded, prepared = await self.beside_forward(self.predictor.prepare, parsed)
+            parsed, large = await self.read_request(request)
+            large = large or len(parsed.points) > LARGE_POINTS_FACTOR * self.predictor.loaded.info["num_points"]
+            loaded, prepared = await self.beside_forward(self.predictor.prepare, parsed, large=large)
+            loaded, heat = await self.forward((loaded, prepared))
+            # A 500,000-point answer takes a second to encode: not on the event loop, which serves every client.
+            answer = await self.beside_forward(_answer, loaded, heat, parsed.return_points, started, large=large)
+            return Response(answer, media_type="application/json")
         except BadRequest as e:
             return error(400, str(e))
-        loaded, heat = await self.forward((loaded, prepared))
-        body: dict[str, Any] = {
-            "heatmap": heat.values.tolist(),
-            "model": {k: loaded.info[k] for k in ("name", "version", "spec", "kind")},
-            "took_ms": round((time.perf_counter() - started) * 1000, 2),
-        }
-        if parsed.return_points:
-            body["points"] = heat.xyz.tolist()
-        return JSONResponse(body)
+        except (BodyTimeout, ClientGone) as e:
+            # Closing tells the proxy not to wait for the rest of the body on this connection.
+            return JSONResponse({"error": str(e)}, status_code=400, headers={"connection": "close"})
+        except Busy as e:
+            return JSONResponse({"error": str(e)}, status_code=503, headers={"retry-after": "1"})
+        except Exception as e:  # noqa: BLE001 - a bug: one line to the client, the traceback to the replica's log
+            log.exception("POST /predict failed")
+            return error(500, f"internal error ({type(e).__name__}); the replica's log has the traceback")
 
-    async def read_request(self, request: Request) -> PredictRequest:
+    async def read_request(self, request: Request) -> tuple[PredictRequest, bool]:
+        """(request, whether its body is large): the body read within serve.body_timeout_s and counted against
+        serve.max_buffered_mb while held, then parsed off the event loop."""
+        held = 0
+        try:
+            body, held = await self._read_body(request)
+            large = len(body) > LARGE_BODY
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind == "application/json":
+                return await self.beside_forward(parse_json, body, large=large), large
+            if kind == "multipart/form-data":
+                return await self.beside_forward(_parse_form_body, request.scope, body, large=large), large
+            raise BadRequest(f"Content-Type {kind or '(none)'}: use application/json or multipart/form-data")
+        finally:
+            self.buffered -= held
+
+    async def _read_body(self, request: Request) -> tuple[bytes, int]:
+        """(body, bytes counted in self.buffered, which the caller gives back); BadRequest over max_body,
+        BodyTimeout, Busy, ClientGone. Nothing stays counted when it raises."""
+        from starlette.requests import ClientDisconnect
+
         declared = request.headers.get("content-length")
         if declared is not None and not declared.isdigit():
             raise BadRequest(f"Content-Length {declared!r} is not a number")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
+        chunks, size, held = [], 0, 0
+        try:
+            async with asyncio.timeout(self.cfg.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self.max_body:
+                        chunks = []  # keep reading (not keeping) a moderately large body so the client gets the 400
+                        if size > DRAIN_FACTOR * self.max_body:
+                            break  # rather than its connection reset; far larger ones are cut off
+                        continue
+                    if self.buffered + len(chunk) > self.max_buffered:
+                        raise Busy(f"busy: {self.buffered} bytes of request bodies held, the limit is "
+                                   f"{self.max_buffered} (serve.max_buffered_mb); retry")  # fmt: skip
+                    self.buffered += len(chunk)
+                    held += len(chunk)
+                    chunks.append(chunk)
             if size > self.max_body:
-                chunks = []  # keep reading (not keeping) a moderately large body so the client gets the 400
-                if size > DRAIN_FACTOR * self.max_body:
-                    break  # rather than its connection reset; far larger ones are cut off
-                continue
-            chunks.append(chunk)
-        if size > self.max_body:
-            told = declared or f"at least {size}"
-            raise BadRequest(f"body of {told} bytes is over the limit of {self.max_body} bytes")
-        body = b"".join(chunks)
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "application/json":
-            return await self.beside_forward(parse_json, body)
-        if kind == "multipart/form-data":
-            return await self.beside_forward(parse_form, await _form_fields(request, body))
-        raise BadRequest(f"Content-Type {kind or '(none)'}: use application/json or multipart/form-data")
+                told = declared or f"at least {size}"
+                raise BadRequest(f"body of {told} bytes is over the limit of {self.max_body} bytes")
+        except BaseException as e:
+            self.buffered -= held
+            if isinstance(e, TimeoutError):
+                raise BodyTimeout(f"body not received within {self.cfg.body_timeout_s:g} s (serve.body_timeout_s); "
+                                  f"{size} bytes of {declared or 'an unknown length'} arrived") from None  # fmt: skip
+            if isinstance(e, ClientDisconnect):
+                raise ClientGone("the client went away before sending its whole body") from None
+            raise
+        return b"".join(chunks), held
 
     async def forward(self, item: tuple[Loaded, Prepared]) -> tuple[Loaded, HeatMap]:
         """One prepared request through the batched forward, admitted only while no forward runs."""
@@ -149,7 +202,37 @@ class AffordanceServer:
             self._forward_idle.set()
 
 
-async def _form_fields(request: Request, body: bytes) -> dict[str, Any]:
+class BodyTimeout(Exception):
+    """The client did not send its whole body within serve.body_timeout_s."""
+
+
+class ClientGone(Exception):
+    """The client disconnected while sending its body (no one reads the answer)."""
+
+
+class Busy(Exception):
+    """The replica holds serve.max_buffered_mb of request bodies already."""
+
+
+def _answer(loaded: Loaded, heat: HeatMap, return_points: bool, started: float) -> bytes:
+    """The JSON of a prediction, as JSONResponse writes it."""
+    body: dict[str, Any] = {
+        "heatmap": heat.values.tolist(),
+        "model": {k: loaded.info[k] for k in ("name", "version", "spec", "kind")},
+        "took_ms": round((time.perf_counter() - started) * 1000, 2),
+    }
+    if return_points:
+        body["points"] = heat.xyz.tolist()
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _parse_form_body(scope: dict[str, Any], body: bytes) -> PredictRequest:
+    """A multipart body parsed on a prepare thread (starlette's parser is a coroutine: it gets its own loop here,
+    and spools large parts to disk, neither of which the serving loop should wait for)."""
+    return parse_form(asyncio.run(_form_fields(scope, body)))
+
+
+async def _form_fields(scope: dict[str, Any], body: bytes) -> dict[str, Any]:
     """The multipart parts of an already read body: files as Upload, plain fields as str."""
     from starlette.formparsers import MultiPartException
 
@@ -157,7 +240,7 @@ async def _form_fields(request: Request, body: bytes) -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await Request(request.scope, replay).form(max_files=8, max_fields=16)
+        form = await Request(scope, replay).form(max_files=8, max_fields=16)
     except (MultiPartException, AssertionError, ValueError) as e:
         raise BadRequest(f"multipart body cannot be parsed ({e})") from None
     fields: dict[str, Any] = {}

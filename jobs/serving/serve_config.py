@@ -17,8 +17,9 @@ class ServeConfig:
     """Above `replicas`: Ray Serve autoscales between the two on ongoing requests per replica."""
     target_ongoing_requests: float = 8.0
     """Autoscaling target: requests in flight per replica."""
-    max_ongoing_requests: int = 64
-    """Requests one replica accepts at once (the rest queue in the proxy); must allow a full batch."""
+    max_ongoing_requests: int = 256
+    """Requests one replica accepts at once (the rest queue in the proxy); must allow a full batch. A client still
+    sending its body holds one of them (up to body_timeout_s): well above the slow clients a replica should outlast."""
     max_batch_size: int = 8
     """Requests of concurrent clients run as one forward of up to this many samples."""
     batch_wait_ms: float = 10.0
@@ -27,6 +28,11 @@ class ServeConfig:
     """For `models:/name@alias`: how often each replica asks the registry where the alias points (0: never)."""
     max_body_mb: float = 16.0
     """Larger request bodies are refused with 400."""
+    body_timeout_s: float = 10.0
+    """A request whose body has not fully arrived this long after the replica began reading it gets 400 and its
+    connection is closed (a client holding its body would otherwise hold a replica's slot for as long as it likes)."""
+    max_buffered_mb: float = 256.0
+    """Request bodies one replica holds at once (being received or parsed); a request that would go over gets 503."""
     replica_cpus: float = 1.0
     """Ray CPUs reserved per replica."""
     threads_per_replica: int = 0
@@ -45,6 +51,8 @@ class ServeConfig:
             raise ValueError("serve.max_ongoing_requests must be >= serve.max_batch_size (a full batch)")
         if self.batch_wait_ms < 0 or self.alias_poll_s < 0 or self.max_body_mb <= 0 or self.replica_cpus < 0:
             raise ValueError("serve.batch_wait_ms and serve.alias_poll_s must be >= 0, serve.max_body_mb > 0")
+        if not self.body_timeout_s > 0 or not self.max_buffered_mb >= self.max_body_mb:
+            raise ValueError("serve.body_timeout_s must be > 0 and serve.max_buffered_mb >= serve.max_body_mb")
         if not 0 < self.port < 65536:
             raise ValueError(f"serve.port must be 1..65535, got {self.port}")
 
