@@ -59,17 +59,25 @@ def _shard(raw: Path, out: Path) -> subprocess.CompletedProcess:
     return _verb("shard", "--source", str(raw), "--out", str(out), "--no-ray", "--num-points", str(NUM_POINTS))
 
 
-def test_a_second_shard_job_into_a_held_out_folder_exits_2_naming_the_holder(raw, tmp_path):
-    out = tmp_path / "shards"
-    holder = _holder(out)
+def _refused_while_held(target: Path, verb: str, *args: str) -> str:
+    """`lma3d VERB ARGS` while another process holds `target`'s lock: exit 2, one line naming that process."""
+    holder = _holder(target)
     try:
-        done = _shard(raw, out)
+        done = _verb(verb, *args)
     finally:
         holder.kill()
         holder.wait()
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
-    assert f"pid {holder.pid} on " in lines[0] and "since" in lines[0] and str(out) in lines[0], lines[0]
+    assert f"pid {holder.pid} on " in lines[0] and "since" in lines[0], lines[0]
+    return lines[0]
+
+
+def test_a_second_shard_job_into_a_held_out_folder_exits_2_naming_the_holder(raw, tmp_path):
+    out = tmp_path / "shards"
+    line = _refused_while_held(out, "shard", "--source", str(raw), "--out", str(out), "--no-ray", "--num-points",
+                               str(NUM_POINTS))  # fmt: skip
+    assert str(out) in line and "another shard folder writer" in line, line
     assert not out.exists() and not (tmp_path / ".shards.partial").exists()
 
 
@@ -105,15 +113,8 @@ def test_two_shard_jobs_started_together_leave_one_complete_folder(raw, tmp_path
 def test_a_second_export_into_a_held_folder_exits_2_naming_the_holder(tmp_path):
     model = export_tiny(tmp_path / "model", seed=0)
     out = tmp_path / "exported"
-    holder = _holder(out)
-    try:
-        done = _verb("export", "--checkpoint", str(model), "--out", str(out), f"workdir={tmp_path}")
-    finally:
-        holder.kill()
-        holder.wait()
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1, done.stderr
-    assert f"pid {holder.pid} on " in lines[0] and "export folder" in lines[0], lines[0]
+    line = _refused_while_held(out, "export", "--checkpoint", str(model), "--out", str(out), f"workdir={tmp_path}")
+    assert "export folder" in line, line
     assert not out.exists()
 
 
@@ -124,29 +125,15 @@ def test_a_second_training_job_on_a_held_run_exits_2_naming_the_holder(raw, tmp_
     shards = tmp_path / "shards"
     shard(raw, "agpil", shards, ShardConfig(samples_per_shard=3), NUM_POINTS, use_ray=False)
     storage = tmp_path / "runs"
-    holder = _holder(storage / "r1")
-    try:
-        done = _verb("train", "--no-ray", "--run-name", "r1", f"workdir={tmp_path}", f"train.storage_path={storage}",
-                     f"data.shards={shards}", *tiny_overrides())  # fmt: skip
-    finally:
-        holder.kill()
-        holder.wait()
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1, done.stderr
-    assert f"pid {holder.pid} on " in lines[0] and "training run" in lines[0], lines[0]
+    line = _refused_while_held(storage / "r1", "train", "--no-ray", "--run-name", "r1", f"workdir={tmp_path}",
+                               f"train.storage_path={storage}", f"data.shards={shards}", *tiny_overrides())  # fmt: skip
+    assert "training run" in line, line
     assert not (storage / "r1").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_a_second_sweep_driver_of_a_held_sweep_exits_2_naming_the_holder(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("train.lr: {choice: [0.001, 0.002]}\n")
-    holder = _holder(tmp_path / "sweeps" / "s1")
-    try:
-        done = _verb("sweep", "--search", str(space), "--trials", "1", "--name", "s1", f"workdir={tmp_path}",
-                     f"data.shards={tmp_path}")  # fmt: skip
-    finally:
-        holder.kill()
-        holder.wait()
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1, done.stderr
-    assert f"pid {holder.pid} on " in lines[0] and "another sweep writer" in lines[0], lines[0]
+    line = _refused_while_held(tmp_path / "sweeps" / "s1", "sweep", "--search", str(space), "--trials", "1", "--name",
+                               "s1", f"workdir={tmp_path}", f"data.shards={tmp_path}")  # fmt: skip
+    assert "another sweep writer" in line, line
