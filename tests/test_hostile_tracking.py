@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from servers import free_port, mlflow_server
 
-from jobs.training.tracking import UNSENT_FILE, RunLogger
+from jobs.training.tracking import UNSENT_FILE, RunLogger, tracking_uri_for_now
 
 pytestmark = pytest.mark.slow  # starts an MLflow server (twice)
 
@@ -36,8 +36,12 @@ def _senders(monkeypatch) -> set[str]:
 
 def test_metrics_logged_during_an_outage_arrive_in_step_order_when_the_server_is_back(tmp_path, monkeypatch):
     backend, port = f"sqlite:///{tmp_path}/mlflow.db", free_port()
+    with tracking_uri_for_now(f"http://127.0.0.1:{port}"):  # RunLogger.start sets the process's tracking URI
+        _outage_then_back(backend, port, tmp_path, _senders(monkeypatch))
+
+
+def _outage_then_back(backend: str, port: int, tmp_path, senders: set[str]) -> None:
     unsent = tmp_path / "run" / UNSENT_FILE
-    senders = _senders(monkeypatch)
     with mlflow_server(backend, tmp_path, port=port) as uri:
         client = MlflowClient(uri)
         run_id = client.create_run(client.create_experiment("outage")).info.run_id
@@ -62,6 +66,20 @@ def test_metrics_logged_during_an_outage_arrive_in_step_order_when_the_server_is
 
 def test_points_the_server_never_takes_are_written_to_the_run_folder_in_one_line(tmp_path, caplog):
     backend, port = f"sqlite:///{tmp_path}/mlflow.db", free_port()
+    with tracking_uri_for_now(f"http://127.0.0.1:{port}"):
+        logger, unsent = _server_gone_for_good(backend, port, tmp_path)
+        with caplog.at_level(logging.WARNING, logger="lma3d.train.mlflow"):
+            logger.end()
+    kept = [json.loads(line) for line in unsent.read_text().splitlines()]
+    assert [(p["key"], p["step"], p["value"]) for p in kept] == [
+        (key, step, value) for step in (2, 3, 4) for key, value in (("train/loss", step / 10), ("train/lr", 1e-3))
+    ]
+    lines = [r.getMessage() for r in caplog.records if "did not take" in r.getMessage()]
+    assert len(lines) == 1 and "6 metric/tag points" in lines[0] and str(unsent) in lines[0], lines
+
+
+def _server_gone_for_good(backend: str, port: int, tmp_path) -> tuple[RunLogger, object]:
+    """A logger that logged step 1 while the server was up, and steps 2-4 after it went away for good."""
     unsent = tmp_path / "run" / UNSENT_FILE
     with mlflow_server(backend, tmp_path, port=port) as uri:
         client = MlflowClient(uri)
@@ -73,11 +91,4 @@ def test_points_the_server_never_takes_are_written_to_the_run_folder_in_one_line
         assert logger.flush(timeout=120)
     for step in (2, 3, 4):
         logger.metrics({"train/loss": step / 10, "train/lr": 1e-3}, step=step)
-    with caplog.at_level(logging.WARNING, logger="lma3d.train.mlflow"):
-        logger.end()
-    kept = [json.loads(line) for line in unsent.read_text().splitlines()]
-    assert [(p["key"], p["step"], p["value"]) for p in kept] == [
-        (key, step, value) for step in (2, 3, 4) for key, value in (("train/loss", step / 10), ("train/lr", 1e-3))
-    ]
-    lines = [r.getMessage() for r in caplog.records if "did not take" in r.getMessage()]
-    assert len(lines) == 1 and "6 metric/tag points" in lines[0] and str(unsent) in lines[0], lines
+    return logger, unsent
