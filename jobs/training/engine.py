@@ -78,11 +78,17 @@ def build_training_model(cfg: ExperimentConfig, device: torch.device, world_size
     # While this object lives, transformers' from_pretrained loads each weight into its ZeRO-3 partition.
     hf_zero3 = HfDeepSpeedConfig(config)
     try:
-        with deepspeed.zero.Init(config_dict_or_path=config, dtype=dtype):
+        # No dtype argument: zero.Init's own choice `dtype or fp16 if fp16_supported else bf16 if ...` parses as
+        # `(dtype or fp16) if ...`, so on an accelerator without fp16 (CPU) every parameter became bf16 whatever
+        # dtype was passed. Without it, the dtype comes from the config's bf16/fp16 sections: ours.
+        with deepspeed.zero.Init(config_dict_or_path=config):
             model = LMAffordance3D(model_cfg, pretrained=True)
     finally:
         del hf_zero3
         unset_hf_deepspeed_config()
+    wrong = {p.dtype for p in model.parameters()} - {dtype}
+    if wrong:
+        raise RuntimeError(f"zero.Init built parameters in {sorted(map(str, wrong))}, expected {dtype}")
     if cfg.model.backbone == "tiny":  # its random weights, drawn on the full tensors as a whole build draws them
         backbone = model.language.backbone
         with deepspeed.zero.GatheredParameters(list(backbone.parameters()), modifier_rank=0):
