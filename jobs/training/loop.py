@@ -242,7 +242,7 @@ class TrainJob:
     def _validate(self, epoch: int) -> dict[str, float]:
         metrics, tables = validate(self.engine, self.cfg, self.rank, self.world)
         set_train_mode(self.engine.module, self.cfg.train.norm_eval)
-        self.run.metrics(metrics, step=self.step)
+        # Not logged here: they are logged with the checkpoint that follows, linked to its LoggedModel.
         if tables is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp, f"step_{self.step:09d}.json")
@@ -282,6 +282,7 @@ class TrainJob:
         self.last_checkpoint = name
         if self.rank == 0:
             path = f"{self.cfg.storage_path.rstrip('/')}/{self.config['run_name']}/{name}"
+            self.run.checkpoint(name, self.step, path, val)
             self.run.tags({ckpt.CHECKPOINT_TAG_PREFIX + name: ckpt.checkpoint_tag_value(self.step, metrics, path)})
             self.run.tags({"checkpoint.latest": path} | ({"checkpoint.best": path} if improved else {}))
             self._log_weights(weights, improved)

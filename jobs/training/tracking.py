@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from jobs.entry import UserError
-from jobs.training.tracking_outbox import Outbox, Point
+from jobs.training.tracking_outbox import CheckpointRecord, Outbox, Point
 
 log = logging.getLogger("lma3d.train.mlflow")
 T = TypeVar("T")
@@ -209,13 +209,24 @@ class RunLogger:
         put a second point at the same step in MLflow."""
         if not self.started:
             return
-        fresh = {k: v for k, v in metrics.items() if step > self.logged_through.get(k, -1)}
+        now = int(time.time() * 1000)
+        self.outbox.put([Point(k, float(v), step, now) for k, v in self._fresh(metrics, step).items()])
+
+    def checkpoint(self, name: str, step: int, path: str, metrics: dict[str, float]) -> None:
+        """The kept checkpoint `name` (at `path`) as a LoggedModel of the run, with `metrics` (its validation) logged
+        at `step` linked to it; sent by the outbox like the metrics (jobs/training/checkpoint_models.py)."""
+        if self.started:
+            now = int(time.time() * 1000)
+            self.outbox.put([CheckpointRecord(name, step, path, self._fresh(metrics, step), now)])
+
+    def _fresh(self, metrics: dict[str, float], step: int) -> dict[str, float]:
+        """`metrics` less the keys an earlier attempt of this run already logged at `step` or later."""
+        fresh = {k: float(v) for k, v in metrics.items() if step > self.logged_through.get(k, -1)}
         if len(fresh) < len(metrics) and not self.replay_noted:
             log.info("step %d: already logged by an earlier attempt of this run; replayed steps are not logged again",
                      step)  # fmt: skip
             self.replay_noted = True
-        now = int(time.time() * 1000)
-        self.outbox.put([Point(k, float(v), step, now) for k, v in fresh.items()])
+        return fresh
 
     def tags(self, tags: dict[str, Any]) -> None:
         if self.started and tags:

@@ -5,6 +5,10 @@ metric keeps the step and time it was logged at), and when the server does not a
 (doubling up to BACKOFF_MAX_S) and tries again, so an outage of the tracking server delays points instead of losing
 them. The queue is bounded (MAX_PENDING points); past the bound, and whatever is still unsent when the run ends
 (`close` waits at most its timeout), goes to a JSON-lines file in the run folder, announced in one line.
+
+A kept checkpoint travels the same queue (CheckpointRecord, sent on its own): its LoggedModel is created and the
+validation metrics measured on it are logged linked to it (jobs/training/checkpoint_models.py), in order with the
+points around it. A server that refuses LoggedModels for good (4xx: an MLflow 2 server) still gets the metrics.
 """
 
 from __future__ import annotations
@@ -36,11 +40,28 @@ class Point:
     tag: bool = False
 
 
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """A checkpoint to record as a LoggedModel of the run, with the validation metrics measured on it (logged on
+    the run too: they are not sent as Points)."""
+
+    name: str
+    step: int
+    path: str
+    metrics: dict[str, float]
+    timestamp_ms: int
+    kind: str = "checkpoint"  # tells it from a Point in the unsent file
+
+
+Item = Point | CheckpointRecord
+
+
 class Outbox:
     def __init__(self, tracking_uri: str, run_id: str, unsent_path: Path | None, backoff_s: float = 1.0) -> None:
         self.tracking_uri, self.run_id, self.unsent_path = tracking_uri, run_id, unsent_path
         self.backoff_s = backoff_s
-        self.pending: deque[Point] = deque()
+        self.pending: deque[Item] = deque()
+        self.models_refused = False  # the server answered 4xx to a LoggedModel call: metrics only from then on
         self.spilled = 0
         self.sending = 0  # points taken off the queue by a request in flight
         self.failing_since: float | None = None
@@ -49,7 +70,7 @@ class Outbox:
         self.thread = threading.Thread(target=self._run, name="lma3d-mlflow-outbox", daemon=True)
         self.thread.start()
 
-    def put(self, points: list[Point]) -> None:
+    def put(self, points: list[Item]) -> None:
         with self.wake:
             room = MAX_PENDING - len(self.pending)
             self.pending.extend(points[:room])
@@ -123,11 +144,16 @@ class Outbox:
                 self.wake.notify_all()
             backoff = self.backoff_s
 
-    def _take(self) -> list[Point]:
-        """The next request's points, in queue order: up to MLflow's limits of metrics and tags."""
+    def _take(self) -> list[Item]:
+        """The next request's points, in queue order: up to MLflow's limits of metrics and tags; a checkpoint alone."""
+        if self.pending and isinstance(self.pending[0], CheckpointRecord):
+            self.sending = 1
+            return [self.pending.popleft()]
         batch, metrics, tags = [], 0, 0
         while self.pending:
             point = self.pending[0]
+            if isinstance(point, CheckpointRecord):
+                break
             if (tags if point.tag else metrics) >= (BATCH_TAGS if point.tag else BATCH_METRICS):
                 break
             batch.append(self.pending.popleft())
@@ -135,14 +161,37 @@ class Outbox:
         self.sending = len(batch)
         return batch
 
-    def _send(self, client: Any, batch: list[Point]) -> None:
+    def _send(self, client: Any, batch: list[Item]) -> None:
         from mlflow.entities import Metric, RunTag
 
+        if isinstance(batch[0], CheckpointRecord):
+            self._send_checkpoint(client, batch[0])
+            return
         metrics = [Metric(p.key, float(p.value), p.timestamp_ms, p.step) for p in batch if not p.tag]
         tags = [RunTag(p.key, str(p.value)) for p in batch if p.tag]
         client.log_batch(self.run_id, metrics=metrics, tags=tags)
 
-    def _spill(self, points: list[Point]) -> None:
+    def _send_checkpoint(self, client: Any, record: CheckpointRecord) -> None:
+        from mlflow.entities import Metric
+
+        from jobs.training import checkpoint_models
+
+        if not self.models_refused:
+            try:
+                checkpoint_models.record(client, self.run_id, record.name, record.step, record.path, record.metrics,
+                                         record.timestamp_ms)  # fmt: skip
+                return
+            except Exception as e:
+                if not _refused_for_good(e):
+                    raise  # the server is away: kept and sent again
+                self.models_refused = True
+                log.warning("MLflow at %s does not take LoggedModels (%s): checkpoints stay run tags only",
+                            self.tracking_uri, _first_line(e))  # fmt: skip
+        metrics = [Metric(k, float(v), record.timestamp_ms, record.step) for k, v in record.metrics.items()]
+        if metrics:
+            client.log_batch(self.run_id, metrics=metrics)
+
+    def _spill(self, points: list[Item]) -> None:
         self.spilled += len(points)
         if self.unsent_path is None:
             return
@@ -152,6 +201,12 @@ class Outbox:
                 out.writelines(json.dumps(asdict(p)) + "\n" for p in points)
         except OSError as e:
             log.warning("could not write unsent MLflow points to %s: %s", self.unsent_path, e)
+
+
+def _refused_for_good(error: BaseException) -> bool:
+    """A 4xx answer other than 429 (the request itself is refused: sending it again changes nothing)."""
+    status = getattr(error, "get_http_status_code", lambda: 500)()
+    return 400 <= status < 500 and status != 429
 
 
 def _first_line(error: BaseException) -> str:
