@@ -1,7 +1,7 @@
 """Driver-side checks of every path a job reads, before Ray, MLflow or DeepSpeed start.
 
 A missing or foreign input found by a worker minutes later, as a traceback, is the costly way to learn it;
-here it is one line (UserError: exit 2) within seconds. Remote URIs (s3://, …) are left to the readers.
+here it is one line (UserError: exit 2) within seconds, for local folders and object-storage URIs alike.
 """
 
 from __future__ import annotations
@@ -14,33 +14,38 @@ from jobs.entry import UserError
 PRESET_BACKBONES = ("tiny", "minilm", "llava-1.6-vicuna-7b")
 
 
-def _remote(path: str) -> bool:
-    return "://" in path
-
-
 def shard_folder(shards: str, key: str, splits: tuple[str, ...]) -> dict[str, Any]:
-    """The validated manifest (pipeline.shards.manifest) of a shard folder whose `splits` have samples and whose
-    listed files exist; the bytes are checked against their sha256 by the readers as they stream them."""
-    from pipeline.shards.manifest import read_manifest, split_entries
+    """The validated manifest (pipeline.shards.manifest) of a shard folder, local or on object storage, whose
+    `splits` have samples and whose listed files exist (one listing, not a request per shard); the bytes are
+    checked against their sha256 by the readers as they stream them. An unreachable endpoint, refused
+    credentials or a missing bucket: one line."""
+    import pyarrow.fs as pafs
 
-    if _remote(shards):
-        return {}
-    folder = Path(shards)
-    if not folder.is_dir():
-        raise UserError(f"{key} {shards}: no such folder (run lma3d shard first)")
+    from pipeline.shards.manifest import BANK_FILE, read_manifest, split_entries
+    from pipeline.storage import Folder, StorageError, check_reachable
+
     try:
-        manifest = read_manifest(folder)
+        check_reachable(shards, key)
+        folder = Folder(shards)
+        if not folder.exists():
+            raise UserError(f"{key} {shards}: no such folder (run lma3d shard first)")
+        manifest = read_manifest(shards)
         entries = {split: split_entries(manifest, folder, split) for split in splits}
+        listed = folder.fs.get_file_info(pafs.FileSelector(folder.root, recursive=True))
+    except StorageError as e:
+        raise UserError(str(e)) from None
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
-    for split, listed in entries.items():
-        if not sum(e.samples for e in listed):
-            raise UserError(f"{folder / 'manifest.json'}: no {split} samples (splits: {', '.join(manifest['splits'])})")
-        missing = next((e for e in listed if not e.path.is_file()), None)
+    present = {info.path.removeprefix(folder.root + "/") for info in listed if info.type == pafs.FileType.File}
+    for split, mine in entries.items():
+        if not sum(e.samples for e in mine):
+            raise UserError(f"{folder.where('manifest.json')}: no {split} samples "
+                            f"(splits: {', '.join(manifest['splits'])})")  # fmt: skip
+        missing = next((e for e in mine if e.name not in present), None)
         if missing:
             raise UserError(f"{missing.path}: listed in manifest.json but missing")
-    if "train" in splits and not (folder / "points.arrow").is_file():
-        raise UserError(f"{folder / 'points.arrow'}: missing (the train point clouds)")
+    if "train" in splits and BANK_FILE not in present:
+        raise UserError(f"{folder.where(BANK_FILE)}: missing (the train point clouds)")
     return manifest
 
 
@@ -55,7 +60,7 @@ def pairs_available(manifest: dict[str, Any], pairs: int, shards: str) -> None:
         count = int(entry[1]) if isinstance(entry, list) and len(entry) == 2 else 0
         if count < pairs:
             raise UserError(
-                f"data.pairs={pairs} but {Path(shards, 'points.arrow')} holds {count} clouds of {obj!r} "
+                f"data.pairs={pairs} but {shards.rstrip('/')}/points.arrow holds {count} clouds of {obj!r} "
                 f"(each train image draws {pairs} distinct clouds of its object)"
             )
 

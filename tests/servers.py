@@ -169,3 +169,43 @@ def mlflow_server(backend_uri: str, root: Path, port: int | None = None) -> Iter
         yield uri
     finally:
         _stop(proc)
+
+
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "lma3d-test-key", "AWS_SECRET_ACCESS_KEY": "lma3d-test-secret",
+           "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+"""What the tests give S3 clients; moto's server accepts any key unless told to authenticate."""
+
+
+@contextlib.contextmanager
+def s3_server(root: Path, buckets: tuple[str, ...] = ("lma3d",)) -> Iterator[dict[str, str]]:
+    """An S3-compatible endpoint (moto's server mode: the S3 HTTP API, spoken to unmodified boto3, pyarrow and
+    MLflow clients) on a free 127.0.0.1 port, with `buckets` created. Yields the environment a client needs:
+    AWS_ENDPOINT_URL (and MLFLOW_S3_ENDPOINT_URL) plus the test keys."""
+    port = free_port()
+    log = root / "s3-server.log"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p",
+                                 str(port)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint, **S3_KEYS}
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    try:
+        _wait(healthy, "moto S3 server", proc, log)
+        import boto3
+
+        key, secret = S3_KEYS["AWS_ACCESS_KEY_ID"], S3_KEYS["AWS_SECRET_ACCESS_KEY"]
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key,
+                              aws_secret_access_key=secret)  # fmt: skip
+        for bucket in buckets:
+            client.create_bucket(Bucket=bucket)
+        yield env
+    finally:
+        _stop(proc)

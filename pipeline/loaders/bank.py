@@ -16,17 +16,21 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from pipeline.loaders.bank_cache import fetch_bank
 from pipeline.loaders.reading import CorruptShard
 from pipeline.names import AFFORDANCE_INDEX
 from pipeline.shards.manifest import file_sha256
+from pipeline.storage import Folder
 
 _VERIFIED: set[tuple] = set()
 
 
 class PointBank:
-    def __init__(self, path: str | Path, expected: dict | None = None, num_points: int | None = None) -> None:
+    def __init__(self, path: str | Path, expected: dict | None = None, num_points: int | None = None,
+                 hashed: bool = False) -> None:
         """`expected` is the manifest's point_bank entry: with it the file is verified (CorruptShard on a
-        mismatch); without it (tools reading their own fresh output) it is trusted."""
+        mismatch); without it (tools reading their own fresh output) it is trusted. `hashed`: its bytes were
+        already checked against `expected` (the bank cache hashes as it fetches), so only its values are."""
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no point bank (run lma3d shard on a dataset with train clouds)")
@@ -36,7 +40,7 @@ class PointBank:
         if verify:
             if stat.st_size != expected["bytes"]:
                 raise CorruptShard(self.path.name, f"{stat.st_size} bytes, the manifest says {expected['bytes']}")
-            if file_sha256(self.path) != expected["sha256"]:
+            if not hashed and file_sha256(self.path) != expected["sha256"]:
                 raise CorruptShard(self.path.name, "sha256 differs from the manifest")
         try:
             self._map(num_points)
@@ -101,8 +105,13 @@ class PointBank:
 
 
 def open_bank(shards: str | Path, manifest: dict) -> PointBank:
-    """The folder's point bank, verified against its manifest entry."""
+    """The folder's point bank, verified against its manifest entry; on object storage, from the node's bank
+    cache (fetched once, pipeline/loaders/bank_cache.py)."""
     bank = manifest.get("point_bank")
     if bank is None:
         raise FileNotFoundError(f"{shards}: the manifest lists no point bank (a dataset without train clouds)")
-    return PointBank(Path(shards, bank["file"]), bank, int(manifest["config"]["num_points"]))
+    folder = Folder(shards)
+    num_points = int(manifest["config"]["num_points"])
+    if folder.is_local:
+        return PointBank(folder.local_path(bank["file"]), bank, num_points)
+    return PointBank(fetch_bank(folder, bank["file"], bank), bank, num_points, hashed=True)

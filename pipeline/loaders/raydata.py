@@ -16,13 +16,16 @@ import numpy as np
 from pipeline.loaders.eval import decode_test_sample
 from pipeline.loaders.reading import ShardPolicy, read_manifest, shard_paths
 from pipeline.shards.manifest import ShardEntry
+from pipeline.storage import Folder
 
 
 def _read_shard_rows(row: dict[str, Any], on_corrupt: str, num_points: int) -> list[dict[str, Any]]:
     """Ray Data flat_map: one manifest entry -> its verified samples as rows (member bytes)."""
+    folder = Folder(row["folder"])  # resolved in the task: credentials come from the node's environment
+    path = folder.local_path(row["name"]) if folder.is_local else folder.where(row["name"])
     entry = ShardEntry(
-        name=str(row["name"]), path=Path(row["path"]), split=str(row["split"]),
-        samples=int(row["samples"]), bytes=int(row["bytes"]), sha256=str(row["sha256"]),
+        name=str(row["name"]), path=path, split=str(row["split"]), samples=int(row["samples"]),
+        bytes=int(row["bytes"]), sha256=str(row["sha256"]), folder=folder,
     )  # fmt: skip
     return [{k: v for k, v in s.items() if k != "__url__"} for s in ShardPolicy(on_corrupt, num_points).samples(entry)]
 
@@ -36,7 +39,7 @@ def read_test_shards(shards: str | Path, on_corrupt: str = "fail") -> Any:
     if not entries:
         raise ValueError(f"{shards}: no test samples in the manifest")
     rows = [
-        {"name": e.name, "path": str(e.path.resolve()), "split": e.split, "samples": e.samples, "bytes": e.bytes,
+        {"name": e.name, "folder": e.folder.uri, "split": e.split, "samples": e.samples, "bytes": e.bytes,
          "sha256": e.sha256}
         for e in entries
     ]  # fmt: skip

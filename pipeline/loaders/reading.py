@@ -36,6 +36,7 @@ import numpy as np
 
 from pipeline.formats.common import ANNOTATION_MAX_BYTES, IMAGE_MAX_BYTES
 from pipeline.shards.manifest import READ_CHUNK, ShardEntry, read_manifest, split_entries
+from pipeline.storage import StorageError
 
 log = logging.getLogger("lma3d.loader")
 MEMBERS = ("jpg", "points.npy", "label.npy", "json")
@@ -104,14 +105,17 @@ class HashingReader:
 def read_shard(entry: ShardEntry, num_points: int | None = None) -> list[dict]:
     """Every sample of a shard (dicts of member bytes plus `__key__`, `__url__`), verified; else CorruptShard."""
     try:
-        with open(entry.path, "rb", buffering=READ_CHUNK) as raw:
-            size = raw.seek(0, io.SEEK_END)
-            raw.seek(0)
-            if size != entry.bytes:
-                raise CorruptShard(entry.name, f"{size} bytes, the manifest says {entry.bytes}")
+        size = _size(entry)
+        if size is None:
+            raise CorruptShard(entry.name, "missing")
+        if size != entry.bytes:
+            raise CorruptShard(entry.name, f"{size} bytes, the manifest says {entry.bytes}")
+        with _open(entry) as raw:
             stream = HashingReader(raw)
             samples, problem = _parse(stream, entry)
             stream.drain()  # the tar end padding (and anything after a header tarfile took as the end)
+    except StorageError:
+        raise  # the endpoint, not the shard: one line, never counted as a corrupt shard
     except OSError as error:
         raise CorruptShard(entry.name, f"unreadable: {error}") from None
     if stream.digest.hexdigest() != entry.sha256:
@@ -125,6 +129,20 @@ def read_shard(entry: ShardEntry, num_points: int | None = None) -> list[dict]:
         if problem:
             raise CorruptShard(entry.name, f"sample {sample['__key__']}: {problem}")
     return samples
+
+
+def _size(entry: ShardEntry) -> int | None:
+    if isinstance(entry.path, Path):
+        return entry.path.stat().st_size
+    return entry.folder.size(entry.name)
+
+
+def _open(entry: ShardEntry) -> BinaryIO:
+    """The tar's bytes as a stream: a local file, or an object read in ranged GETs that resume after a drop (no
+    local copy: the bytes go straight into the hashing reader)."""
+    if isinstance(entry.path, Path):
+        return open(entry.path, "rb", buffering=READ_CHUNK)  # noqa: SIM115 - closed by the caller's with
+    return entry.folder.open_stream(entry.name)
 
 
 class _Declared(tarfile.TarInfo):

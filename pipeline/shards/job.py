@@ -11,16 +11,23 @@ contiguous batch of shards (and point-bank chunks), parses their records and wri
 bank chunk's arrays to a chunk file; the driver then streams the chunks, in list order, into points.arrow.
 Everything is written to a temporary folder renamed into place at the end. `use_ray=False` (`lma3d shard
 --no-ray`) runs the same task function on every part in this process, one after the other: the same bytes.
+
+`--out` may be an object-storage URI (pipeline/storage.py): the tasks then write their tars to it directly,
+and the driver writes points.arrow, sizes.json, quarantine.jsonl and manifest.json last, so a folder a reader
+accepts (it has a manifest) is always a finished one. An existing folder is replaced only with `overwrite`: its
+manifest is deleted first.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
+import tempfile
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -34,9 +41,10 @@ from pipeline.ray_session import ensure_ray
 from pipeline.record import Rejection
 from pipeline.shards.bank import BANK_FILE, write_bank
 from pipeline.shards.config import ShardConfig
-from pipeline.shards.manifest import FORMAT_VERSION, file_sha256
+from pipeline.shards.manifest import FORMAT_VERSION, READ_CHUNK, file_sha256
 from pipeline.shards.plan import TASKS_PER_CPU, Part, group_parts, plan_parts
-from pipeline.shards.samples import sample_members, write_tar
+from pipeline.shards.samples import sample_members, tar_bytes
+from pipeline.storage import Folder, check_reachable, is_uri
 from pipeline.writer_lock import exclusive
 
 log = logging.getLogger("lma3d.shard")
@@ -90,7 +98,9 @@ def _write_shard(part: dict[str, Any], root: str, out: str, num_points: int) -> 
     records, rejections = _parse_rows(root, part["rows"], num_points)
     name = shard_name(part["split"], int(part["index"]))
     records, samples = _serialise(records, rejections)
-    size, digest = write_tar(Path(out, name), samples)
+    data = tar_bytes(samples, name)
+    Folder(out).write_bytes(name, data)
+    size, digest = len(data), hashlib.sha256(data).hexdigest()
     return {
         "kind": "shard", "name": name, "split": part["split"], "samples": len(records), "bytes": size,
         "sha256": digest, "read": len(part["rows"]), "keys": [r.key for r in records],
@@ -103,17 +113,17 @@ def _write_bank_chunk(part: dict[str, Any], root: str, out: str, num_points: int
     """Parse one chunk of train point clouds; its arrays go to a chunk file the driver merges in list order."""
     records, rejections = _parse_rows(root, part["rows"], num_points)
     if records:
-        path = _bank_chunk_path(Path(out), int(part["index"]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, xyz=np.stack([r.xyz for r in records]), labels=np.stack([r.labels for r in records]))
+        arrays = io.BytesIO()
+        np.savez(arrays, xyz=np.stack([r.xyz for r in records]), labels=np.stack([r.labels for r in records]))
+        Folder(out).write_bytes(_bank_chunk_name(int(part["index"])), arrays.getvalue())
     return {
         "kind": "bank", "index": int(part["index"]), "read": len(part["rows"]), "keys": [r.key for r in records],
         "objects": [r.object for r in records], "rejections": rejections,
     }  # fmt: skip
 
 
-def _bank_chunk_path(out: Path, index: int) -> Path:
-    return out / BANK_PARTS / f"chunk-{index:06d}.npz"
+def _bank_chunk_name(index: int) -> str:
+    return f"{BANK_PARTS}/chunk-{index:06d}.npz"
 
 
 def _task(task: dict[str, Any], root: str, out: str, num_points: int) -> dict[str, Any]:
@@ -185,7 +195,11 @@ def run(
     every part in this process, one after the other. The output depends on neither."""
     if address and not use_ray:
         raise ValueError(f"use_ray=False runs every part in this process: address {address!r} needs Ray")
-    source, out = Path(source).resolve(), Path(out).resolve()
+    source = Path(source).resolve()
+    if is_uri(out):
+        check_reachable(out, "--out")
+        return _shard(source, fmt, Folder(out), cfg, num_points, overwrite, address, tasks, use_ray)
+    out = Path(out).resolve()
     with exclusive(out, "shard folder"):  # two jobs into one --out would share (and delete) one .partial folder
         return _shard(source, fmt, out, cfg, num_points, overwrite, address, tasks, use_ray)
 
@@ -193,7 +207,7 @@ def run(
 def _shard(
     source: Path,
     fmt: str,
-    out: Path,
+    out: Path | Folder,
     cfg: ShardConfig,
     num_points: int,
     overwrite: bool,
@@ -201,6 +215,7 @@ def _shard(
     tasks: int | None,
     use_ray: bool,
 ) -> dict[str, Any]:
+    remote = isinstance(out, Folder)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (pass --overwrite to replace it)")
     fmt = detect_format(source) if fmt == "auto" else fmt
@@ -208,11 +223,16 @@ def _shard(
     items, duplicates = drop_duplicates(source, listed)
     if duplicates:
         log.warning("%d duplicate items quarantined (first: %s)", len(duplicates), duplicates[0]["reason"])
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    if remote:  # written in place; the manifest, written last, makes it a shard folder
+        tmp = out
+        tmp.delete("manifest.json")  # first: from here on no reader takes the folder for a finished one
+        tmp.delete()
+    else:
+        tmp = Folder(out.parent / f".{out.name}.partial")
+        shutil.rmtree(tmp.local_path(), ignore_errors=True)
+        tmp.local_path().mkdir(parents=True)
     parts = plan_parts(items, cfg.samples_per_shard)
-    where = {"root": str(source), "out": str(tmp), "num_points": num_points}
+    where = {"root": str(source), "out": tmp.uri, "num_points": num_points}
     if use_ray:
         results = _run_parts(parts, where, tasks, address)
     else:  # one task holding every part, as a Ray run with tasks=1
@@ -222,12 +242,13 @@ def _shard(
     quarantine = duplicates + [q for result in shards + bank_parts for q in result["rejections"]]
     bank = _merge_bank(bank_parts, tmp, num_points)
     manifest = _manifest(source, fmt, listed, cfg, num_points, shards, bank, quarantine)
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    (tmp / "sizes.json").write_text(json.dumps({s["name"]: s["samples"] for s in shards}, indent=2))
-    (tmp / "quarantine.jsonl").write_text("".join(json.dumps(q, sort_keys=True) + "\n" for q in quarantine))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    tmp.write_bytes("sizes.json", json.dumps({s["name"]: s["samples"] for s in shards}, indent=2).encode())
+    tmp.write_bytes("quarantine.jsonl", "".join(json.dumps(q, sort_keys=True) + "\n" for q in quarantine).encode())
+    tmp.write_bytes("manifest.json", json.dumps(manifest, indent=2).encode())
+    if not remote:
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.local_path().rename(out)
     return manifest
 
 
@@ -256,24 +277,33 @@ def _run_parts(
             ray.shutdown()
 
 
-def _merge_bank(parts: list[dict[str, Any]], tmp: Path, num_points: int) -> dict[str, Any] | None:
+def _merge_bank(parts: list[dict[str, Any]], tmp: Folder, num_points: int) -> dict[str, Any] | None:
     """points.arrow from the bank chunk files, one record batch per chunk in list order (so objects stay
-    contiguous); the chunk files are removed."""
+    contiguous); the chunk files are removed. On object storage it is written to a local temporary file first
+    (an Arrow IPC file is written with seeks) and then uploaded."""
     if not parts:
         return None
 
     def batches():
         for part in parts:
             if part["keys"]:
-                with np.load(_bank_chunk_path(tmp, part["index"])) as arrays:
+                with tmp.open_stream(_bank_chunk_name(part["index"])) as stream:
+                    chunk = io.BytesIO(stream.read())  # np.load needs a seekable file
+                with np.load(chunk) as arrays:
                     yield list(zip(part["keys"], part["objects"], arrays["xyz"], arrays["labels"]))
 
-    offsets = write_bank(tmp / BANK_FILE, batches(), num_points)
-    shutil.rmtree(tmp / BANK_PARTS, ignore_errors=True)
-    return {
-        "file": BANK_FILE, "clouds": sum(len(p["keys"]) for p in parts), "read": sum(p["read"] for p in parts),
-        "objects": offsets, "bytes": (tmp / BANK_FILE).stat().st_size, "sha256": file_sha256(tmp / BANK_FILE),
-    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="lma3d-bank-") as scratch:
+        local = tmp.local_path(BANK_FILE) if tmp.is_local else Path(scratch, BANK_FILE)
+        offsets = write_bank(local, batches(), num_points)
+        if not tmp.is_local:
+            with open(local, "rb") as source, tmp.open_write(BANK_FILE) as target:
+                shutil.copyfileobj(source, target, READ_CHUNK)
+        bank = {
+            "file": BANK_FILE, "clouds": sum(len(p["keys"]) for p in parts), "read": sum(p["read"] for p in parts),
+            "objects": offsets, "bytes": local.stat().st_size, "sha256": file_sha256(local),
+        }  # fmt: skip
+    tmp.delete(BANK_PARTS)
+    return bank
 
 
 def _manifest(source, fmt, items, cfg, num_points, shards, bank, quarantine) -> dict[str, Any]:

@@ -7,6 +7,9 @@ their bytes hash to, so every field a reader acts on is checked here, with one l
 - `splits.<split>.samples` / `.shards` are the sums over the entries, and sizes.json agrees entry by entry;
 - `point_bank` (when present) is points.arrow with its sha256, byte size, cloud count and object ranges.
 The bytes themselves are checked by the readers (reading.py) as they stream them.
+
+The folder is local or on object storage (pipeline/storage.py); manifest.json and sizes.json are read whole, so
+each is refused above MANIFEST_MAX_BYTES before it is read.
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.storage import Folder
+
 FORMAT_VERSION = 2
 """2: the point bank's sha256 and byte size are recorded (1 had neither: re-run lma3d shard)."""
 SHARD_NAME = re.compile(r"(?P<split>[a-z]+)/shard-\d{6}\.tar")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 BANK_FILE = "points.arrow"
 READ_CHUNK = 1 << 20
+MANIFEST_MAX_BYTES = 64 << 20
+"""manifest.json / sizes.json of a million shards stay far below this."""
 
 
 class ManifestError(ValueError):
@@ -35,11 +42,14 @@ class ShardEntry:
     """One verified-to-be-well-formed manifest entry: where the tar is and what its bytes must be."""
 
     name: str
-    path: Path
+    path: Path | str
+    """The tar's local Path, or its URI on object storage."""
     split: str
     samples: int
     bytes: int
     sha256: str
+    folder: Folder | None = None
+    """The shard folder (reads of an object-storage tar go through it)."""
 
 
 def file_sha256(path: Path) -> str:
@@ -71,36 +81,39 @@ def _sha(value: Any, where: str) -> str:
     return value
 
 
-def _inside(folder: Path, name: str, where: str) -> Path:
-    """folder/name, refused unless it resolves (after symlinks) inside the folder."""
-    path = folder / name
+def _inside(folder: Folder, name: str, where: str) -> Path | str:
+    """folder/name: a local one refused unless it resolves (after symlinks) inside the folder; on object storage
+    (no symlinks) the names' pattern, checked before, already keeps them inside."""
+    if not folder.is_local:
+        return folder.where(name)
+    root = folder.local_path()
+    path = root / name
     resolved = path.resolve()
-    if not resolved.is_relative_to(folder.resolve()):
+    if not resolved.is_relative_to(root.resolve()):
         raise ManifestError(f"{where} {name!r} resolves outside the shard folder ({resolved})")
     return path
 
 
-def _load_json(path: Path) -> Any:
+def _load_json(folder: Folder, name: str) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ManifestError(f"{path} is not readable JSON: {error}") from None
+        return json.loads(folder.read_bytes(name, MANIFEST_MAX_BYTES))
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ManifestError(f"{folder.where(name)} is not readable JSON: {error}") from None
 
 
 def read_manifest(shards: str | Path) -> dict[str, Any]:
-    """The manifest of a shard folder, validated (see the module doc). FileNotFoundError without one,
-    ManifestError (a ValueError) when it, or sizes.json, breaks the schema."""
-    folder = Path(shards)
-    path = folder / "manifest.json"
-    if not path.is_file():
+    """The manifest of a shard folder (a path or an object-storage URI), validated (see the module doc).
+    FileNotFoundError without one, ManifestError (a ValueError) when it, or sizes.json, breaks the schema."""
+    folder = Folder(shards)
+    if folder.size("manifest.json") is None:
         raise FileNotFoundError(f"{shards}: no manifest.json (not an lma3d shard folder; run lma3d shard first)")
-    manifest = _dict(_load_json(path), str(path))
+    manifest = _dict(_load_json(folder, "manifest.json"), folder.where("manifest.json"))
     validate(manifest, folder)
     return manifest
 
 
-def validate(manifest: dict[str, Any], folder: Path) -> None:
-    where = folder / "manifest.json"
+def validate(manifest: dict[str, Any], folder: Folder) -> None:
+    where = folder.where("manifest.json")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise ManifestError(
@@ -126,11 +139,11 @@ def validate(manifest: dict[str, Any], folder: Path) -> None:
         _check_bank(_dict(bank, f"{where}: point_bank"), folder, where)
 
 
-def _check_sizes(folder: Path, entries: list[ShardEntry]) -> None:
-    path = folder / "sizes.json"
-    if not path.is_file():
+def _check_sizes(folder: Folder, entries: list[ShardEntry]) -> None:
+    path = folder.where("sizes.json")
+    if folder.size("sizes.json") is None:
         raise ManifestError(f"{folder}: no sizes.json next to manifest.json")
-    sizes = _dict(_load_json(path), str(path))
+    sizes = _dict(_load_json(folder, "sizes.json"), path)
     listed = {e.name: e.samples for e in entries}
     for name in sorted(set(sizes) | set(listed)):
         if sizes.get(name) != listed.get(name):
@@ -139,7 +152,7 @@ def _check_sizes(folder: Path, entries: list[ShardEntry]) -> None:
             )
 
 
-def _check_bank(bank: dict, folder: Path, where: Path) -> None:
+def _check_bank(bank: dict, folder: Folder, where: str) -> None:
     if bank.get("file") != BANK_FILE:
         raise ManifestError(f"{where}: point_bank.file must be {BANK_FILE!r}, got {bank.get('file')!r}")
     _sha(bank.get("sha256"), f"{where}: point_bank.sha256")
@@ -157,10 +170,10 @@ def _check_bank(bank: dict, folder: Path, where: Path) -> None:
     _inside(folder, BANK_FILE, f"{where}: point_bank.file")
 
 
-def shard_entries(manifest: dict[str, Any], folder: str | Path) -> list[ShardEntry]:
+def shard_entries(manifest: dict[str, Any], folder: str | Path | Folder) -> list[ShardEntry]:
     """Every shard entry, each checked: name pattern and split, inside the folder, counts, sha256; names unique."""
-    folder = Path(folder)
-    where = folder / "manifest.json"
+    folder = folder if isinstance(folder, Folder) else Folder(folder)
+    where = folder.where("manifest.json")
     shards = manifest.get("shards")
     if not isinstance(shards, list):
         raise ManifestError(f"{where}: shards must be a list, got {type(shards).__name__}")
@@ -183,6 +196,7 @@ def shard_entries(manifest: dict[str, Any], folder: str | Path) -> list[ShardEnt
                 samples=_int(raw.get("samples"), f"{at}.samples"),
                 bytes=_int(raw.get("bytes"), f"{at}.bytes"),
                 sha256=_sha(raw.get("sha256"), f"{at}.sha256"),
+                folder=folder,
             )
         )
     names = [e.name for e in entries]
@@ -192,6 +206,6 @@ def shard_entries(manifest: dict[str, Any], folder: str | Path) -> list[ShardEnt
     return entries
 
 
-def split_entries(manifest: dict[str, Any], folder: str | Path, split: str) -> list[ShardEntry]:
+def split_entries(manifest: dict[str, Any], folder: str | Path | Folder, split: str) -> list[ShardEntry]:
     """A split's shard entries in manifest (= name) order."""
     return [e for e in shard_entries(manifest, folder) if e.split == split]

@@ -45,20 +45,26 @@ def sample_members(record: Record) -> dict[str, bytes]:
     return members
 
 
-def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> tuple[int, str]:
-    """Write samples (key, members) in the given order; returns (bytes, sha256). A repeated key is refused
-    (readers take a tar with one as corrupt; the shard job drops duplicates before this)."""
+def tar_bytes(samples: list[tuple[str, dict[str, bytes]]], where: str = "shard") -> bytes:
+    """The tar of samples (key, members) in the given order. A repeated key is refused (readers take a tar with
+    one as corrupt; the shard job drops duplicates before this)."""
     keys = [key for key, _ in samples]
     if len(set(keys)) != len(keys):
-        raise ValueError(f"{path}: key {next(k for k in keys if keys.count(k) > 1)} would occur twice")
+        raise ValueError(f"{where}: key {next(k for k in keys if keys.count(k) > 1)} would occur twice")
     import webdataset as wds
 
+    out = io.BytesIO()
+    # encoder=False: members are bytes already (the image as it was read, .npy written above).
+    writer = wds.TarWriter(out, user="", group="", mode=0o644, mtime=0, encoder=False, format=tarfile.USTAR_FORMAT)
+    for key, members in samples:
+        writer.write({"__key__": key, **members})
+    writer.close()  # closes the tar stream only: webdataset leaves a file object it was given open
+    return out.getvalue()
+
+
+def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> tuple[int, str]:
+    """Write the tar of samples to a local file; returns (bytes, sha256)."""
+    data = tar_bytes(samples, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as out:
-        # encoder=False: members are bytes already (the image as it was read, .npy written above).
-        writer = wds.TarWriter(out, user="", group="", mode=0o644, mtime=0, encoder=False, format=tarfile.USTAR_FORMAT)
-        for key, members in samples:
-            writer.write({"__key__": key, **members})
-        writer.close()
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return path.stat().st_size, digest
+    path.write_bytes(data)
+    return len(data), hashlib.sha256(data).hexdigest()
