@@ -44,7 +44,7 @@ def provenance(spec: str, kind: str, name: str = "model", **known: Any) -> dict[
     """Where a model came from: spec (what the user passed), kind (checkpoint | exported | run | registry |
     mlflow), name (short, for output folders), step, run_id (the training run: evaluations nest under it),
     tracking_uri (where that run lives, when known), backbone_id, precision (the training precision inference
-    computes under); other facts may be added by the readers."""
+    computes under); other facts may be added by the readers (a checkpoint's: `checkpoint`, its location)."""
     return {"spec": spec, "kind": kind, "name": name, "step": None, "run_id": None, "tracking_uri": None,
             "backbone_id": "", "precision": "fp32"} | known  # fmt: skip
 
@@ -199,6 +199,7 @@ def _checkpoint(spec: str, path: Path, overrides: list[str]) -> Resolved:
         spec, "checkpoint", path.name, step=meta.get("step"), run_id=meta.get("mlflow_run_id") or None,
         tracking_uri=meta.get("tracking_uri") or None, backbone_id=str(meta.get("backbone_id", "")),
         precision=_precision(meta, path / META_FILE),
+        checkpoint=spec if "://" in spec and not spec.startswith("file://") else str(path.resolve()),
     )  # fmt: skip
     return Resolved(cfg, weights, origin)
 

@@ -4,6 +4,7 @@ the run no longer keeps deleted; the run's own metric curves unchanged by the li
 
 from __future__ import annotations
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from jobs.training import checkpoint_models as cm
@@ -29,7 +30,8 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, flo
 def test_checkpoints_become_logged_models_and_dropped_ones_are_deleted(tmp_path):
     client, experiment_id, run_id = _run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for step, auc in ((2, 0.5), (4, 0.7), (6, 0.6)):
-        cm.record(client, run_id, cm_name(step), step, f"/runs/r/{cm_name(step)}", {"val/auc": auc, "val/mae": round(1 - auc, 3)})
+        metrics = {"val/auc": auc, "val/mae": round(1 - auc, 3)}
+        cm.record(client, run_id, cm_name(step), step, f"/runs/r/{cm_name(step)}", metrics)
     cm.record(client, run_id, cm_name(6), 6, f"/runs/r/{cm_name(6)}", {})  # sent twice (after an outage): one model
     assert _listed(client, experiment_id, run_id) == {
         cm_name(2): ("2", {"val/auc": 0.5, "val/mae": 0.5}),
@@ -93,3 +95,22 @@ def cm_name(step: int) -> str:
     from jobs.training.checkpoint import dir_name_for
 
     return dir_name_for(step)
+
+
+@pytest.mark.slow  # starts an MLflow server (twice)
+def test_a_checkpoint_recorded_during_an_outage_becomes_its_logged_model_when_the_server_is_back(tmp_path):
+    from servers import free_port, mlflow_server
+
+    backend, port = f"sqlite:///{tmp_path}/mlflow.db", free_port()
+    with tracking_uri_for_now(f"http://127.0.0.1:{port}"):
+        with mlflow_server(backend, tmp_path, port=port) as uri:
+            client, experiment_id, run_id = _run(uri)
+            logger = RunLogger(True, uri, run_id, system_metrics=False, backoff_s=0.05)
+            logger.start()
+        logger.checkpoint(cm_name(2), 2, "/runs/r/2", {"val/auc": 0.6})  # the server is gone
+        logger.metrics({"train/loss": 0.5}, step=3)
+        assert not logger.flush(timeout=1)  # kept, not sent, not dropped
+        with mlflow_server(backend, tmp_path, port=port):
+            logger.end()
+            assert _listed(client, experiment_id, run_id) == {cm_name(2): ("2", {"val/auc": 0.6})}
+            assert _history(client, run_id, "train/loss") == [(3, 0.5)]

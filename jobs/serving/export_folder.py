@@ -72,7 +72,10 @@ def export(
         )
         if run_id is None:
             raise UserError(f"MLflow at {tracking_uri} keeps failing: {out} was written but not registered")
-        report.registered = register(out, register_name, alias, tracking_uri, run_id)
+        from jobs.serving.model_card import card
+
+        described = card(source, tracking_uri, register_name)  # linked to the checkpoint's LoggedModel when found
+        report.registered = register(out, register_name, alias, tracking_uri, run_id, described)
     return report
 
 

@@ -107,9 +107,7 @@ def record(
     return model.model_id
 
 
-def _linkable(
-    client: Any, run: Any, step: int, model_id: str, metrics: dict[str, float], now: int
-) -> list[Any]:
+def _linkable(client: Any, run: Any, step: int, model_id: str, metrics: dict[str, float], now: int) -> list[Any]:
     """The metric points to log linked to `model_id`: the run's own val/* points at `step` again (same key, value,
     time and step: MLflow's store keeps one row on the run and links it to the model), then the new ones."""
     from mlflow.entities import Metric
@@ -143,7 +141,8 @@ def _external_spec(client: Any, model: Any) -> None:
 def reconcile(client: Any, run_id: str, kept: Iterable[tuple[str, int, str, dict[str, Any]]]) -> list[str]:
     """Driver, after training: the run's checkpoint LoggedModels are exactly `kept` (name, step, path, metrics):
     the ones whose folder Ray Train (num_to_keep) or --no-ray dropped are deleted (tagged DROPPED_TAG instead when
-    a registered version uses them), a kept one whose creation never reached MLflow is created. Returns the model ids of the kept checkpoints, in `kept`'s order."""
+    a registered version uses them), a kept one whose creation never reached MLflow is created. Returns the model
+    ids of the kept checkpoints, in `kept`'s order."""
     kept = list(kept)
     names = {name for name, *_ in kept}
     existing: dict[str, str] = {}
