@@ -16,8 +16,7 @@ pytestmark = pytest.mark.slow  # trains with DeepSpeed (one process, no Ray)
 NAME = "lma3d-card"
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
+def _train(root: Path, no_ray: bool) -> dict:
     """6 optimizer steps (2 per epoch), validated at each epoch's end, a checkpoint at every step, 2 kept best."""
     import os
 
@@ -26,17 +25,21 @@ def trained(tmp_path_factory) -> dict:
     from jobs.typed_yaml import load
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    root = tmp_path_factory.mktemp("card")
     shards = synth_shards(root, train_images=4, test_samples=3, samples_per_shard=4)
     overrides = tiny_overrides(**{"data.shards": str(shards), "workdir": str(root / "work")})
     overrides += ["data.batch_size=2", "data.eval_batch_size=3", "data.num_workers=0", "train.precision=fp32",
                   "train.epochs=3", "train.warmup_steps=2", "train.log_every=1", "train.val_every=1",
                   "train.checkpoint_every=1", "train.keep_checkpoints=2", "train.zero_stage=1",
-                  "mlflow.system_metrics=false"]  # fmt: skip
+                  "train.num_workers=1", "mlflow.system_metrics=false"]  # fmt: skip
     cfg = load(ExperimentConfig, None, overrides)
-    summary = launch(cfg, run_name="card", no_ray=True)
+    summary = launch(cfg, run_name="card", no_ray=no_ray)
     kept = inspect_run(cfg.storage_path, "card")[1]
     return {"cfg": cfg, "summary": summary, "kept": kept, "root": root}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    return _train(tmp_path_factory.mktemp("card"), no_ray=True)
 
 
 def _models(uri: str, run_id: str) -> dict:
@@ -49,6 +52,14 @@ def _models(uri: str, run_id: str) -> dict:
 
 
 def test_the_runs_logged_models_are_exactly_its_kept_checkpoints_with_their_metrics(trained):
+    _check_kept(trained)
+
+
+def test_under_ray_train_too_the_logged_models_are_exactly_the_kept_checkpoints(tmp_path, ray_local):
+    _check_kept(_train(tmp_path, no_ray=False))
+
+
+def _check_kept(trained: dict) -> None:
     from mlflow.tracking import MlflowClient
 
     cfg, summary, kept = trained["cfg"], trained["summary"], trained["kept"]
