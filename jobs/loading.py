@@ -6,6 +6,7 @@
 - an MLflow run id of a training run (`<id>` or `runs:/<id>`): its `checkpoint.best` tag, else
   `checkpoint.latest`; when that path is unreachable, the run's `weights/best|last` artifact + its config,
 - a registered model, `models:/<name>@<alias>` or `models:/<name>/<version>`,
+- a LoggedModel `models:/m-<id>`: a training checkpoint's is read from its checkpoint folder (when reachable),
 - an MLflow model URI (`runs:/<id>/model`, `mlflow-artifacts:/…`) or a local folder of a logged lma3d model.
 
 `resolve(spec)` is the first half: the checked config and fp32 trainable weights with their provenance, no
@@ -37,6 +38,8 @@ from model.pretrained import BadModelFolder, check_weights, config_from_dict, in
 log = logging.getLogger("lma3d.load")
 RUN_ID = re.compile(r"^(?:runs:/)?([0-9a-f]{32})/?$")
 MLFLOW_URI = re.compile(r"^(?:models|runs|mlflow-artifacts):/")
+LOGGED_MODEL = re.compile(r"^models:/(m-[0-9a-f]{32})/?$")
+"""A LoggedModel; a training checkpoint's (jobs/training/checkpoint_models.py) is read from its checkpoint folder."""
 """Specs MLflow resolves (a bare run id or `runs:/<id>` is a training run, matched by RUN_ID first)."""
 
 
@@ -151,6 +154,11 @@ def resolve(spec: str, tracking_uri: str | None, overrides: list[str] = ()) -> R
 
 
 def _resolve(spec: str, tracking_uri: str | None, overrides: list[str]) -> Resolved:
+    logged = LOGGED_MODEL.match(spec)
+    if logged:
+        checkpoint = _checkpoint_of(spec, logged.group(1), tracking_uri, overrides)
+        if checkpoint is not None:
+            return checkpoint
     if spec.startswith("models:/"):
         return _downloaded(spec, tracking_uri, overrides, "registry")
     match = RUN_ID.match(spec)
@@ -269,6 +277,28 @@ def _run(spec: str, run_id: str, tracking_uri: str | None, overrides: list[str])
             resolved.provenance.update(spec=spec, kind="run", run_id=run_id, tracking_uri=tracking_uri)
             return resolved
     return _run_artifacts(spec, run_id, client, tracking_uri, overrides)
+
+
+def _checkpoint_of(spec: str, model_id: str, tracking_uri: str | None, overrides: list[str]) -> Resolved | None:
+    """The checkpoint folder a training checkpoint's LoggedModel names, when reachable (None: read the model's
+    own artifacts, e.g. a registered one whose folder the run no longer keeps)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from jobs.training.checkpoint_models import PATH_TAG
+
+    tracking_uri = _tracking(tracking_uri)
+    try:
+        model = MlflowClient(tracking_uri).get_logged_model(model_id)
+    except MlflowException as e:
+        raise UserError(f"{spec}: no such LoggedModel at {tracking_uri} ({e.message})") from None
+    path = model.tags.get(PATH_TAG)
+    if not path or not (Path(path).is_dir() or "://" in path):
+        return None
+    resolved = resolve(path, tracking_uri, overrides)
+    resolved.provenance.update(spec=spec, run_id=resolved.provenance["run_id"] or model.source_run_id,
+                               tracking_uri=tracking_uri)  # fmt: skip
+    return resolved
 
 
 def _run_artifacts(spec: str, run_id: str, client: Any, tracking_uri: str, overrides: list[str]) -> Resolved:

@@ -114,3 +114,22 @@ def test_export_register_links_the_version_to_the_training_run_and_its_best_chec
     assert source.provenance["kind"] == "registry"
     # Registering did not change which checkpoints the Models tab lists.
     assert set(_models(uri, summary.run_id)) == {Path(m["path"]).name for m in trained["kept"]}
+
+
+def test_export_register_of_a_named_logged_model_links_that_checkpoint(trained, capsys):
+    """`lma3d export --checkpoint models:/m-<id> --register`: the LoggedModel of a kept checkpoint that is not the
+    best, read from its checkpoint folder."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.verbs.export import main as export_main
+
+    cfg, summary = trained["cfg"], trained["summary"]
+    models = _models(cfg.tracking_uri, summary.run_id)
+    other = next(m for name, m in models.items() if name != Path(summary.best_checkpoint).name)
+    args = ["--checkpoint", f"models:/{other.model_id}", "--out", str(trained["root"] / "named"), "--register",
+            NAME, "--alias", "named", f"workdir={cfg.workdir}", f"mlflow.tracking_uri={cfg.tracking_uri}"]  # fmt: skip
+    assert export_main(args) == 0, capsys.readouterr().err
+    version = MlflowClient(cfg.tracking_uri).get_model_version_by_alias(NAME, "named")
+    assert version.run_id == summary.run_id and version.tags["lma3d.step"] == other.params["step"]
+    assert f"named explicitly (models:/{other.model_id})" in version.description
+    assert MlflowClient(cfg.tracking_uri).get_logged_model(other.model_id).tags["mlflow.modelVersions"]
