@@ -1,7 +1,7 @@
 """Data pipeline throughput, measured side by side in one run on a synthetic AGPIL dataset.
 
     python benchmarks/bench_data.py [--images 5000] [--workdir /tmp/lma3d-bench-data] [--cpus 2] [--nodes 2]
-                                    [--shard-only]
+                                    [--shard-only] [--s3]
 
 1. synth: generation speed with 1 and 2 processes.
 2. shard: the Ray Data job vs the same parse-and-write in one plain Python process vs the floor of reading
@@ -17,6 +17,8 @@
 4. verification: reading every train shard with and without the sha256 / count / value checks, and the train
    loader (1 process) with and without them (without = the same tar parse, no hashing, no checks, no bank hash);
    the goal is <= 5 % of loader throughput.
+5. `--s3`: the shard job, the train loader and the eval loader against a local S3 endpoint vs local disk
+   (benchmarks/bench_data_s3.py).
 """
 
 from __future__ import annotations
@@ -260,6 +262,7 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the running Ray the job is submitted to")
     parser.add_argument("--nodes", type=int, default=1, help="2 or more: also the job on a local multi-node cluster")
     parser.add_argument("--shard-only", action="store_true", help="only the dataset and the shard rows")
+    parser.add_argument("--s3", action="store_true", help="also: from a local S3 endpoint vs local disk")
     args = parser.parse_args()
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
@@ -299,6 +302,10 @@ def main() -> None:
                 note += f"; loader process RSS {rss:.0f} MiB, PSS {pss:.0f} MiB"
             rows.append((f"loader img/s (3 pairs), {workers} procs vs decode floor", floor_rate, rate, note))
         rows += verification_rows(work / "shards", 224)
+    if args.s3:
+        from bench_data_s3 import s3_rows
+
+        rows += s3_rows(root, work, items)
 
     print(f"dataset: {args.images} train images, {manifest['splits']['test']['samples']} test triplets, "
           f"{manifest['point_bank']['clouds']} train clouds, {items} raw items, {mb:.0f} MiB raw\n")  # fmt: skip

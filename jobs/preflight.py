@@ -76,11 +76,22 @@ def model_files(model: Any) -> None:
         )
 
 
+def output_reachable(location: str, key: str) -> None:
+    """An object-storage output's bucket exists and answers (a local folder is created by its writer)."""
+    from pipeline.storage import StorageError, check_reachable
+
+    try:
+        check_reachable(location, key)
+    except StorageError as e:
+        raise UserError(str(e)) from None
+
+
 def train_inputs(cfg: Any) -> None:
     """Everything `lma3d train` will read, checked before it starts anything."""
     splits = ("train", "test") if cfg.train.val_every > 0 else ("train",)
     manifest = shard_folder(cfg.data.shards, "data.shards", splits)
     pairs_available(manifest, cfg.data.pairs, cfg.data.shards)
+    output_reachable(cfg.storage_path, "train.storage_path")
     model_files(cfg.model)
     if cfg.model.backbone == "llava-1.6-vicuna-7b" and not cfg.model.backbone_path:
         raise UserError("model.backbone llava-1.6-vicuna-7b needs model.backbone_path (its local weights folder)")

@@ -246,3 +246,19 @@ def test_an_endpoint_gone_mid_read_fails_with_one_line_after_bounded_retries(bot
     with pytest.raises(StorageError, match=rf"^{remote}/{entry.name}: .*connection reset \(after 4 attempts\)$"):
         list(iter_samples(entry))
     assert dropping.calls == storage.READ_ATTEMPTS
+
+
+def test_lma3d_shard_and_inspect_take_s3_uris(s3, raw, capsys):
+    from jobs.verbs.inspect import main as inspect_main
+    from jobs.verbs.shard import main as shard_main
+
+    out = f"s3://{BUCKET}/cli/shards"
+    args = ["--source", str(raw), "--out", out, "--num-points", str(NUM_POINTS), "--samples-per-shard", "4"]
+    assert shard_main([*args, "--no-ray"]) == 0
+    assert shard_main([*args, "--no-ray"]) == 2  # exists: refused without --overwrite
+    capsys.readouterr()
+    assert inspect_main([out, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verification"]["bad"] == [] and report["verification"]["samples"] == 12 + 5
+    assert inspect_main(["s3://no-such-bucket/shards"]) == 2
+    assert "bucket 'no-such-bucket' does not exist" in capsys.readouterr().err

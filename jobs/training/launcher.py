@@ -349,15 +349,16 @@ def _check_gpus(cfg: ExperimentConfig, address: str | None, poll_s: float = 5.0)
 def _summarise(summary: TrainSummary, result: Any) -> None:
     from jobs.training.checkpoint import reconcile_checkpoint_tags
     from jobs.training.checkpoint_models import reconcile_after_fit
+    from jobs.training.run_folder import location
 
     summary.last_metrics = dict(result.metrics or {})
     summary.last_step = int(summary.last_metrics.get("step", 0))
     if result.checkpoint is not None:
-        summary.latest_checkpoint = result.checkpoint.path
+        summary.latest_checkpoint = location(summary.run_dir, result.checkpoint.path)
     scored = [(c, m) for c, m in (result.best_checkpoints or []) if _finite(m.get("val/auc"))]
     if scored:
         best, metrics = max(scored, key=lambda cm: cm[1]["val/auc"])
-        summary.best_checkpoint, summary.best_metrics = best.path, dict(metrics)
+        summary.best_checkpoint, summary.best_metrics = location(summary.run_dir, best.path), dict(metrics)
     reconcile_checkpoint_tags(summary.tracking_uri, summary.run_id, result.best_checkpoints or [])
     reconcile_after_fit(summary.tracking_uri, summary.run_id, summary.run_dir, result.best_checkpoints or [])
 

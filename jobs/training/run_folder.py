@@ -57,8 +57,15 @@ def inspect_run(storage_path: str, name: str) -> tuple[bool, list[dict[str, Any]
             meta_path = f"{info.path}/{META_FILE}"
             meta_info = fs.get_file_info(meta_path)
             if meta_info.type == pyarrow.fs.FileType.File:
-                metas.append({**_read_meta(fs, meta_info), "path": info.path})
+                metas.append({**_read_meta(fs, meta_info), "path": location(storage_path, info.path)})
     return True, sorted(metas, key=lambda m: m["step"])
+
+
+def location(storage_path: str, path: str) -> str:
+    """A path inside the run's filesystem as the user and the loaders name it: with the scheme on object storage
+    (pyarrow's paths there are `bucket/key`)."""
+    scheme, sep, _ = storage_path.partition("://")
+    return f"{scheme}://{path}" if sep and scheme != "file" else path
 
 
 def _read_meta(fs: Any, info: Any) -> dict[str, Any]:

@@ -38,6 +38,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--examples", type=int, default=5, help="rejections to show (default 5)")
     args = parser.parse_args(argv)
 
+    from pipeline.storage import StorageError, check_reachable, is_uri
+
+    if is_uri(args.root):  # a shard folder on object storage (raw datasets are read from local folders)
+        try:
+            check_reachable(args.root, "lma3d inspect")
+        except StorageError as e:
+            raise UserError(str(e)) from None
+        return inspect_shards(args.root, args.json)
     root = Path(args.root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} does not exist or is not a folder")
@@ -51,7 +59,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def inspect_shards(root: Path, as_json: bool) -> int:
+def inspect_shards(root: Path | str, as_json: bool) -> int:
     from pipeline.loaders.verify import verify_folder
     from pipeline.shards.manifest import read_manifest
 
@@ -142,7 +150,7 @@ def _fraction_table(title: str, unit: str, fractions: dict[str, dict[str, Any]])
     return table(title, ["affordance", unit, "mean fraction", "none >= 0.5"], rows)
 
 
-def render_manifest(root: Path, summary: dict[str, Any]) -> str:
+def render_manifest(root: Path | str, summary: dict[str, Any]) -> str:
     scalars = [[k, v] for k, v in summary.items() if k not in ("counts", "shard_totals")]
     counts = [[k, v] for k, v in _flatten(summary["counts"]).items()]
     totals = summary["shard_totals"]

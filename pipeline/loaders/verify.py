@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.loaders.bank import PointBank
+from pipeline.loaders.bank import open_bank
 from pipeline.loaders.reading import CorruptShard, read_shard
 from pipeline.shards.manifest import read_manifest, shard_entries
 
@@ -28,7 +28,7 @@ def verify_folder(shards: str | Path) -> dict[str, Any]:
     bank = manifest.get("point_bank")
     if bank is not None:
         try:
-            PointBank(Path(shards, bank["file"]), bank, num_points)
+            open_bank(shards, manifest)
             bank_state = "ok"
         except (CorruptShard, FileNotFoundError) as error:
             reason = error.reason if isinstance(error, CorruptShard) else str(error)
