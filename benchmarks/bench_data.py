@@ -1,7 +1,7 @@
 """Data pipeline throughput, measured side by side in one run on a synthetic AGPIL dataset.
 
     python benchmarks/bench_data.py [--images 5000] [--workdir /tmp/lma3d-bench-data] [--cpus 2] [--nodes 2]
-                                    [--shard-only] [--s3]
+                                    [--shard-only] [--s3 | --s3-only]
 
 1. synth: generation speed with 1 and 2 processes.
 2. shard: the Ray Data job vs the same parse-and-write in one plain Python process vs the floor of reading
@@ -263,6 +263,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=1, help="2 or more: also the job on a local multi-node cluster")
     parser.add_argument("--shard-only", action="store_true", help="only the dataset and the shard rows")
     parser.add_argument("--s3", action="store_true", help="also: from a local S3 endpoint vs local disk")
+    parser.add_argument("--s3-only", action="store_true", help="only the dataset and the S3 rows")
     args = parser.parse_args()
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
@@ -280,6 +281,11 @@ def main() -> None:
 
     root = work / "raw"
     items = len(list_items(root, "agpil"))
+    if args.s3_only:
+        from bench_data_s3 import s3_rows
+
+        print_rows(s3_rows(root, work, items))
+        return
     floor_s, raw_bytes = raw_read_floor(root)
     ray_s, manifest, job_rows = shard_rows(root, work, items, args.cpus)
     mb = raw_bytes / 2**20
@@ -309,6 +315,10 @@ def main() -> None:
 
     print(f"dataset: {args.images} train images, {manifest['splits']['test']['samples']} test triplets, "
           f"{manifest['point_bank']['clouds']} train clouds, {items} raw items, {mb:.0f} MiB raw\n")  # fmt: skip
+    print_rows(rows)
+
+
+def print_rows(rows: list[Row]) -> None:
     print(f"{'measurement':<60}{'reference':>11}{'ours':>10}  ratio")
     for name, ref, ours, note in rows:
         print(f"{name:<60}{ref:>11.1f}{ours:>10.1f}  {note or f'{ours / ref:.2f}x'}")
