@@ -28,6 +28,7 @@ def s3_rows(raw: Path, work: Path, images: int) -> list[Row]:
     from pipeline.loaders.config import DataConfig
     from pipeline.shards.config import ShardConfig
     from pipeline.shards.job import run as shard
+    from pipeline.storage import Folder
 
     rows: list[Row] = []
     with s3_server(work / "s3", buckets=("bench",)) as env:
@@ -38,6 +39,12 @@ def s3_rows(raw: Path, work: Path, images: int) -> list[Row]:
         disk_s = _timed(lambda: shard(raw, "agpil", local, cfg, use_ray=False))
         s3_s = _timed(lambda: shard(raw, "agpil", remote, cfg, use_ray=False))
         rows.append(("shard job (--no-ray) samples/s: local disk vs S3", images / disk_s, images / s3_s, ""))
+        files = [p for p in sorted(local.rglob("*")) if p.is_file()]
+        mb = sum(p.stat().st_size for p in files) / 2**20
+        copy = Folder("s3://bench/floor")
+        floor_s = _timed(lambda: [copy.write_bytes(str(p.relative_to(local)), p.read_bytes()) for p in files])
+        rows.append(("S3 MB/s: PUT the output's bytes alone (floor) vs shard job", mb / floor_s, mb / s3_s,
+                     f"{100 * floor_s / s3_s:.0f}% of floor"))  # fmt: skip
         for name, make in (
             ("train loader img/s (0 procs, 3 pairs): disk vs S3", lambda c: train_loader(c, 224, 0, 1, 0)),
             ("eval loader samples/s (read + decode): disk vs S3", lambda c: eval_loader(c, 224, 0, 1)),

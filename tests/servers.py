@@ -132,20 +132,23 @@ def postgres_server(bindir: Path, root: Path, database: str = "mlflow") -> Itera
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_uri: str, root: Path, port: int | None = None) -> Iterator[str]:
-    """`mlflow server` on `port` (default: a free loopback port) with local artifacts under `root`; yields its
-    http URI."""
+def mlflow_server(backend_uri: str, root: Path, port: int | None = None, artifacts: str = "") -> Iterator[str]:
+    """`mlflow server` on `port` (default: a free loopback port) proxying artifacts to `artifacts` (default: a
+    folder under `root`; an s3:// URI takes MLFLOW_S3_ENDPOINT_URL and the keys from this process's environment);
+    yields its http URI."""
     port = port or free_port()
+    root.mkdir(parents=True, exist_ok=True)
     log = root / "mlflow-server.log"
-    artifacts = root / "mlflow-artifacts"
-    artifacts.mkdir(parents=True, exist_ok=True)
+    if not artifacts:
+        artifacts = str(root / "mlflow-artifacts")
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
     cmd = [
         str(Path(sys.executable).with_name("mlflow")),
         "server",
         "--backend-store-uri",
         backend_uri,
         "--artifacts-destination",
-        str(artifacts),
+        artifacts,
         "--host",
         "127.0.0.1",
         "--port",
