@@ -204,7 +204,10 @@ def check_reachable(location: str | Path, what: str) -> None:
     try:
         info = folder.fs.get_file_info(bucket)
     except OSError as error:
-        raise StorageError(f"{what} {location}: {_one_line(error)}") from None
+        line = _one_line(error)
+        if "ACCESS_DENIED" in line or "403" in line:
+            line += " (the credentials were refused: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the chain)"
+        raise StorageError(f"{what} {location}: {line}") from None
     if info.type == pafs.FileType.NotFound:
         raise StorageError(f"{what} {location}: bucket {bucket!r} does not exist")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import shutil
 import signal
@@ -180,16 +181,20 @@ S3_KEYS = {"AWS_ACCESS_KEY_ID": "lma3d-test-key", "AWS_SECRET_ACCESS_KEY": "lma3
 
 
 @contextlib.contextmanager
-def s3_server(root: Path, buckets: tuple[str, ...] = ("lma3d",)) -> Iterator[dict[str, str]]:
+def s3_server(root: Path, buckets: tuple[str, ...] = ("lma3d",), auth: bool = False) -> Iterator[dict[str, str]]:
     """An S3-compatible endpoint (moto's server mode: the S3 HTTP API, spoken to unmodified boto3, pyarrow and
     MLflow clients) on a free 127.0.0.1 port, with `buckets` created. Yields the environment a client needs:
-    AWS_ENDPOINT_URL (and MLFLOW_S3_ENDPOINT_URL) plus the test keys."""
+    AWS_ENDPOINT_URL (and MLFLOW_S3_ENDPOINT_URL) plus keys: the fixed test keys, or with `auth` the keys of an
+    IAM user allowed s3:* that the server checks every request against (any other key is refused with 403)."""
     port = free_port()
     log = root / "s3-server.log"
     root.mkdir(parents=True, exist_ok=True)
+    # moto authenticates every request after its first N: exactly the 3 IAM calls below that create the user.
+    server_env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"} if auth else None
     with open(log, "w") as out:
         proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p",
-                                 str(port)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+                                 str(port)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=server_env)  # fmt: skip
     endpoint = f"http://127.0.0.1:{port}"
     env = {"AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint, **S3_KEYS}
 
@@ -205,6 +210,15 @@ def s3_server(root: Path, buckets: tuple[str, ...] = ("lma3d",)) -> Iterator[dic
         import boto3
 
         key, secret = S3_KEYS["AWS_ACCESS_KEY_ID"], S3_KEYS["AWS_SECRET_ACCESS_KEY"]
+        if auth:
+            iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key,
+                               aws_secret_access_key=secret)  # fmt: skip
+            iam.create_user(UserName="lma3d")
+            policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+            iam.put_user_policy(UserName="lma3d", PolicyName="s3", PolicyDocument=json.dumps(policy))
+            created = iam.create_access_key(UserName="lma3d")["AccessKey"]
+            key, secret = created["AccessKeyId"], created["SecretAccessKey"]
+            env |= {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key,
                               aws_secret_access_key=secret)  # fmt: skip
         for bucket in buckets:

@@ -269,3 +269,16 @@ def test_ray_cluster_requires_the_token_from_the_auth_secret(name):
     for group, pod in ray_pods(name):
         env = {e["name"] for c in pod["containers"] for e in c.get("env", [])}
         assert not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} & env, f"{group}: KubeRay sets these from authOptions"
+
+
+def test_the_object_storage_cluster_mounts_no_shared_volume_and_gives_every_pod_the_bucket_secret():
+    assert secrets()["lma3d-s3"].keys() >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "LMA3D_CACHE_DIR"}
+    cache = secrets()["lma3d-s3"]["LMA3D_CACHE_DIR"]
+    for group, pod in ray_pods("raycluster-s3.yaml"):
+        assert not [v for v in pod.get("volumes", []) if "persistentVolumeClaim" in v], group
+        for container in pod["containers"]:
+            refs = {e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e}
+            assert "lma3d-s3" in refs, group
+        if group != "head":  # the pods that run loaders keep the bank cache on a volume of their own
+            mounts = {m["mountPath"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
+            assert cache in mounts, group

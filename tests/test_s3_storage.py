@@ -262,3 +262,27 @@ def test_lma3d_shard_and_inspect_take_s3_uris(s3, raw, capsys):
     assert report["verification"]["bad"] == [] and report["verification"]["samples"] == 12 + 5
     assert inspect_main(["s3://no-such-bucket/shards"]) == 2
     assert "bucket 'no-such-bucket' does not exist" in capsys.readouterr().err
+
+
+def test_refused_credentials_are_one_line_before_ray_or_mlflow_start(raw, tmp_path, capsys, monkeypatch):
+    from unittest import mock
+
+    from jobs.verbs.train import main as train_main
+    from tiny import tiny_overrides
+
+    with s3_server(tmp_path / "s3", buckets=("lma3d",), auth=True) as env:  # checks every request's key
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        shards = "s3://lma3d/shards"
+        shard(raw, "agpil", shards, ShardConfig(samples_per_shard=4), num_points=NUM_POINTS, use_ray=False)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        argv = tiny_overrides(**{"data.shards": shards, "workdir": str(tmp_path / "work")})
+        with (  # reaching either would end as exit 1 with a traceback, not 2
+            mock.patch("pipeline.ray_session.ensure_ray", side_effect=AssertionError("Ray reached first")),
+            mock.patch("jobs.training.tracking.create_run", side_effect=AssertionError("MLflow run created first")),
+        ):
+            code = train_main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"lma3d train: error: data.shards {shards}: ") and "credentials were refused" in lines[0]
+    assert env["AWS_SECRET_ACCESS_KEY"] not in lines[0] and "not-the-secret" not in lines[0]
