@@ -1,9 +1,9 @@
-"""The exported model in the MLflow registry: a pyfunc whose predict takes image / points / instruction.
+"""The exported model in the MLflow registry: `register` logs the pyfunc (jobs/serving/pyfunc_model.py) as
+models-from-code and registers a version of it.
 
-The pyfunc holds no weights of its own: its artifact is the exported folder (model.safetensors + config.json),
-loaded in load_context by jobs.loading.load (safetensors only, checked against its config), as every verb loads.
-The package code travels with it (code_paths), so a serving environment with the listed requirements can load
-it; `lma3d predict --model models:/name@alias` reads the same artifact without going through pyfunc at all.
+The model's code is jobs/serving/pyfunc_code.py, logged as a file, with the package code beside it (code_paths), so
+loading executes source and unpickles nothing; its artifact is the exported folder. `lma3d predict --model
+models:/name@alias` reads the same artifact without going through pyfunc at all.
 """
 
 from __future__ import annotations
@@ -13,38 +13,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
-import numpy as np
-
 from jobs.entry import UserError
 from jobs.serving.model_card import ModelCard
+from jobs.serving.pyfunc_model import ARTIFACT
 from jobs.training.tracking import tracking_uri_for_now
 
 log = logging.getLogger("lma3d.export.registry")
-ARTIFACT = "lma3d_model"
+MODEL_CODE = Path(__file__).with_name("pyfunc_code.py")
 REQUIREMENTS = ("torch", "safetensors", "transformers", "peft", "numpy", "pillow", "matplotlib")
-
-
-class AffordanceModel(mlflow.pyfunc.PythonModel):
-    """predict(rows) with rows a DataFrame / dict / list of dicts holding `image` (path or bytes), `points`
-    (path of a .txt/.npy/.ply file or an [N,3] array) and `instruction`; returns one float32 array per row,
-    the affordance of every input point."""
-
-    def load_context(self, context: Any) -> None:
-        from jobs.loading import load
-
-        self.model = load(context.artifacts[ARTIFACT]).model
-
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
-        from jobs.serving.batch_predict import Item, predict_item, rows_from
-        from jobs.serving.model_card import image_value
-
-        out = []
-        for i, row in enumerate(rows_from(model_input)):
-            points = row["points"] if isinstance(row["points"], str) else np.asarray(row["points"])
-            item = Item(f"row{i}", image_value(row["image"]), points, str(row["instruction"]))
-            out.append(predict_item(self.model, item).values)
-        return out
 
 
 def _requirements() -> list[str]:
@@ -82,7 +58,7 @@ def register(
             with mlflow.start_run(run_id=run_id):
                 info = mlflow.pyfunc.log_model(
                     name="model",
-                    python_model=AffordanceModel(),
+                    python_model=str(MODEL_CODE),  # models-from-code: a file MLflow executes at load, no pickle
                     artifacts={ARTIFACT: str(export_dir)},
                     code_paths=code,
                     pip_requirements=_requirements(),

@@ -1,0 +1,58 @@
+"""The registered model as MLflow logs it: models-from-code (its code is a logged .py file, the model folder holds
+no pickle, and it loads with MLflow's pickle deserialization switched off)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from registered import IMAGE, INSTRUCTION, POINTS, export_tiny, register_tiny
+
+pytestmark = pytest.mark.slow  # registers a model (about 10 s: MLflow validates the input example by predicting)
+ROOT = Path(__file__).parents[1]
+NAME = "lma3d-code"
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    import mlflow
+
+    from jobs.training.tracking import tracking_uri_for_now
+
+    tmp = tmp_path_factory.mktemp("code")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    exported = export_tiny(tmp / "model", seed=7)
+    info = register_tiny(exported, NAME, "champion", uri, tmp / "work")
+    with tracking_uri_for_now(uri):
+        folder = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion", dst_path=str(tmp / "dl")))
+    return {**info, "tracking_uri": uri, "exported": exported, "folder": folder}
+
+
+def test_the_pyfunc_is_logged_as_code_and_holds_no_pickle(registered: dict) -> None:
+    folder = registered["folder"]
+    flavor = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    code = folder / Path(flavor["model_code_path"]).name
+    assert code.read_text() == (ROOT / "jobs" / "serving" / "pyfunc_code.py").read_text()
+    assert "python_model" not in flavor  # the key a cloudpickled PythonModel is loaded from
+    pickles = [p for p in folder.rglob("*") if p.suffix in (".pkl", ".pickle", ".cloudpickle")]
+    assert pickles == []
+    assert {p.name for p in (folder / "code").iterdir()} == {"jobs", "model", "pipeline"}
+
+
+def test_it_loads_and_predicts_with_pickle_deserialization_off(registered: dict, monkeypatch) -> None:
+    import mlflow
+
+    from jobs.serving.batch_predict import Item, predict_item
+    from jobs.training.tracking import tracking_uri_for_now
+    from model.pretrained import from_pretrained
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # MLflow refuses a pickled model then
+    with tracking_uri_for_now(registered["tracking_uri"]):
+        model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    served = model.predict({"image": str(IMAGE), "points": str(POINTS), "instruction": INSTRUCTION})
+    direct = predict_item(from_pretrained(registered["exported"], fps_start="first"),
+                          Item("x", IMAGE, POINTS, INSTRUCTION))  # fmt: skip
+    np.testing.assert_array_equal(served[0], direct.values)
