@@ -45,10 +45,9 @@ class FaultInjector:
     def __call__(self, event: StepEvent) -> None:
         if event.rank != self.rank or event.step != self.step or Path(self.marker).exists():
             return
-        snapshot = Path(event.run_dir, RAY_SNAPSHOT_FILE)
         deadline = time.monotonic() + 60
-        while event.last_checkpoint and time.monotonic() < deadline and "://" not in event.run_dir:
-            if snapshot.exists() and event.last_checkpoint in snapshot.read_text():
+        while event.last_checkpoint and time.monotonic() < deadline:
+            if event.last_checkpoint.rstrip("/").rsplit("/", 1)[-1] in _snapshot(event.run_dir):
                 break
             time.sleep(0.2)
         Path(self.marker).write_text(str(event.step))
@@ -70,3 +69,18 @@ class FaultInjector:
         gib = len(held) / 4
         del held
         raise RuntimeError(f"fault injection: {gib:.1f} GiB held for {self.hold_s} s, not killed")
+
+
+def _snapshot(run_dir: str) -> str:
+    """Ray's run snapshot as text ("" while there is none), local or on object storage."""
+    import pyarrow.fs
+
+    if "://" not in run_dir:
+        path = Path(run_dir, RAY_SNAPSHOT_FILE)
+        return path.read_text() if path.exists() else ""
+    fs, root = pyarrow.fs.FileSystem.from_uri(run_dir)
+    try:
+        with fs.open_input_stream(f"{root}/{RAY_SNAPSHOT_FILE}") as f:
+            return f.read().decode()
+    except FileNotFoundError:
+        return ""

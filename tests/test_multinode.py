@@ -113,3 +113,63 @@ def test_two_nodes_train_survive_a_lost_node_and_evaluate_across_both(shards, tm
               f"whole test {time.monotonic() - began:.0f} s")  # fmt: skip
     finally:
         cluster.stop()
+
+
+def test_two_nodes_with_a_bucket_and_no_shared_folder_resume_and_evaluate(shards, tmp_path, monkeypatch):
+    """The same run with shards, checkpoints and MLflow artifacts in S3 (moto's server on 127.0.0.1) and MLflow
+    behind a server: nodes share no folder (each has the endpoint and keys in its environment, as pods from a
+    Secret); the lost node's successor resumes from the bucket and eval reads checkpoint and shards from it."""
+    import pyarrow.fs as pafs
+    from servers import mlflow_server, s3_server
+
+    with s3_server(tmp_path / "s3", buckets=("lma3d",)) as s3:
+        for key, value in s3.items():
+            monkeypatch.setenv(key, value)
+        bucket_fs, _ = pafs.FileSystem.from_uri("s3://lma3d/shards")
+        pafs.copy_files(str(shards), "lma3d/shards", destination_filesystem=bucket_fs)
+        with mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "mlflow",
+                           artifacts="s3://lma3d/mlflow") as tracking:  # fmt: skip
+            cluster = LocalRayCluster(tmp_path / "ray", num_cpus=1, env={**FAST_NODE_DEATH, **s3}).start()
+            try:
+                second = cluster.add_node("node2", num_cpus=1)
+                marker, log = tmp_path / "hang", tmp_path / "train.log"
+                fault = {"kind": "hang", "rank": 1, "step": KILL_STEP, "marker": str(marker)}
+                overrides = train_overrides("s3://lma3d/shards", tmp_path / "work", max_steps=6, max_failures=1,
+                                            checkpoint_every=CHECKPOINT_EVERY, placement_strategy="STRICT_SPREAD",
+                                            storage_path="s3://lma3d/runs")  # fmt: skip
+                args = ["--address", cluster.gcs_address, "--run-name", "bucket", f"mlflow.tracking_uri={tracking}",
+                        *overrides]  # fmt: skip
+                with open(log, "w") as out:
+                    driver = subprocess.Popen(
+                        [sys.executable, str(TESTS / "train_driver.py"), json.dumps(fault), *args],
+                        env=_env(cluster), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                    )  # fmt: skip
+                    _wait_for(marker, driver, log, timeout=300)
+                    second.kill()
+                    cluster.add_node("node2-again", num_cpus=1)
+                    assert driver.wait(timeout=300) == 0, log.read_text()[-4000:]
+                assert f"resumed at step {KILL_STEP - CHECKPOINT_EVERY}" in log.read_text()
+                final = "lma3d/runs/bucket/checkpoint_step000000006"
+                listed = bucket_fs.get_file_info(pafs.FileSelector(final, recursive=True))
+                optim = sorted(i.base_name for i in listed if i.base_name.endswith("_optim_states.pt"))
+                assert optim == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
+                assert not (tmp_path / "work" / "runs").exists()  # no checkpoint on a node's disk
+
+                evaluated = subprocess.run(
+                    [sys.executable, "-m", "jobs.verbs.eval", "--checkpoint", f"s3://{final}", "--shards",
+                     "s3://lma3d/shards", "--out", str(tmp_path / "eval"), "--address", cluster.gcs_address,
+                     "--no-mlflow", "eval.num_actors=2", "eval.cpus_per_actor=0.5", "eval.batch_size=2",
+                     "eval.viz_samples=0", "workdir=work"],
+                    env=_env(cluster), cwd=REPO, capture_output=True, text=True, timeout=150,
+                )  # fmt: skip
+                assert evaluated.returncode == 0, evaluated.stderr[-4000:]
+                assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"] == 6
+            finally:
+                cluster.stop()
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+        artifacts = bucket_fs.get_file_info(pafs.FileSelector("lma3d/mlflow", recursive=True))
+        assert any(i.path.endswith("config/config.yaml") for i in artifacts)  # the run's artifacts: in the bucket

@@ -267,8 +267,9 @@ def test_lma3d_shard_and_inspect_take_s3_uris(s3, raw, capsys):
 def test_refused_credentials_are_one_line_before_ray_or_mlflow_start(raw, tmp_path, capsys, monkeypatch):
     from unittest import mock
 
-    from jobs.verbs.train import main as train_main
     from tiny import tiny_overrides
+
+    from jobs.verbs.train import main as train_main
 
     with s3_server(tmp_path / "s3", buckets=("lma3d",), auth=True) as env:  # checks every request's key
         for key, value in env.items():

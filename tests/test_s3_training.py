@@ -1,15 +1,17 @@
 """The chain on object storage, against a real S3 endpoint (moto's server on 127.0.0.1): the Ray Data shard job
 writes to a bucket, Ray Train (2 CPU workers, DeepSpeed ZeRO-2) reads its shards from there and keeps its
-checkpoints there, a second launch resumes from the bucket, and evaluation scores a checkpoint read from the
-bucket on the bucket's test shards. Nothing is written to a local path but the node's bank cache, temporary
-folders and the SQLite MLflow store. The Ray of these tests runs with the endpoint in its environment, as a
-cluster's nodes would (credentials come from the node, never from a config or a Ray object)."""
+checkpoints there, a second launch resumes from the bucket, evaluation scores a checkpoint read from the bucket
+on the bucket's test shards, and that checkpoint is exported and predicts. No checkpoint is written to a local
+path (only the bank cache, temporary folders, the SQLite MLflow store and the outputs asked for). The Ray of
+these tests runs with the endpoint in its environment, as a cluster's nodes would (credentials come from the
+node, never from a config or a Ray object)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from servers import S3_KEYS, s3_server
 from tiny import NUM_POINTS, tiny_overrides
@@ -84,6 +86,18 @@ def test_shard_train_resume_and_eval_with_everything_in_a_bucket(s3_ray, tmp_pat
 
     report = evaluate(cfg, second.latest_checkpoint, out=str(tmp_path / "eval"), track=False)
     assert report.result.metrics["n"] == 5 and 0.0 <= report.result.metrics["mae"] <= 1.0
+    # export from the bucket's checkpoint (copied to a temporary folder, consolidated), then predict with it
+    from jobs.serving.export_folder import export
+    from jobs.verbs.predict import main as predict_main
+
+    export(cfg, second.latest_checkpoint, tmp_path / "model")
+    image = next((tmp_path / "raw").rglob("*.jpg"))
+    points = np.random.default_rng(0).normal(size=(NUM_POINTS, 3)).astype(np.float32)
+    np.save(tmp_path / "points.npy", points)
+    assert predict_main(["--model", str(tmp_path / "model"), "--image", str(image), "--points",
+                         str(tmp_path / "points.npy"), "--instruction", "grasp it", "--out",
+                         str(tmp_path / "predicted")]) == 0  # fmt: skip
+    assert list((tmp_path / "predicted").iterdir())
     local = [p for p in tmp_path.rglob("*") if p.is_file() and "checkpoint" in p.name]
     assert local == []  # checkpoints only in the bucket
     for key in S3_KEYS.values():

@@ -8,6 +8,7 @@ ever hands out registered ones, the latest first.
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,16 @@ class RaySession:
         if checkpoint is None:
             yield None
             return
-        with checkpoint.as_directory() as folder:
-            yield folder
+        import pyarrow.fs
+
+        if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+            yield checkpoint.path
+            return
+        # Not as_directory(): on object storage it downloads into one folder per node that the first rank to
+        # finish deletes, possibly while another rank of the node still reads it (seen: a resumed rank 1 failed
+        # on a half-deleted mp_rank_00_model_states.pt). Each rank reads its own copy instead.
+        with tempfile.TemporaryDirectory(prefix="lma3d-checkpoint-") as folder:
+            yield checkpoint.to_directory(folder)
 
 
 def train_func(config: dict[str, Any]) -> None:
