@@ -5,6 +5,7 @@ its files, renders and a child MLflow run under the training run."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +148,9 @@ def test_eval_cli_writes_results_renders_and_a_child_run_of_the_training_run(
     out = tmp_path / "out"
     args = ["--checkpoint", str(model_dir), "--shards", str(folder), "--out", str(out), f"workdir={tmp_path}"]
     args += ["eval.batch_size=3", "eval.num_actors=2", "eval.cpus_per_actor=0.5", "eval.viz_samples=2"]
+    called_ms = time.time() * 1000
     assert eval_main(args) == 0, capsys.readouterr().err
+    returned_ms = time.time() * 1000
     printed = capsys.readouterr().out
     assert "AUC" in printed and "aIOU" in printed and "per object" in printed
 
@@ -188,3 +191,12 @@ def test_eval_cli_writes_results_renders_and_a_child_run_of_the_training_run(
     logged = {a.path for a in client.list_artifacts(child.info.run_id, "eval")}
     logged |= {a.path for a in client.list_artifacts(child.info.run_id, "viz")}
     assert {"eval/metrics.json", "eval/per_class.csv", "eval/predictions.npz", f"viz/{shown[0]}.png"} <= logged
+    # The run spans the evaluation (not just its logging): started before inference, ended after the results.
+    info = child.info
+    assert called_ms <= info.start_time < (out / "metrics.json").stat().st_mtime * 1000 <= info.end_time <= returned_ms
+    assert info.end_time - info.start_time >= 0.6 * (returned_ms - called_ms), (info, returned_ms - called_ms)
+    # Per-object / per-affordance results as an MLflow table, one row per per_class.csv row.
+    assert {"path": "eval/per_class.json", "type": "table"} in json.loads(child.data.tags["mlflow.loggedArtifacts"])
+    table = Path(client.download_artifacts(child.info.run_id, "eval/per_class.json", str(tmp_path)))
+    table = json.loads(table.read_text())
+    assert len(table["data"]) == len((out / "per_class.csv").read_text().splitlines()) - 1

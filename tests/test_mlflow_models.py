@@ -55,6 +55,14 @@ def test_the_runs_logged_models_are_exactly_its_kept_checkpoints_with_their_metr
     _check_kept(trained)
 
 
+def test_the_training_experiment_is_of_the_model_training_kind(trained):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(trained["cfg"].tracking_uri)
+    experiment = client.get_experiment(client.get_run(trained["summary"].run_id).info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
 def test_under_ray_train_too_the_logged_models_are_exactly_the_kept_checkpoints(tmp_path, ray_local):
     _check_kept(_train(tmp_path, no_ray=False))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def evaluate(
         from jobs.training.tracking import check_tracking_uri
 
         check_tracking_uri(tracking_uri)  # before the long part: an unreachable server is an error now
+    began_ms = int(time.time() * 1000)  # the eval run's start: it spans Ray, inference, outputs and logging
     started = ensure_ray(address)
     on_corrupt = cfg.data.on_corrupt_shard
     try:
@@ -105,7 +107,7 @@ def evaluate(
             ray.shutdown()
     report = EvalReport(result, out_dir, files, viz_files, tracking_uri=tracking_uri)
     if track:
-        report.run_id = _log(cfg, source, tracking_uri, report, info, manifest)
+        report.run_id = _log(cfg, source, tracking_uri, report, info, manifest, began_ms)
     return report
 
 
@@ -177,7 +179,13 @@ def run_name(source: Resolved, shuffled: bool) -> str:
 
 
 def _log(
-    cfg: ExperimentConfig, source: Resolved, tracking_uri: str, report: EvalReport, info: dict, manifest: dict
+    cfg: ExperimentConfig,
+    source: Resolved,
+    tracking_uri: str,
+    report: EvalReport,
+    info: dict,
+    manifest: dict,
+    began_ms: int,
 ) -> str | None:
     run_id = tracking.start_run(
         tracking_uri,
@@ -191,6 +199,7 @@ def _log(
             "lma3d.shards": info["shards"],
             "lma3d.shards_fingerprint": str(info.get("shards_fingerprint") or ""),
         },
+        start_time_ms=began_ms,
     )
     if run_id is None:
         return None

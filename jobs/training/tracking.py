@@ -33,6 +33,9 @@ RUN_KEY_TAG = "lma3d.run_key"
 """`<storage_path>/<run name>`: how a resumed job finds its MLflow run."""
 UNSENT_FILE = "mlflow-unsent.jsonl"
 """In the run folder: the metric and tag points MLflow did not take before the run ended (one JSON object a line)."""
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = (EXPERIMENT_KIND_TAG, "custom_model_development")
+"""MLflow 3's experiment kind for model training ("Machine learning" in its UI), as opposed to genai_development."""
 PARAM_BATCH = 100  # MLflow's log_batch limit on params per call
 PARAM_KEY_MAX, PARAM_VALUE_MAX = 250, 6000  # MLflow's limits on a param's key and value
 
@@ -103,12 +106,26 @@ def ray_submission_id() -> str | None:
 
 
 def ensure_experiment(client: Any, name: str, artifact_location: str | None) -> str:
+    """The experiment's id, created if missing; either way marked a model-training experiment (EXPERIMENT_KIND)
+    unless someone chose its kind already."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             raise UserError(f"MLflow experiment {name!r} is deleted; restore it or choose mlflow.experiment")
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before this tag was set, or by hand
+            retry("tag experiment kind", lambda: client.set_experiment_tag(experiment.experiment_id,
+                                                                           *EXPERIMENT_KIND))  # fmt: skip
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    return client.create_experiment(name, artifact_location=artifact_location, tags=dict([EXPERIMENT_KIND]))
+
+
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The experiment's (or run's) page in the MLflow UI, in its model-training view: MLflow 3.17's UI picks the
+    view from this `workflowType` query (else the user's last choice, GenAI at first), not from the experiment's
+    kind tag. A local store's page is the one `mlflow ui` serves on its default address."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    page = f"experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base}/#/{page}?workflowType=machine_learning"
 
 
 def find_run(client: Any, experiment_id: str, run_key: str) -> str | None:
