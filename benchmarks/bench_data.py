@@ -1,7 +1,7 @@
 """Data pipeline throughput, measured side by side in one run on a synthetic AGPIL dataset.
 
     python benchmarks/bench_data.py [--images 5000] [--workdir /tmp/lma3d-bench-data] [--cpus 2] [--nodes 2]
-                                    [--shard-only] [--s3 | --s3-only]
+                                    [--shard-only] [--s3 | --s3-only] [--scale]
 
 1. synth: generation speed with 1 and 2 processes.
 2. shard: the Ray Data job vs the same parse-and-write in one plain Python process vs the floor of reading
@@ -19,6 +19,8 @@
    the goal is <= 5 % of loader throughput.
 5. `--s3`: the shard job, the train loader and the eval loader against a local S3 endpoint vs local disk
    (benchmarks/bench_data_s3.py).
+6. `--scale` (alone): the shard job, the train loader and `lma3d eval` at 2,000 / 20,000 / 100,000 images
+   (benchmarks/bench_data_scale.py).
 """
 
 from __future__ import annotations
@@ -264,10 +266,17 @@ def main() -> None:
     parser.add_argument("--shard-only", action="store_true", help="only the dataset and the shard rows")
     parser.add_argument("--s3", action="store_true", help="also: from a local S3 endpoint vs local disk")
     parser.add_argument("--s3-only", action="store_true", help="only the dataset and the S3 rows")
+    parser.add_argument("--scale", action="store_true", help="only: cost vs dataset size (bench_data_scale.py)")
+    parser.add_argument("--scale-sizes", default="2000,20000,100000", help="train images per --scale step")
     args = parser.parse_args()
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     rows = []
+    if args.scale:
+        from bench_data_scale import scale_rows
+
+        print_rows(scale_rows(work, [int(n) for n in args.scale_sizes.split(",")]))
+        return
 
     if not args.shard_only:
         small = SynthConfig(out=str(work / "raw-small"), train_images=400, test_samples=100)
