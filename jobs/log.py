@@ -1,4 +1,8 @@
-"""One log format for every verb and rank: `[lma3d] time | LEVEL | rankN | logger: message`."""
+"""One log format for every verb and rank: `[lma3d] time | LEVEL | rankN | logger: message`.
+
+Only the project's own records and other libraries' warnings go through it: Ray Train logs every report at INFO
+on loggers named after its files (`Reporting training result 1: TrainingReport(...)`, a line per checkpoint),
+which would otherwise be repeated in the project's format between its own progress lines."""
 
 from __future__ import annotations
 
@@ -7,16 +11,18 @@ import os
 import sys
 
 FORMAT = "[lma3d] %(asctime)s | %(levelname)s | %(rank)s | %(name)s: %(message)s"
+OWN = ("lma3d", "jobs", "pipeline", "model", "root", "__main__")
+"""Loggers whose INFO records are the project's (`root`: logging.info in the project's scripts)."""
 
 
-class _RankFilter(logging.Filter):
+class _ProjectFilter(logging.Filter):
     def __init__(self, rank: str) -> None:
         super().__init__()
         self.rank = rank
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.rank = self.rank
-        return True
+        return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] in OWN
 
 
 def setup_logging(rank: int | None = None, level: int | str | None = None) -> None:
@@ -28,7 +34,7 @@ def setup_logging(rank: int | None = None, level: int | str | None = None) -> No
         level = os.environ.get("LMA3D_LOG_LEVEL", "INFO" if not rank else "WARNING")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
-    handler.addFilter(_RankFilter("main" if rank is None else f"rank{rank}"))
+    handler.addFilter(_ProjectFilter("main" if rank is None else f"rank{rank}"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -78,10 +78,13 @@ def test_the_ui_link_opens_the_model_training_view() -> None:
 
 
 def test_the_demo_ends_with_the_training_runs_page_in_that_view(client, tmp_path) -> None:
-    from jobs.verbs.demo import _training_page
+    from jobs.training.launcher import TrainSummary
+    from jobs.training.tracking import run_page
 
     run = client.create_run(ensure_experiment(client, "lma3d/demo", (tmp_path / "art").as_uri()))
-    page = _training_page(client.tracking_uri, run.info.run_id)
+    page = run_page(client.tracking_uri, run.info.run_id)
     assert page == ui_url(client.tracking_uri, run.info.experiment_id, run.info.run_id)
-    assert _training_page(client.tracking_uri, None) is None
-    assert _training_page(client.tracking_uri, "0" * 32) is None  # a run this store does not hold: no line
+    assert run_page(client.tracking_uri, None) is None
+    assert run_page(client.tracking_uri, "0" * 32) is None  # a run this store does not hold: no line
+    summary = TrainSummary("r", "/runs/r", client.tracking_uri, "lma3d/demo", run.info.run_id, "new")
+    assert f"run page:   {page}" in summary.report().splitlines()  # lma3d train ends with the same link

@@ -110,6 +110,7 @@ class TrainSummary:
             f"best:       {self.best_checkpoint or '-'} {best}",
             f"mlflow:     experiment {self.experiment!r}, run {self.run_id}",
             f"browse:     {ui}",
+            *([f"run page:   {page}"] if (page := tracking.run_page(self.tracking_uri, self.run_id)) else []),
         ])  # fmt: skip
 
 

@@ -128,6 +128,19 @@ def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> 
     return f"{base}/#/{page}?workflowType=machine_learning"
 
 
+def run_page(tracking_uri: str, run_id: str | None) -> str | None:
+    """The run's page in the model-training view (ui_url), None without a run or when the store cannot say."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    if not run_id:
+        return None
+    try:
+        return ui_url(tracking_uri, MlflowClient(tracking_uri).get_run(run_id).info.experiment_id, run_id)
+    except (MlflowException, OSError):
+        return None
+
+
 def find_run(client: Any, experiment_id: str, run_key: str) -> str | None:
     runs = client.search_runs(
         [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", order_by=["attributes.start_time DESC"]

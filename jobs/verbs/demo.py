@@ -184,25 +184,12 @@ def _report(work: Path, stages: StageLog, seconds: float) -> None:
         f"predictions:  {work / 'predict'}",
         f"browse:       mlflow ui --backend-store-uri sqlite:///{work / 'mlflow.db'}",
     ]
-    page = _training_page(f"sqlite:///{work / 'mlflow.db'}", done.get("train", {}).get("run_id"))
+    from jobs.training.tracking import run_page
+
+    page = run_page(f"sqlite:///{work / 'mlflow.db'}", done.get("train", {}).get("run_id"))
     if page:
         lines.append(f"then open:    {page}")
     print("\n".join(lines))
-
-
-def _training_page(tracking_uri: str, run_id: str | None) -> str | None:
-    """The training run's page in the model-training view (MLflow's UI opens in its GenAI view otherwise)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from jobs.training.tracking import ui_url
-
-    if not run_id:
-        return None
-    try:
-        return ui_url(tracking_uri, MlflowClient(tracking_uri).get_run(run_id).info.experiment_id, run_id)
-    except MlflowException:
-        return None
 
 
 if __name__ == "__main__":
