@@ -70,6 +70,15 @@ def _wait(check, what: str, proc: subprocess.Popen, log: Path, timeout: float = 
     raise RuntimeError(f"{what} did not come up in {timeout:.0f} s:\n{log.read_text()[-2000:]}")
 
 
+def _answers(url: str) -> bool:
+    """True once `url` answers 200 (a server's health page)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -161,15 +170,8 @@ def mlflow_server(backend_uri: str, root: Path, port: int | None = None, artifac
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
 
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
     try:
-        _wait(healthy, "mlflow server", proc, log, timeout=120)
+        _wait(lambda: _answers(f"{uri}/health"), "mlflow server", proc, log, timeout=120)
         yield uri
     finally:
         _stop(proc)
@@ -198,15 +200,8 @@ def s3_server(root: Path, buckets: tuple[str, ...] = ("lma3d",), auth: bool = Fa
     endpoint = f"http://127.0.0.1:{port}"
     env = {"AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint, **S3_KEYS}
 
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
     try:
-        _wait(healthy, "moto S3 server", proc, log)
+        _wait(lambda: _answers(f"{endpoint}/moto-api/"), "moto S3 server", proc, log)
         import boto3
 
         key, secret = S3_KEYS["AWS_ACCESS_KEY_ID"], S3_KEYS["AWS_SECRET_ACCESS_KEY"]
