@@ -102,3 +102,31 @@ def test_shard_train_resume_and_eval_with_everything_in_a_bucket(s3_ray, tmp_pat
     assert local == []  # checkpoints only in the bucket
     for key in S3_KEYS.values():
         assert key not in (tmp_path / "mlflow.db").read_bytes().decode("latin-1")
+
+
+def test_a_sweeps_trials_keep_their_checkpoints_in_the_bucket(s3_ray, tmp_path):
+    import json
+
+    from jobs.verbs.sweep import main as sweep_main
+    from pipeline.shards.config import ShardConfig
+    from pipeline.shards.job import run as shard
+    from pipeline.synth.config import SynthConfig
+    from pipeline.synth.generate import generate
+
+    generate(SynthConfig(out=str(tmp_path / "raw"), train_images=8, test_samples=4, points_per_object=3,
+                         num_points=NUM_POINTS, image_size=64))  # fmt: skip
+    shards = f"s3://{BUCKET}/shards/sweep"
+    shard(tmp_path / "raw", "agpil", shards, ShardConfig(samples_per_shard=4), num_points=NUM_POINTS, use_ray=False)
+    space = tmp_path / "space.yaml"
+    space.write_text(json.dumps({"train.lr": {"choice": [1e-4, 3e-4]}}))
+    args = ["--search", str(space), "--trials", "2", "--max-concurrent", "1", "--name", "lr", *tiny_overrides(),
+            f"data.shards={shards}", f"workdir={tmp_path / 'work'}", f"train.storage_path=s3://{BUCKET}/sweep-runs",
+            "data.batch_size=2", "data.eval_batch_size=4", "data.num_workers=0", "train.num_workers=1",
+            "train.precision=fp32", "train.zero_stage=0", "train.warmup_steps=2", "train.epochs=1",
+            "train.val_every=1", "mlflow.system_metrics=false"]  # fmt: skip
+    assert sweep_main(args) == 0
+    trials = {k.split("/")[3] for k in _keys(s3_ray, "sweep-runs/sweeps/lr/") if k.endswith("lma3d_meta.json")}
+    assert len(trials) == 2 and all(t.startswith("lr-") for t in trials)  # each trial's run folder in the bucket
+    best = json.loads((tmp_path / "work" / "sweeps" / "lr" / "best.json").read_text())
+    assert best["checkpoint"].startswith(f"s3://{BUCKET}/sweep-runs/sweeps/lr/lr-")
+    assert not list((tmp_path / "work").rglob("lma3d_meta.json"))  # no checkpoint on the local disk

@@ -49,6 +49,14 @@ def sweep_dir(cfg: ExperimentConfig, name: str) -> Path:
     return Path(cfg.workdir, "sweeps", name).resolve()
 
 
+def trial_runs(cfg: ExperimentConfig, name: str, folder: Path) -> str:
+    """Where the trials' run folders (checkpoints) go: under `train.storage_path` when the user set one (a bucket,
+    a shared mount), `<storage_path>/sweeps/<name>`; else in the sweep's folder. Tune's own state stays there."""
+    if cfg.train.storage_path:
+        return f"{cfg.train.storage_path.rstrip('/')}/sweeps/{name}"
+    return str(folder / "runs")
+
+
 def run_trial(values: dict[str, Any], setup: dict[str, Any]) -> None:
     """One Tune trial: the base config with this trial's values, trained by the training job's own launcher."""
     from ray import tune
@@ -188,7 +196,7 @@ def _setup(cfg: ExperimentConfig, spec: SweepSpec, space: dict, folder: Path, ba
         "name": spec.name,
         "base": base,
         "space": {k: [kind, args] for k, (kind, args) in space.items()},
-        "runs": str(folder / "runs"),
+        "runs": trial_runs(cfg, spec.name, folder),
         "tracking_uri": cfg.tracking_uri,
         "parent_run_id": parent,
         "metric": spec.metric,

@@ -189,10 +189,14 @@ def checkpoint_tag_value(step: int, metrics: dict[str, Any], path: str) -> str:
     return json.dumps({"step": step, "val/auc": None if score is None or score < 0 else score, "path": path})
 
 
-def reconcile_checkpoint_tags(tracking_uri: str, run_id: str, kept: list[tuple[Any, dict[str, Any]]]) -> None:
-    """Driver, after fit(): the run's `checkpoint/<dir>` tags list exactly the checkpoints Ray kept."""
+def reconcile_checkpoint_tags(
+    tracking_uri: str, run_id: str, kept: list[tuple[Any, dict[str, Any]]], run_dir: str = ""
+) -> None:
+    """Driver, after fit(): the run's `checkpoint/<dir>` tags list exactly the checkpoints Ray kept, each path as
+    the user names it (on object storage with its scheme: Ray's paths there are `bucket/key`)."""
     from mlflow.tracking import MlflowClient
 
+    from jobs.training.run_folder import location
     from jobs.training.tracking import retry
 
     def update() -> bool:
@@ -201,7 +205,7 @@ def reconcile_checkpoint_tags(tracking_uri: str, run_id: str, kept: list[tuple[A
         for checkpoint, metrics in kept:
             name = Path(checkpoint.path).name
             keep[CHECKPOINT_TAG_PREFIX + name] = checkpoint_tag_value(
-                int(metrics.get("step", -1)), metrics, checkpoint.path
+                int(metrics.get("step", -1)), metrics, location(run_dir, checkpoint.path)
             )
         for key in client.get_run(run_id).data.tags:
             if key.startswith(CHECKPOINT_TAG_PREFIX) and key not in keep:

@@ -360,7 +360,7 @@ def _summarise(summary: TrainSummary, result: Any) -> None:
     if scored:
         best, metrics = max(scored, key=lambda cm: cm[1]["val/auc"])
         summary.best_checkpoint, summary.best_metrics = location(summary.run_dir, best.path), dict(metrics)
-    reconcile_checkpoint_tags(summary.tracking_uri, summary.run_id, result.best_checkpoints or [])
+    reconcile_checkpoint_tags(summary.tracking_uri, summary.run_id, result.best_checkpoints or [], summary.run_dir)
     reconcile_after_fit(summary.tracking_uri, summary.run_id, summary.run_dir, result.best_checkpoints or [])
 
 

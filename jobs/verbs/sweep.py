@@ -46,6 +46,7 @@ def main(argv: list[str]) -> int:
         parser.error("--trials and --grace-period must be >= 1, --max-concurrent >= 0")
     cfg, data = resolve_config_mapping(args)
 
+    from jobs import preflight
     from jobs.resources import SPACES, find_config
     from jobs.sweeping.inputs import resolve_sweep
     from jobs.sweeping.runner import SweepSpec, sweep, sweep_dir
@@ -54,6 +55,7 @@ def main(argv: list[str]) -> int:
 
     # Paths absolute and every value of the space built into the config, here: trials never re-decide.
     inputs = resolve_sweep(cfg, data, find_config(args.search, SPACES))
+    preflight.output_reachable(inputs.cfg.storage_path, "train.storage_path")  # a bucket: one line, before Ray
     space = inputs.space
     name = args.name or f"sweep-{dt.date.today().isoformat()}"
     spec = SweepSpec(
