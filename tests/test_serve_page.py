@@ -1,7 +1,8 @@
 """The page of lma3d serve in a real headless browser (Debian's chromium driven by playwright): the PIAD sample
 sent in one click comes back as a 3D point cloud coloured by the heat map, beside the image, with a colour bar
-and the instruction; no request leaves the server. The screenshot is kept (LMA3D_TEST_ARTIFACTS, default
-work/test-artifacts/)."""
+and the instruction, seen along the cloud's thinnest axis, under a line naming the model that answers; a refused
+request then replaces that answer with its one-line error; no request leaves the server. Both screenshots are
+kept (LMA3D_TEST_ARTIFACTS, default work/test-artifacts/)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from registered import INSTRUCTION, export_tiny
 from serve_process import start_serving
 
 ROOT = Path(__file__).resolve().parents[1]
+PIAD = ROOT / "tests" / "fixtures" / "piad"
 # Software WebGL: the 3D plot draws on a WebGL canvas and a headless machine has no GPU.
 CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"]
 
@@ -63,14 +65,34 @@ def test_page_shows_the_sample_heat_map_as_a_3d_point_cloud(tmp_path: Path) -> N
             image_width = page.evaluate("document.getElementById('image').naturalWidth")
             colorbars = page.locator("#plot .colorbar").count()
             plot_png = page.locator("#plot").screenshot()
+            eye = page.evaluate("document.getElementById('plot').layout.scene.camera.eye")
+            note = page.inner_text("#note")
             screenshot = tmp_path / "serve_page.png"
             page.screenshot(path=str(screenshot), full_page=True)
+            # Then a request the server refuses: the error replaces the answer, in one line, no Python repr.
+            page.set_input_files("#image-file", files=[{"name": "broken.jpg", "mimeType": "image/jpeg",
+                                                         "buffer": b"not an image at all"}])  # fmt: skip
+            page.set_input_files("#points-file", str(PIAD / "Point_Test_Bag_1.txt"))
+            page.fill("#instruction", "Lift the bag.")
+            page.click("#predict")
+            page.wait_for_selector("body[data-state=error]", timeout=60_000)
+            error_line = page.inner_text("#status")
+            left = {"image_hidden": page.evaluate("document.getElementById('image').hidden"),
+                    "plots": page.locator("#plot .main-svg").count(), "model": page.inner_text("#model")}  # fmt: skip
+            error_shot = tmp_path / "serve_page_error.png"
+            page.screenshot(path=str(error_shot), full_page=True)
             browser.close()
     finally:
         server.stop()
-    kept = artifact_dir() / "serve_page.png"
-    shutil.copy(screenshot, kept)
-    print(f"\nscreenshot of the page: {kept}")
+    for shot in (screenshot, error_shot):
+        shutil.copy(shot, artifact_dir() / shot.name)
+    print(f"\nscreenshots of the page: {artifact_dir() / screenshot.name}, {artifact_dir() / error_shot.name}")
+    assert error_line.startswith("error: ") and "\n" not in error_line and "0x" not in error_line, error_line
+    assert "image" in error_line and left == {"image_hidden": True, "plots": 0, "model": ""}
+    assert note == "Answering: the exported model “model”."  # the folder's name; no demo note for it
+    xyz = np.loadtxt(PIAD / "Point_Test_Bag_1.txt", usecols=(2, 3, 4))
+    thinnest = int(np.argmin(xyz.max(0) - xyz.min(0)))  # the first view looks along the cloud's thinnest axis
+    assert max(range(3), key=lambda i: eye["xyz"[i]]) == thinnest
 
     assert not outside, f"the page fetched from outside the server: {outside[:3]}"
     assert INSTRUCTION in shown_instruction and image_width == 408  # the PIAD image is 408 x 612

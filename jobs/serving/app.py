@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from jobs.serving import page
-from jobs.serving.api import BadRequest, PredictRequest, Upload, parse_form, parse_json
+from jobs.serving.api import BadRequest, PredictRequest, Upload, one_line, parse_form, parse_json
 from jobs.serving.batch_predict import HeatMap, Prepared
 from jobs.serving.predictor import Loaded, Predictor
 from jobs.serving.serve_config import ServeConfig
@@ -42,8 +43,11 @@ wait for that (they share the forward only)."""
 T = TypeVar("T")
 
 
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSON error of one line with no Python object repr in it (`<_io.BytesIO object at 0x7f...>` says nothing
+    to a client and tells it about the server's memory)."""
+    text = re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>", "the upload", one_line(message))
+    return JSONResponse({"error": text}, status_code=status, headers=headers)
 
 
 class AffordanceServer:
@@ -127,9 +131,9 @@ class AffordanceServer:
             return error(400, str(e))
         except (BodyTimeout, ClientGone) as e:
             # Closing tells the proxy not to wait for the rest of the body on this connection.
-            return JSONResponse({"error": str(e)}, status_code=400, headers={"connection": "close"})
+            return error(400, str(e), {"connection": "close"})
         except Busy as e:
-            return JSONResponse({"error": str(e)}, status_code=503, headers={"retry-after": "1"})
+            return error(503, str(e), {"retry-after": "1"})
         except Exception as e:  # noqa: BLE001 - a bug: one line to the client, the traceback to the replica's log
             log.exception("POST /predict failed")
             return error(500, f"internal error ({type(e).__name__}); the replica's log has the traceback")
