@@ -165,3 +165,12 @@ def test_no_ray_and_ray_train_at_one_worker_log_the_same_losses_and_write_the_sa
     assert _artifacts(ray_cfg, summary.run_id) == runs["after_first"]["artifacts"]
     ray_files = {p.relative_to(summary.latest_checkpoint) for p in Path(summary.latest_checkpoint).rglob("*")}
     assert ray_files == runs["after_first"]["latest_files"]
+
+
+def test_two_no_ray_runs_in_one_process_both_train(shards, tmp_path):
+    # DeepSpeed caches groups of the first run's process group; the second run must not be handed them.
+    from jobs.training.launcher import launch
+
+    for i in range(2):
+        cfg = load(ExperimentConfig, None, _overrides(shards, tmp_path / f"run{i}", 2))
+        assert launch(cfg, run_name="twice", no_ray=True).last_step == 2

@@ -89,11 +89,28 @@ def one_process_group(backend: str) -> Iterator[None]:
         yield
     finally:
         torch.distributed.destroy_process_group()
+        _forget_deepspeed_groups()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _forget_deepspeed_groups() -> None:
+    """DeepSpeed caches groups made from the world it first saw (its clone of the world group, ZeRO's intra-node
+    group) in module globals; after destroy_process_group a second --no-ray run in the same process (a notebook, a
+    test session) would hand the destroyed ones to torch: "Group ... is not registered"."""
+    import sys
+
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is None:
+        return
+    groups._WORLD_GROUP = None
+    groups._ZERO_PARAM_INTRA_PARALLEL_GROUP = None
+    for cache in ("_EXPERT_PARALLEL_GROUP", "_EXPERT_PARALLEL_GROUP_RANKS", "_EXPERT_DATA_PARALLEL_GROUP",
+                  "_EXPERT_DATA_PARALLEL_GROUP_RANKS", "_ALL_TO_ALL_GROUP"):  # fmt: skip
+        getattr(groups, cache).clear()
 
 
 def fit(
