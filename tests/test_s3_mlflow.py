@@ -25,7 +25,22 @@ def _keys(endpoint: str, prefix: str) -> list[str]:
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
-def test_a_run_its_eval_and_its_registered_model_land_in_the_bucket_and_load_back(tmp_path, monkeypatch):
+@pytest.fixture
+def no_session_ray():
+    """No Ray running while the test runs: the eval's Ray Data tasks must run in a Ray started with the S3 endpoint
+    in its environment (the session's Ray, started earlier by another test, has none); restarted afterwards."""
+    import ray
+
+    had = ray.is_initialized()
+    ray.shutdown()
+    yield
+    ray.shutdown()
+    if had:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
+def test_a_run_its_eval_and_its_registered_model_land_in_the_bucket_and_load_back(tmp_path, monkeypatch,
+                                                                                   no_session_ray):  # fmt: skip
     bindir, why = find_postgres()
     if bindir is None:
         pytest.skip(f"PostgreSQL unavailable: {why}")
