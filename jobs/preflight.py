@@ -32,9 +32,7 @@ def shard_folder(shards: str, key: str, splits: tuple[str, ...]) -> dict[str, An
         manifest = read_manifest(shards)
         entries = {split: split_entries(manifest, folder, split) for split in splits}
         listed = folder.fs.get_file_info(pafs.FileSelector(folder.root, recursive=True))
-    except StorageError as e:
-        raise UserError(str(e)) from None
-    except (FileNotFoundError, ValueError) as e:
+    except (StorageError, FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     present = {info.path.removeprefix(folder.root + "/") for info in listed if info.type == pafs.FileType.File}
     for split, mine in entries.items():

@@ -90,9 +90,6 @@ class Folder:
         info = retried(lambda: self.fs.get_file_info(self.root), self.uri)
         return info.type != pafs.FileType.NotFound
 
-    def open_read(self, name: str, buffer_size: int = 1 << 20) -> pa.NativeFile:
-        return retried(lambda: self.fs.open_input_stream(self.path(name), buffer_size=buffer_size), self.where(name))
-
     def read_bytes(self, name: str, limit: int) -> bytes:
         """The whole object, refused (ValueError) before it is read when it holds more than `limit` bytes."""
         size = self.size(name)
