@@ -6,6 +6,7 @@ Stopped by signalling only the processes of its own session: `ray stop` would ki
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import shutil
@@ -22,10 +23,17 @@ from servers import free_port
 VENV_BIN = Path(sys.executable).parent
 
 
+_WORKER_PORT_BLOCKS = itertools.count()
+
+
 def _agent_ports() -> list[str]:
     """Free ports for every agent: the defaults (e.g. 52365) belong to any other local Ray on the machine, such as
-    the test session's own `ray.init()`, and a node whose agents cannot bind fails in odd ways."""
+    the test session's own `ray.init()`, and a node whose agents cannot bind fails in odd ways. Each node also gets
+    a worker port range of its own: every raylet hands out 10002-19999 by default without knowing the others on
+    the machine, so two nodes could give one port to two workers (the loser dies as soon as it is called)."""
+    low = 20000 + 500 * (next(_WORKER_PORT_BLOCKS) % 24)  # below the kernel's ephemeral range (32768-)
     return [
+        f"--min-worker-port={low}", f"--max-worker-port={low + 499}",
         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
         f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
