@@ -32,31 +32,27 @@ def version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        return _main(sys.argv[1:] if argv is None else argv)
+        if argv and argv[0] == "--version":
+            print(f"lma3d {version()}")
+            return 0
+        available = {v: h for v, h in VERBS.items() if importlib.util.find_spec(f"jobs.verbs.{v}") is not None}
+        if not argv or argv[0] in ("-h", "--help"):
+            lines = ["usage: lma3d [--version] <verb> [options]   (lma3d <verb> --help for a verb's options)", "",
+                     "verbs:", *(f"  {v:<9} {h}" for v, h in available.items())]  # fmt: skip
+            print("\n".join(lines))
+            return 0 if argv else 2
+        verb, rest = argv[0], argv[1:]
+        if verb not in available:
+            print(f"lma3d: unknown verb {verb!r}; choose from: {', '.join(available)}", file=sys.stderr)
+            return 2
+        return importlib.import_module(f"jobs.verbs.{verb}").main(rest)
     except BrokenPipeError:
         # `lma3d --help | head`: the reader left; point stdout at devnull so the interpreter's final flush
         # does not raise again, and exit quietly as coreutils do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-
-
-def _main(argv: list[str]) -> int:
-    if argv and argv[0] == "--version":
-        print(f"lma3d {version()}")
-        return 0
-    available = {v: h for v, h in VERBS.items() if importlib.util.find_spec(f"jobs.verbs.{v}") is not None}
-    if not argv or argv[0] in ("-h", "--help"):
-        lines = ["usage: lma3d [--version] <verb> [options]   (lma3d <verb> --help for a verb's options)", "", "verbs:"]
-        lines += [f"  {v:<9} {h}" for v, h in available.items()]
-        print("\n".join(lines))
-        return 0 if argv else 2
-    verb, rest = argv[0], argv[1:]
-    if verb not in available:
-        print(f"lma3d: unknown verb {verb!r}; choose from: {', '.join(available)}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(f"jobs.verbs.{verb}")
-    return module.main(rest)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from jobs.checkpoint_meta import META_FILE
 from jobs.entry import UserError
-from jobs.training.checkpoint import META_FILE
 from jobs.typed_yaml import ConfigError, apply_override
 from model.config import ModelConfig
 from model.pretrained import BadModelFolder, check_weights, config_from_dict, instantiate, read_pretrained
@@ -39,7 +39,7 @@ log = logging.getLogger("lma3d.load")
 RUN_ID = re.compile(r"^(?:runs:/)?([0-9a-f]{32})/?$")
 MLFLOW_URI = re.compile(r"^(?:models|runs|mlflow-artifacts):/")
 LOGGED_MODEL = re.compile(r"^models:/(m-[0-9a-f]{32})/?$")
-"""A LoggedModel; a training checkpoint's (jobs/training/checkpoint_models.py) is read from its checkpoint folder."""
+"""A LoggedModel; a training checkpoint's (jobs/checkpoint_models.py) is read from its checkpoint folder."""
 """Specs MLflow resolves (a bare run id or `runs:/<id>` is a training run, matched by RUN_ID first)."""
 
 
@@ -189,8 +189,8 @@ def _folder(spec: str, path: Path, overrides: list[str]) -> Resolved:
 
 
 def _checkpoint(spec: str, path: Path, overrides: list[str]) -> Resolved:
-    from jobs.training.checkpoint import read_meta
-    from jobs.training.consolidate import BadCheckpoint, consolidate
+    from jobs.checkpoint_meta import read_meta
+    from jobs.consolidate import BadCheckpoint, consolidate
 
     try:
         meta = read_meta(path)  # the validated reader: the tag it returns names a folder inside the checkpoint
@@ -245,7 +245,7 @@ def _download(uri: str, into: Path) -> Path:
 
 def _tracking(tracking_uri: str | None) -> str:
     """The tracking URI an MLflow spec is read from (MLflow's default when none is given), checked."""
-    from jobs.training.tracking import check_tracking_uri
+    from jobs.tracking import check_tracking_uri
 
     if tracking_uri is None:
         import mlflow
@@ -285,7 +285,7 @@ def _checkpoint_of(spec: str, model_id: str, tracking_uri: str | None, overrides
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from jobs.training.checkpoint_models import PATH_TAG
+    from jobs.checkpoint_models import PATH_TAG
 
     tracking_uri = _tracking(tracking_uri)
     try:
@@ -352,7 +352,7 @@ def _download_model(spec: str, tracking_uri: str | None, into: Path) -> Path:
     its exported model folder."""
     import mlflow
 
-    from jobs.training.tracking import tracking_uri_for_now
+    from jobs.tracking import tracking_uri_for_now
 
     uri = _tracking(tracking_uri)
     try:

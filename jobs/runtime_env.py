@@ -40,7 +40,7 @@ def runtime_env(path: str | None = None, working_dir: str | None = None) -> dict
         if os.environ.get(key):
             env_vars[key] = os.environ[key]
     # The shipped working_dir has no .git: tell the job which commit it is, over the one baked into the image.
-    from jobs.training.tracking import GIT_COMMIT_ENV, git_commit
+    from jobs.tracking import GIT_COMMIT_ENV, git_commit
 
     commit = git_commit(env["working_dir"]) if Path(env["working_dir"]).is_dir() else None
     if commit:

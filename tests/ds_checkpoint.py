@@ -17,6 +17,7 @@ import torch
 from ds_one_process import TEXT, fixed_batch, one_process_group, tiny_config, tiny_engine
 from safetensors.torch import save_file
 
+from jobs.checkpoint_meta import dir_name_for
 from jobs.training import checkpoint as ckpt
 from jobs.typed_yaml import to_dict
 
@@ -32,7 +33,7 @@ def main(out: Path, stages: list[int]) -> None:
             loss = (engine(image, points, text) - 0.3).pow(2).mean()
             engine.backward(loss)
             engine.step()
-        folder = out / f"zero{stage}" / ckpt.dir_name_for(2)
+        folder = out / f"zero{stage}" / dir_name_for(2)
         ckpt.save(
             engine,
             folder,

@@ -16,15 +16,16 @@ from pathlib import Path
 
 from ds_one_process import one_process_group, tiny_config, tiny_engine
 
+from jobs.checkpoint_meta import read_meta
+from jobs.consolidate import UnsafeCheckpoint
 from jobs.training import checkpoint as ckpt
 from jobs.training import rng_state
-from jobs.training.consolidate import UnsafeCheckpoint
 
 
 def main(folder: Path, stage: int, unscreened: bool) -> int:
     engine = tiny_engine(tiny_config(stage))
     if unscreened:
-        ckpt.screen = ckpt.read_meta  # the files are only seen by DeepSpeed's loading
+        ckpt.screen = read_meta  # the files are only seen by DeepSpeed's loading
     try:
         meta = ckpt.load(engine, folder, rank=0, world_size=1, zero_stage=stage)
     except UnsafeCheckpoint as e:

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.evaluation.inference import as_list, merge, predict_batch
-from jobs.evaluation.outputs import Predictions
+from jobs.evaluation.outputs import Predictions, as_list, merge
+from jobs.inference import predict_batch
 
 
 def predict_loader(

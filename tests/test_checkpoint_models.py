@@ -1,4 +1,4 @@
-"""Kept checkpoints as MLflow LoggedModels of their training run (jobs/training/checkpoint_models.py), on a real
+"""Kept checkpoints as MLflow LoggedModels of their training run (jobs/checkpoint_models.py), on a real
 sqlite MLflow store: their step, their validation metrics linked by model_id, their location as a tag; the ones
 the run no longer keeps deleted; the run's own metric curves unchanged by the linking."""
 
@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from jobs.training import checkpoint_models as cm
-from jobs.training.tracking import RunLogger, tracking_uri_for_now
+from jobs import checkpoint_models as cm
+from jobs.tracking import tracking_uri_for_now
+from jobs.training.tracking import RunLogger
 
 
 def _run(uri: str) -> tuple[MlflowClient, str, str]:
@@ -92,7 +93,7 @@ def test_a_resumed_attempt_links_the_metrics_the_dead_one_logged_without_logging
 
 
 def cm_name(step: int) -> str:
-    from jobs.training.checkpoint import dir_name_for
+    from jobs.checkpoint_meta import dir_name_for
 
     return dir_name_for(step)
 

@@ -13,11 +13,11 @@ from inprocess_eval import read_predictions
 from tiny import tiny_model_config
 
 from jobs.entry import UserError
-from jobs.evaluation.inference import merge, predict_batch, vote_shift
-from jobs.evaluation.outputs import Predictions, write_outputs
-from jobs.evaluation.tracking import choose_tracking_uri
-from jobs.evaluation.viz import heat_colors
+from jobs.evaluation.outputs import Predictions, merge, write_outputs
+from jobs.inference import predict_batch, vote_shift
 from jobs.loading import Resolved, model_config, provenance, resolve
+from jobs.tracking import choose_tracking_uri
+from jobs.viz import heat_colors
 
 
 def _predictions() -> Predictions:
@@ -66,7 +66,7 @@ def test_merge_drops_padding_and_duplicates_and_keeps_arrival_order() -> None:
 
 
 def test_pick_samples_takes_objects_in_turn_then_their_next_affordance() -> None:
-    from jobs.evaluation.viz import pick_samples
+    from jobs.viz import pick_samples
 
     objects = ["Mug", "Bag", "Bag", "Mug", "Bag", "Knife"]
     affordances = ["grasp", "lift", "lift", "wrap_grasp", "contain", "cut"]

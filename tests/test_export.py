@@ -16,7 +16,7 @@ from ds_one_process import run_script
 from pickle_payload import TouchOnUnpickle
 from safetensors.torch import load_file
 
-from jobs.training.consolidate import UnsafeCheckpoint, consolidate
+from jobs.consolidate import UnsafeCheckpoint, consolidate
 from jobs.verbs.export import main as export_main
 from model.pointnet2 import all_layer_by_layer
 
@@ -162,7 +162,7 @@ def test_a_run_id_resolves_to_its_best_checkpoint_then_to_its_logged_weights(che
 def test_registering_leaves_the_processes_tracking_uri_as_it_was(tmp_path, monkeypatch):
     import mlflow
 
-    from jobs.training.tracking import tracking_uri_for_now
+    from jobs.tracking import tracking_uri_for_now
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     before = mlflow.get_tracking_uri()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from jobs.training.tracking import GIT_COMMIT_ENV, git_commit
+from jobs.tracking import GIT_COMMIT_ENV, git_commit
 
 
 def test_git_commit_falls_back_to_the_env_var_outside_a_checkout(tmp_path, monkeypatch):

@@ -16,9 +16,10 @@ from ds_one_process import run_script
 from pickle_payload import TouchOnUnpickle
 from tiny import synth_shards, tiny_overrides
 
+from jobs.checkpoint_meta import META_FILE
+from jobs.consolidate import UnsafeCheckpoint, safe_load
 from jobs.training import checkpoint as ckpt
 from jobs.training import rng_state
-from jobs.training.consolidate import UnsafeCheckpoint, safe_load
 from jobs.verbs.train import main as train_main
 
 pytestmark = pytest.mark.slow  # real DeepSpeed checkpoints and shards (Ray Data) are built once per module
@@ -137,7 +138,7 @@ def test_an_old_pickled_rng_file_with_a_payload_is_refused(tmp_path) -> None:
 
 def test_a_meta_tag_pointing_outside_the_checkpoint_is_refused(checkpoint, tmp_path) -> None:
     folder = shutil.copytree(checkpoint, tmp_path / STEP_DIR)
-    meta = json.loads((folder / ckpt.META_FILE).read_text())
-    (folder / ckpt.META_FILE).write_text(json.dumps({**meta, "tag": "../elsewhere"}))
+    meta = json.loads((folder / META_FILE).read_text())
+    (folder / META_FILE).write_text(json.dumps({**meta, "tag": "../elsewhere"}))
     with pytest.raises(ValueError, match="is not global_step<N>"):
         ckpt.screen(folder)

@@ -1,6 +1,6 @@
 """A checkpoint's lma3d_meta.json and `latest` name the folder its weights are read from: every reader (`lma3d
 export`, `lma3d eval`, resume, the run folder's listing) goes through the one validated reader
-(jobs.training.checkpoint.read_meta), and a tag that leaves the checkpoint folder is one line, exit 2, with
+(jobs.checkpoint_meta.read_meta), and a tag that leaves the checkpoint folder is one line, exit 2, with
 nothing consolidated from elsewhere (issue 32).
 
 The checkpoints here are hand-made in the ZeRO-0 layout (one mp_rank_00_model_states.pt holding the module):
@@ -20,9 +20,9 @@ import torch
 from capped import run_verb
 from tiny import tiny_model_config
 
-from jobs.training.checkpoint import META_FILE, META_FORMAT
-from jobs.training.consolidate import consolidate
-from jobs.training.run_folder import LOCAL_REGISTRY_FILE, LOCAL_REGISTRY_FORMAT, inspect_run
+from jobs.checkpoint_meta import META_FILE, META_FORMAT
+from jobs.consolidate import consolidate
+from jobs.run_folder import LOCAL_REGISTRY_FILE, LOCAL_REGISTRY_FORMAT, inspect_run
 from jobs.verbs.eval import main as eval_main
 from jobs.verbs.export import main as export_main
 from model.lmaffordance3d import build_model

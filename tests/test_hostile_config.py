@@ -25,7 +25,7 @@ def _refused(capsys, argv: list[str], *needles: str) -> str:
     # Refused before Ray or an MLflow run: reaching either raises here, which would end as exit 1, not 2.
     with (
         mock.patch("pipeline.ray_session.ensure_ray", side_effect=AssertionError("Ray reached before the refusal")),
-        mock.patch("jobs.training.tracking.create_run", side_effect=AssertionError("MLflow run created first")),
+        mock.patch("jobs.tracking.create_run", side_effect=AssertionError("MLflow run created first")),
     ):
         code = train_main(argv)
     lines = capsys.readouterr().err.strip().splitlines()

@@ -12,7 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from servers import free_port, mlflow_server
 
-from jobs.training.tracking import UNSENT_FILE, RunLogger, tracking_uri_for_now
+from jobs.tracking import tracking_uri_for_now
+from jobs.training.tracking import UNSENT_FILE, RunLogger
 
 pytestmark = pytest.mark.slow  # starts an MLflow server (twice)
 

@@ -54,7 +54,7 @@ def test_an_override_of_an_unknown_key_is_a_user_error(tmp_path: Path) -> None:
 def test_registered_logged_and_local_mlflow_models_load_the_exported_weights(tmp_path: Path) -> None:
     import mlflow
 
-    from jobs.training.tracking import tracking_uri_for_now
+    from jobs.tracking import tracking_uri_for_now
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exported = export_tiny(tmp_path / "model", seed=6)

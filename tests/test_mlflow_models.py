@@ -21,7 +21,8 @@ def _train(root: Path, no_ray: bool) -> dict:
     import os
 
     from jobs.experiment_config import ExperimentConfig
-    from jobs.training.launcher import inspect_run, launch
+    from jobs.run_folder import inspect_run
+    from jobs.training.launcher import launch
     from jobs.typed_yaml import load
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -95,7 +96,7 @@ def test_export_register_links_the_version_to_the_training_run_and_its_best_chec
 
     from jobs.loading import resolve
     from jobs.serving.export_folder import export
-    from jobs.training.tracking import tracking_uri_for_now
+    from jobs.tracking import tracking_uri_for_now
 
     cfg, summary = trained["cfg"], trained["summary"]
     uri = cfg.tracking_uri

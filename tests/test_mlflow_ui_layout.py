@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from jobs.evaluation import tracking as eval_tracking
-from jobs.training.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, ensure_experiment, ui_url
+from jobs.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, ensure_experiment, start_run, ui_url
 
 NAN = float("nan")
 METRICS = {  # what model.metrics.evaluate returns; Mug has no positive GT point, so its AUC / aIOU are NaN
@@ -45,7 +45,7 @@ def test_the_eval_run_is_a_child_of_the_training_run_spanning_the_evaluation(cli
     experiment = ensure_experiment(client, "lma3d/eval", (tmp_path / "art").as_uri())
     training = client.create_run(experiment, run_name="train").info.run_id
     began = int(time.time() * 1000) - 5000  # inference started 5 s before the run is created
-    run_id = eval_tracking.start_run(uri, parent_run_id=training, experiment="lma3d/eval", workdir=str(tmp_path),
+    run_id = start_run(uri, parent_run_id=training, experiment="lma3d/eval", workdir=str(tmp_path),
                                      run_name="eval-step4", tags={}, start_time_ms=began)  # fmt: skip
     csv = tmp_path / "per_class.csv"
     csv.write_text("group,name\n")
@@ -78,8 +78,8 @@ def test_the_ui_link_opens_the_model_training_view() -> None:
 
 
 def test_the_demo_ends_with_the_training_runs_page_in_that_view(client, tmp_path) -> None:
+    from jobs.tracking import run_page
     from jobs.training.launcher import TrainSummary
-    from jobs.training.tracking import run_page
 
     run = client.create_run(ensure_experiment(client, "lma3d/demo", (tmp_path / "art").as_uri()))
     page = run_page(client.tracking_uri, run.info.run_id)

@@ -13,7 +13,7 @@ import torch
 from ds_one_process import run_script
 from tiny import tiny_model_config
 
-from jobs.evaluation.inference import predict_batch
+from jobs.inference import predict_batch
 from jobs.loading import build_inference_model
 from jobs.precision import from_meta
 from jobs.training.deepspeed_config import deepspeed_config

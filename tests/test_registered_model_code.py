@@ -25,7 +25,7 @@ NAME = "lma3d-code"
 def registered(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import mlflow
 
-    from jobs.training.tracking import tracking_uri_for_now
+    from jobs.tracking import tracking_uri_for_now
 
     tmp = tmp_path_factory.mktemp("code")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -52,7 +52,7 @@ def test_it_loads_and_predicts_with_pickle_deserialization_off(registered: dict,
     import mlflow
 
     from jobs.serving.batch_predict import Item, predict_item
-    from jobs.training.tracking import tracking_uri_for_now
+    from jobs.tracking import tracking_uri_for_now
     from model.pretrained import from_pretrained
 
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # MLflow refuses a pickled model then

@@ -84,7 +84,7 @@ def _check_first_imports_are_required(first_imports: list, uri: str) -> None:
 
     import mlflow
 
-    from jobs.training.tracking import tracking_uri_for_now
+    from jobs.tracking import tracking_uri_for_now
 
     def normal(name: str) -> str:
         return re.sub(r"[-_.]+", "-", name).lower()

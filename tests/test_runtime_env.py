@@ -86,7 +86,7 @@ def test_submit_passes_the_submitters_tracking_uri_else_keeps_the_clusters(monke
 def test_submit_tells_the_job_the_commit_of_the_shipped_checkout(tmp_path, monkeypatch):
     import subprocess
 
-    from jobs.training.tracking import GIT_COMMIT_ENV
+    from jobs.tracking import GIT_COMMIT_ENV
 
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(tmp_path)]
     subprocess.run([*git, "init", "-q"], check=True)

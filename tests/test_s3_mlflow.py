@@ -49,8 +49,8 @@ def test_a_run_its_eval_and_its_registered_model_land_in_the_bucket_and_load_bac
     from jobs.evaluation.job import evaluate
     from jobs.experiment_config import ExperimentConfig
     from jobs.serving.export_folder import export
+    from jobs.tracking import tracking_uri_for_now
     from jobs.training.launcher import launch
-    from jobs.training.tracking import tracking_uri_for_now
     from jobs.typed_yaml import load
     from pipeline.shards.config import ShardConfig
     from pipeline.shards.job import run as shard

@@ -280,7 +280,7 @@ def test_refused_credentials_are_one_line_before_ray_or_mlflow_start(raw, tmp_pa
         argv = tiny_overrides(**{"data.shards": shards, "workdir": str(tmp_path / "work")})
         with (  # reaching either would end as exit 1 with a traceback, not 2
             mock.patch("pipeline.ray_session.ensure_ray", side_effect=AssertionError("Ray reached first")),
-            mock.patch("jobs.training.tracking.create_run", side_effect=AssertionError("MLflow run created first")),
+            mock.patch("jobs.tracking.create_run", side_effect=AssertionError("MLflow run created first")),
         ):
             code = train_main(argv)
     lines = capsys.readouterr().err.strip().splitlines()

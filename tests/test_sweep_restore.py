@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from jobs.checkpoint_meta import META_FILE, META_FORMAT
 from jobs.experiment_config import ExperimentConfig
+from jobs.run_folder import RAY_SNAPSHOT_FILE
 from jobs.sweeping.runner import finished_result
-from jobs.training.checkpoint import META_FILE, META_FORMAT
-from jobs.training.run_folder import RAY_SNAPSHOT_FILE
-from jobs.training.tracking import RUN_KEY_TAG
+from jobs.tracking import RUN_KEY_TAG
 
 
 def _trial_folder(

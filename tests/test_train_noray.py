@@ -73,7 +73,7 @@ def shards(tmp_path_factory, ray_local) -> Path:
 @pytest.fixture(scope="module")
 def runs(shards, tmp_path_factory) -> dict:
     """Two --no-ray jobs of one run: FIRST_STEPS steps, then the same name again up to MORE_STEPS."""
-    from jobs.training.launcher import inspect_run
+    from jobs.run_folder import inspect_run
 
     workdir = tmp_path_factory.mktemp("noray")
     cfg = load(ExperimentConfig, None, _overrides(shards, workdir, FIRST_STEPS))
@@ -135,7 +135,7 @@ def test_breakpoint_in_a_configured_step_callback_stops_the_no_ray_run_in_its_pr
 
 def test_no_ray_checkpoints_load_through_the_one_loader(runs):
     from jobs.loading import load as load_model
-    from jobs.training.launcher import inspect_run
+    from jobs.run_folder import inspect_run
 
     cfg, run_id = runs["cfg"], runs["run_id"]
     _, metas = inspect_run(cfg.storage_path, "nr")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from jobs.run_folder import inspect_run, register_local
 from jobs.training.callbacks import StepEvent, resolve
-from jobs.training.run_folder import inspect_run, register_local
 
 
 def _checkpoint(run: Path, step: int) -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from jobs.training.tracking import RunLogger, tracking_uri_for_now
+from jobs.tracking import tracking_uri_for_now
+from jobs.training.tracking import RunLogger
 
 
 def _attempt(uri: str, run_id: str, logs: list[tuple[int, dict[str, float]]]) -> None:

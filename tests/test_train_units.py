@@ -12,10 +12,11 @@ import torch
 
 from jobs.entry import UserError
 from jobs.experiment_config import ExperimentConfig
+from jobs.run_folder import inspect_run
+from jobs.tracking import check_tracking_uri, retry
 from jobs.training.deepspeed_config import deepspeed_config
-from jobs.training.launcher import decide_start, default_run_name, inspect_run
+from jobs.training.launcher import decide_start, default_run_name
 from jobs.training.schedule import OriginalLRSchedule, original_lr
-from jobs.training.tracking import check_tracking_uri, retry
 from jobs.training.train_config import TrainConfig
 
 RECIPE = dict(lr=1e-4, min_lr=1e-5, warmup_lr=1e-6, warmup_steps=4, epochs=4, steps_per_epoch=6)

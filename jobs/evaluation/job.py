@@ -8,16 +8,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs import preflight
+from jobs import preflight, tracking
 from jobs.cluster_storage import check_eval_outputs
 from jobs.entry import UserError, stage
-from jobs.evaluation import tracking
 from jobs.evaluation.outputs import write_outputs
 from jobs.evaluation.runner import EvalResult, run_eval, viz_inputs
-from jobs.evaluation.viz import display_image, pick_samples, render_sample
+from jobs.evaluation.tracking import log_inputs, log_results
 from jobs.experiment_config import ExperimentConfig
 from jobs.loading import Resolved, resolve
 from jobs.typed_yaml import flatten, to_dict
+from jobs.viz import display_image, pick_samples, render_sample
 from pipeline.ray_session import ensure_ray
 
 log = logging.getLogger("lma3d.eval")
@@ -75,7 +75,7 @@ def evaluate(
     check_eval_outputs(cfg, out, track and not explicit and not recorded, address)
     tracking_uri = tracking.choose_tracking_uri(cfg.tracking_uri, explicit, recorded)
     if track:
-        from jobs.training.tracking import check_tracking_uri
+        from jobs.tracking import check_tracking_uri
 
         check_tracking_uri(tracking_uri)  # before the long part: an unreachable server is an error now
     began_ms = int(time.time() * 1000)  # the eval run's start: it spans Ray, inference, outputs and logging
@@ -203,9 +203,9 @@ def _log(
     )
     if run_id is None:
         return None
-    tracking.log_inputs(tracking_uri, run_id, info["shards"], manifest)
+    log_inputs(tracking_uri, run_id, info["shards"], manifest)
     params = flatten({"eval": info["eval"], "model": info["model"]}) | {key: info[key] for key in ("source", "shards")}
     params["eval.actors"] = info["actors"]  # what eval.num_actors (e.g. auto) came to on this cluster
     files, step = list(report.files.values()), info["step"] or 0
-    tracking.log_results(tracking_uri, run_id, report.result.metrics, step, params, files, report.viz_files)
+    log_results(tracking_uri, run_id, report.result.metrics, step, params, files, report.viz_files)
     return run_id

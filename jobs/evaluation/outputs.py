@@ -78,3 +78,39 @@ def write_outputs(
     np.savetxt(paths["prediction.txt"], predictions.pred, fmt="%.6f")
     paths["prediction_keys.txt"].write_text("".join(f"{key}\n" for key in predictions.keys))
     return paths
+
+
+def as_list(column: Any) -> list[str]:
+    return [str(v) for v in (column.tolist() if hasattr(column, "tolist") else column)]
+
+
+def merge(columns: list[dict[str, Any]]) -> tuple[Predictions, int]:
+    """Batches of {key, pred, label, object, affordance} (+ optional `valid` mask) -> one row per key in the order
+    the batches bring them (the test list's order when they come in shard order), and the number of duplicate rows
+    dropped (padding, or a key present twice in the test set)."""
+    rows: dict[str, tuple[np.ndarray, np.ndarray, str, str]] = {}
+    duplicates = 0
+    for batch in columns:
+        keys = as_list(batch["key"])
+        valid = np.ones(len(keys), bool) if batch.get("valid") is None else np.asarray(batch["valid"], bool)
+        pred = np.asarray(batch["pred"], np.float32).reshape(len(keys), -1)
+        label = np.asarray(batch["label"], np.float32).reshape(len(keys), -1)
+        objects, affordances = as_list(batch["object"]), as_list(batch["affordance"])
+        for i in np.flatnonzero(valid):
+            if keys[i] in rows:
+                duplicates += 1
+                continue
+            rows[keys[i]] = (pred[i], label[i], objects[i], affordances[i])
+    ordered = list(rows)  # dicts keep insertion order: first arrival wins
+    if not ordered:
+        raise ValueError("no test samples were predicted")
+    return (
+        Predictions(
+            keys=ordered,
+            pred=np.stack([rows[k][0] for k in ordered]),
+            gt=np.stack([rows[k][1] for k in ordered]),
+            objects=[rows[k][2] for k in ordered],
+            affordances=[rows[k][3] for k in ordered],
+        ),
+        duplicates,
+    )

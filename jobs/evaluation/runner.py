@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from jobs.evaluation.eval_config import EvalConfig
-from jobs.evaluation.inference import as_list, merge, predict_batch
-from jobs.evaluation.outputs import Predictions
+from jobs.evaluation.outputs import Predictions, as_list, merge
+from jobs.inference import predict_batch
 from jobs.loading import Resolved, model_from_package, model_package
 
 log = logging.getLogger("lma3d.eval")

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.evaluation.inference import predict_batch
-from jobs.evaluation.viz import render_png, write_ply
+from jobs.inference import predict_batch
+from jobs.viz import render_png, write_ply
 from model.config import ModelConfig
 from pipeline.formats.common import IMAGE_MAX_BYTES, BadRecord, finite_rows, read_bytes
 from pipeline.pointfiles import MAX_POINTS, PointFileError, read_point_file, resample

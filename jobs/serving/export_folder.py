@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
+from jobs import tracking
 from jobs.entry import UserError
-from jobs.evaluation import tracking
 from jobs.experiment_config import ExperimentConfig
 from jobs.loading import Resolved, resolve
 from pipeline.writer_lock import OutputBusy, exclusive
@@ -44,7 +44,7 @@ def export(
         cfg.tracking_uri, tracking.explicit_tracking(cfg.mlflow.tracking_uri), origin["tracking_uri"]
     )
     if register_name:
-        from jobs.training.tracking import check_tracking_uri
+        from jobs.tracking import check_tracking_uri
 
         check_tracking_uri(tracking_uri)
     skeleton = build_model(source.config, device="meta", pretrained=False)  # config + backbone id, no weights

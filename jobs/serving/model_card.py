@@ -113,8 +113,8 @@ def _checkpoint_model(origin: dict[str, Any], tracking_uri: str) -> tuple[Any, A
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from jobs.training import checkpoint_models
-    from jobs.training.checkpoint import dir_name_for
+    from jobs import checkpoint_models
+    from jobs.checkpoint_meta import dir_name_for
 
     run_id, step = origin.get("run_id"), origin.get("step")
     if not run_id or step is None:

@@ -17,7 +17,7 @@ from typing import Any
 from jobs.entry import UserError
 from jobs.serving.model_card import ModelCard
 from jobs.serving.pyfunc_model import ARTIFACT
-from jobs.training.tracking import tracking_uri_for_now
+from jobs.tracking import tracking_uri_for_now
 
 log = logging.getLogger("lma3d.export.registry")
 MODEL_CODE = Path(__file__).with_name("pyfunc_code.py")
@@ -86,7 +86,7 @@ def _ensure_registered_model(client: Any, name: str) -> None:
 
 def _note_version(client: Any, model_id: str, name: str, version: str) -> None:
     """The LoggedModel lists its registered versions (MLflow's own tag, as log_model's registration writes it): the
-    UI links them, and jobs.training.checkpoint_models keeps a registered checkpoint's LoggedModel."""
+    UI links them, and jobs.checkpoint_models keeps a registered checkpoint's LoggedModel."""
     import json
 
     from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs.training import tracking
-from jobs.training.checkpoint import CHECKPOINT_TAG_PREFIX, UNVALIDATED_SCORE
+from jobs import tracking
+from jobs.checkpoint_meta import CHECKPOINT_TAG_PREFIX, UNVALIDATED_SCORE
 
 SWEEP_KIND = "sweep"
 TRIAL_COLUMNS = (

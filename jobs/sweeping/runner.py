@@ -90,7 +90,7 @@ def finished_result(cfg: ExperimentConfig, name: str) -> dict[str, Any] | None:
     FINISHED, which launch() does only after fit() returned), else None. Tune's experiment state, read back on
     a restore, can lag behind a Ctrl-C: a trial that had finished may come back as unfinished, and training it
     again would resume its Ray Train run, rewrite its snapshot and log its last validation twice."""
-    from jobs.training.launcher import inspect_run
+    from jobs.run_folder import inspect_run
 
     exists, checkpoints = inspect_run(cfg.storage_path, name)
     if not exists or not checkpoints:
@@ -107,7 +107,7 @@ def _trial_run(cfg: ExperimentConfig, name: str) -> tuple[Any, str | None]:
     """(MLflow client, the id of trial run `name`'s child run or None), found by its run key."""
     from mlflow.tracking import MlflowClient
 
-    from jobs.training import tracking
+    from jobs import tracking
 
     client = MlflowClient(cfg.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.experiment_name)
@@ -116,7 +116,7 @@ def _trial_run(cfg: ExperimentConfig, name: str) -> tuple[Any, str | None]:
 
 
 def _interrupted_before_checkpoint(cfg: ExperimentConfig, name: str) -> bool:
-    from jobs.training.launcher import inspect_run
+    from jobs.run_folder import inspect_run
 
     exists, checkpoints = inspect_run(cfg.storage_path, name)
     if not exists or checkpoints:

@@ -7,7 +7,7 @@ Frozen parameters (the language backbone) are never written: the meta records th
 
 Reading one back never runs code from it (checkpoints sit on shared storage): `screen` loads every file
 DeepSpeed would unpickle with `torch.load(weights_only=True)` and the allow-list consolidation uses
-(jobs.training.consolidate.safe_load), and DeepSpeed's own loading then goes through that same loader, so a
+(jobs.consolidate.safe_load), and DeepSpeed's own loading then goes through that same loader, so a
 file swapped after screening is refused too. RNG states are JSON (jobs.training.rng_state).
 """
 
@@ -16,36 +16,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from jobs.bounded import META_MAX_BYTES, ReadRefused, read_text, short
+from jobs.checkpoint_meta import CHECKPOINT_TAG_PREFIX, META_FILE, META_FORMAT, read_meta, tag_for
+from jobs.consolidate import safe_load, tag_folder
 from jobs.training import rng_state
-from jobs.training.consolidate import TAG, BadCheckpoint, safe_load, tag_folder
 
 log = logging.getLogger("lma3d.train.checkpoint")
-
-META_FILE = "lma3d_meta.json"
-META_FORMAT = "lma3d-deepspeed-v1"
-CHECKPOINT_TAG_PREFIX = "checkpoint/"
-UNVALIDATED_SCORE = -1.0
-"""`val/auc` reported with a checkpoint that had no validation: below every AUC, so Ray's best-k drops it
-first. Not NaN: Ray 2.60 writes NaN to its run snapshot as null and its controller then crashes on resume
-(`float * None` in _get_checkpoint_score)."""
-
-
-def tag_for(step: int) -> str:
-    return f"global_step{step}"
-
-
-def dir_name_for(step: int) -> str:
-    """Ray checkpoint folder name: sortable and the same on every rank."""
-    return f"checkpoint_step{step:09d}"
-
 
 def save(engine: Any, folder: Path, *, step: int, rank: int, meta: dict[str, Any]) -> None:
     """Every rank: its ZeRO shard, its RNG state; rank 0: the meta. Ends with a barrier."""
@@ -58,40 +39,6 @@ def save(engine: Any, folder: Path, *, step: int, rank: int, meta: dict[str, Any
         tmp.rename(folder / META_FILE)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-
-
-def read_meta(folder: str | Path) -> dict[str, Any]:
-    """The checked lma3d_meta.json of a local checkpoint folder: the one reader of it (export, eval, resume,
-    the run folder's listing). Read with a size bound, unread when not a regular file; BadCheckpoint (a
-    ValueError) naming the file and field, FileNotFoundError without one."""
-    path = Path(folder, META_FILE)
-    if not os.path.lexists(path):
-        raise FileNotFoundError(f"{folder}: not an lma3d checkpoint (no {META_FILE})")
-    try:
-        text = read_text(path, META_MAX_BYTES, "a checkpoint meta")
-    except ReadRefused as e:
-        raise BadCheckpoint(str(e)) from None
-    return parse_meta(text, path)
-
-
-def parse_meta(text: str, path: str | Path) -> dict[str, Any]:
-    """lma3d_meta.json's text (read from `path`, local or remote) checked: format, a tag `global_step<N>`
-    (the folder the weights are read from: nothing else, so it cannot leave the checkpoint), a step."""
-    try:
-        meta = json.loads(text)
-    except ValueError as e:
-        raise BadCheckpoint(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise BadCheckpoint(f"{path}: not valid JSON (nested too deep)") from None
-    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
-        raise BadCheckpoint(f"{path}: format {short(meta.get('format') if isinstance(meta, dict) else meta)}, "
-                            f"expected {META_FORMAT!r}")  # fmt: skip
-    tag = meta.get("tag")
-    if not isinstance(tag, str) or not TAG.fullmatch(tag):
-        raise BadCheckpoint(f"{path}: tag {short(tag)} is not global_step<N>")
-    if type(meta.get("step")) is not int or meta["step"] < 0:
-        raise BadCheckpoint(f"{path}: step {short(meta.get('step'))} is not a non-negative integer")
-    return meta
 
 
 def screen(folder: str | Path) -> dict[str, Any]:
@@ -196,8 +143,8 @@ def reconcile_checkpoint_tags(
     the user names it (on object storage with its scheme: Ray's paths there are `bucket/key`)."""
     from mlflow.tracking import MlflowClient
 
-    from jobs.training.run_folder import location
-    from jobs.training.tracking import retry
+    from jobs.run_folder import location
+    from jobs.tracking import retry
 
     def update() -> bool:
         client = MlflowClient(tracking_uri)

@@ -9,6 +9,7 @@ before Ray starts, whether that directory is resumed, overwritten or refused.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -18,16 +19,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from jobs import preflight
+from jobs import preflight, tracking
+from jobs.checkpoint_meta import META_FILE
 from jobs.cluster_storage import check_train_outputs
 from jobs.config_paths import absolute_tracking_uri, absolute_value
 from jobs.entry import UserError, causes, stage
 from jobs.experiment_config import ExperimentConfig
-from jobs.training import tracking
-from jobs.training.checkpoint import META_FILE
+from jobs.run_folder import delete_run, inspect_run
 from jobs.training.pretrained_check import check_resnet_weights
-from jobs.training.run_folder import delete_run, inspect_run  # inspect_run: where demo and sweeps import it from
-from jobs.training.trainer import fit
+from jobs.training.trainer import train_with_ray
 from jobs.typed_yaml import dump, flatten, to_dict
 from pipeline.writer_lock import OutputBusy, exclusive
 
@@ -193,24 +193,37 @@ def launch(
     tracking.check_tracking_uri(cfg.tracking_uri)
     preflight.train_inputs(cfg)
     _check_step_callbacks(cfg)
-    if "://" in run_dir:  # object storage: no flock; Ray Train's own storage layout is the only guard
-        return _start(cfg, name, run_dir, address, resume, overwrite, no_ray, step_callbacks, callbacks,
-                      close_failed_run)  # fmt: skip
+    # Held from the resume decision to the end of training: two jobs on one run would both decide to start (or
+    # resume) it and write checkpoints of two MLflow runs into one folder. Object storage has no flock: Ray
+    # Train's own storage layout is the only guard there.
+    lock = contextlib.nullcontext() if "://" in run_dir else exclusive(run_dir, "training run")
     try:
-        # Held from the resume decision to the end of training: two jobs on one run would both decide to start
-        # (or resume) it and write checkpoints of two MLflow runs into one folder.
-        with exclusive(run_dir, "training run"):
-            return _start(cfg, name, run_dir, address, resume, overwrite, no_ray, step_callbacks, callbacks,
-                          close_failed_run)  # fmt: skip
+        with lock:
+            summary, resume_from = _decide(cfg, name, run_dir, resume, overwrite)
+            try:
+                if no_ray:
+                    from jobs.training import local
+
+                    with stage("training in this process (--no-ray)"):
+                        result = local.train_in_process(cfg, name, summary.run_id, resume_from, list(step_callbacks))
+                else:
+                    result = _fit_on_ray(cfg, address, name, summary.run_id, resume_from, list(step_callbacks),
+                                         list(callbacks))  # fmt: skip
+            except BaseException as e:
+                _failed(cfg, summary.run_id, e, close_failed_run)
+                raise
+            _summarise(summary, result)
+            _terminate(cfg.tracking_uri, summary.run_id, "FINISHED")
+            return summary
     except OutputBusy as e:
         raise UserError(str(e)) from None
 
 
-def _start(
-    cfg: ExperimentConfig, name: str, run_dir: str, address: str | None, resume: str | None, overwrite: bool,
-    no_ray: bool, step_callbacks: list[Any], callbacks: list[Any], close_failed_run: bool,
-) -> TrainSummary:  # fmt: skip
-    """The run `name` decided (new, resume, from a path, overwrite), its MLflow run attached, trained, summarised."""
+def _decide(
+    cfg: ExperimentConfig, name: str, run_dir: str, resume: str | None, overwrite: bool
+) -> tuple[TrainSummary, str | None]:
+    """The run `name` decided (new, resume, from a path, overwrite) and its MLflow run attached: (the summary to
+    fill, the checkpoint to resume from)."""
     try:
         exists, metas = inspect_run(cfg.storage_path, name)
     except ValueError as e:  # a registered checkpoint's meta that its validated reader refuses
@@ -233,25 +246,17 @@ def _start(
     if mode == "overwrite":
         log.warning("starting run %s over: deleting %s", name, run_dir)
         delete_run(cfg.storage_path, name)
-    summary = TrainSummary(name, run_dir, cfg.tracking_uri, cfg.experiment_name, run_id, mode)
-    try:
-        if no_ray:
-            from jobs.training import local
+    return TrainSummary(name, run_dir, cfg.tracking_uri, cfg.experiment_name, run_id, mode), resume_from
 
-            with stage("training in this process (--no-ray)"):
-                result = local.fit(cfg, name, run_id, resume_from, list(step_callbacks))
-        else:
-            result = _fit_on_ray(cfg, address, name, run_id, resume_from, list(step_callbacks), list(callbacks))
-    except BaseException as e:
-        if close_failed_run:
-            _terminate(cfg.tracking_uri, run_id, "FAILED")
-        refused = _refused_checkpoint(e)
-        if refused is not None:  # a worker's screening (remote storage, or a file changed since ours)
-            raise UserError(str(refused)) from None
-        raise
-    _summarise(summary, result)
-    _terminate(cfg.tracking_uri, run_id, "FINISHED")
-    return summary
+
+def _failed(cfg: ExperimentConfig, run_id: str, error: BaseException, close_failed_run: bool) -> None:
+    """Training raised `error`: the MLflow run closed FAILED (unless a sweep closes it), and a checkpoint a
+    worker's screening refused (remote storage, or a file changed since ours) raised as the one-line UserError."""
+    if close_failed_run:
+        _terminate(cfg.tracking_uri, run_id, "FAILED")
+    refused = _refused_checkpoint(error)
+    if refused is not None:
+        raise UserError(str(refused)) from None
 
 
 def _fit_on_ray(
@@ -264,7 +269,7 @@ def _fit_on_ray(
     ensure_ray(address, runtime_env() if address else None)
     _check_gpus(cfg, address)
     with stage("Ray Train (TorchTrainer.fit)"):
-        return fit(cfg, name, run_id, resume_from, step_callbacks, callbacks)
+        return train_with_ray(cfg, name, run_id, resume_from, step_callbacks, callbacks)
 
 
 def _one_rank(cfg: ExperimentConfig, address: str | None, callbacks: list[Any]) -> ExperimentConfig:
@@ -292,8 +297,8 @@ def _check_step_callbacks(cfg: ExperimentConfig) -> None:
 def screen_checkpoint(folder: str) -> None:
     """Driver, before MLflow or Ray start: the checkpoint the workers will load runs nothing when they load it
     (jobs.training.checkpoint.screen). Remote folders are screened by the workers, with the same code."""
+    from jobs.consolidate import UnsafeCheckpoint
     from jobs.training.checkpoint import screen
-    from jobs.training.consolidate import UnsafeCheckpoint
 
     if "://" in folder:
         return
@@ -305,7 +310,7 @@ def screen_checkpoint(folder: str) -> None:
 
 def _refused_checkpoint(error: BaseException) -> BaseException | None:
     """The UnsafeCheckpoint a worker raised, found inside Ray Train's wrappers (None if there is none)."""
-    from jobs.training.consolidate import UnsafeCheckpoint
+    from jobs.consolidate import UnsafeCheckpoint
 
     return next((e for e in causes(error) if isinstance(e, UnsafeCheckpoint)), None)
 
@@ -348,9 +353,9 @@ def _check_gpus(cfg: ExperimentConfig, address: str | None, poll_s: float = 5.0)
 
 
 def _summarise(summary: TrainSummary, result: Any) -> None:
+    from jobs.checkpoint_models import reconcile_after_fit
+    from jobs.run_folder import location
     from jobs.training.checkpoint import reconcile_checkpoint_tags
-    from jobs.training.checkpoint_models import reconcile_after_fit
-    from jobs.training.run_folder import location
 
     summary.last_metrics = dict(result.metrics or {})
     summary.last_step = int(summary.last_metrics.get("step", 0))

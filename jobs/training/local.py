@@ -5,7 +5,7 @@ DeepSpeed run as it does under Ray Train, so checkpoints have the same layout an
 run, metrics and artifacts. `breakpoint()` anywhere in the loop stops in this terminal.
 
 Checkpoints are written to a temporary folder, copied beside the run's others under a hidden name and renamed
-into place, then registered in `lma3d_checkpoints.json` (jobs/training/run_folder.py): what Ray Train's report does
+into place, then registered in `lma3d_checkpoints.json` (jobs/run_folder.py): what Ray Train's report does
 for a Ray run, so `inspect_run`, `--resume`, `lma3d eval` and `lma3d export` find them the same way.
 """
 
@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from jobs.experiment_config import ExperimentConfig
+from jobs.run_folder import inspect_run, register_local
+from jobs.tracking import tracking_uri_for_now
 from jobs.training import loop
-from jobs.training.run_folder import inspect_run, register_local
-from jobs.training.tracking import tracking_uri_for_now
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def _forget_deepspeed_groups() -> None:
         getattr(groups, cache).clear()
 
 
-def fit(
+def train_in_process(
     cfg: ExperimentConfig, name: str, run_id: str, resume_from: str | None, step_callbacks: list[Any]
 ) -> LocalResult:
     """Train the run `name` in this process; returns what Ray Train's fit() would have."""
@@ -123,7 +123,7 @@ def fit(
     config = loop.loop_config(cfg, name, run_id, resume_from, step_callbacks)
     # The loop's MLflow logging sets the process's tracking URI: this process goes on after it (tests, sweeps).
     with one_process_group("nccl" if cfg.train.use_gpu else "gloo"), tracking_uri_for_now(cfg.tracking_uri):
-        loop.run(config, session)
+        loop.TrainJob(config, session).fit()
     if session.result.checkpoint is None:  # nothing left to train: the run's latest, as Ray's Result has it
         _, metas = inspect_run(cfg.storage_path, name)
         if metas:

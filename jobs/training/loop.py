@@ -20,6 +20,7 @@ from typing import Any
 import psutil
 import torch
 
+from jobs.checkpoint_meta import CHECKPOINT_TAG_PREFIX, UNVALIDATED_SCORE, dir_name_for, read_meta
 from jobs.experiment_config import ExperimentConfig
 from jobs.training import checkpoint as ckpt
 from jobs.training.callbacks import StepEvent, resolve_all
@@ -140,6 +141,8 @@ class TrainJob:
 
     # ---- training ------------------------------------------------------------------------------------
     def fit(self) -> None:
+        """This rank's whole job: restore, then epochs of steps, validation and checkpoints."""
+        self.restore()
         self.run.start(node_id=socket.gethostname())
         self.manifest = _manifest(self.cfg)
         self.run.tags({"backbone": self.backbone_id, "manifest_fingerprint": self.manifest.get("fingerprint", "")})
@@ -259,8 +262,8 @@ class TrainJob:
         improved = not math.isnan(score) and (math.isnan(self.best["val/auc"]) or score > self.best["val/auc"])
         if improved:
             self.best = {"val/auc": score, "step": self.step}
-        name = ckpt.dir_name_for(self.step)
-        metrics = {"step": self.step, "epoch": epoch, **self.last_train, "val/auc": ckpt.UNVALIDATED_SCORE, **val}
+        name = dir_name_for(self.step)
+        metrics = {"step": self.step, "epoch": epoch, **self.last_train, "val/auc": UNVALIDATED_SCORE, **val}
         meta = {
             "epoch": epoch,
             "steps_per_epoch": self.steps_per_epoch,
@@ -286,7 +289,7 @@ class TrainJob:
         if self.rank == 0:
             path = f"{self.cfg.storage_path.rstrip('/')}/{self.config['run_name']}/{name}"
             self.run.checkpoint(name, self.step, path, val)
-            self.run.tags({ckpt.CHECKPOINT_TAG_PREFIX + name: ckpt.checkpoint_tag_value(self.step, metrics, path)})
+            self.run.tags({CHECKPOINT_TAG_PREFIX + name: ckpt.checkpoint_tag_value(self.step, metrics, path)})
             self.run.tags({"checkpoint.latest": path} | ({"checkpoint.best": path} if improved else {}))
             self._log_weights(weights, improved)
 
@@ -302,7 +305,7 @@ class TrainJob:
 
 
 def _step(folder: str | Path) -> int:
-    return int(ckpt.read_meta(folder)["step"])
+    return int(read_meta(folder)["step"])
 
 
 def set_train_mode(module: torch.nn.Module, norm_eval: bool) -> None:
@@ -355,10 +358,3 @@ def _progress_bar(rank: int, total: int, initial: int) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", unit="step")
-
-
-def run(config: dict[str, Any], session: Session) -> None:
-    """One rank's whole job: build, restore, train."""
-    job = TrainJob(config, session)
-    job.restore()
-    job.fit()

@@ -57,4 +57,4 @@ def train_func(config: dict[str, Any]) -> None:
     setup_logging(session.rank)
     if session.rank == 0:  # first thing: the driver's failure budget counts attempts, those dying in set-up too
         faults.record_attempt(config["config"]["train"]["storage_path"], config["run_name"])
-    loop.run(config, session)
+    loop.TrainJob(config, session).fit()

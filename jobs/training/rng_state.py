@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from jobs.bounded import META_MAX_BYTES, read_text
-from jobs.training.consolidate import UnsafeCheckpoint, safe_load
+from jobs.consolidate import UnsafeCheckpoint, safe_load
 
 FORMAT = "lma3d-rng-v1"
 

@@ -7,7 +7,7 @@ them. The queue is bounded (MAX_PENDING points); past the bound, and whatever is
 (`close` waits at most its timeout), goes to a JSON-lines file in the run folder, announced in one line.
 
 A kept checkpoint travels the same queue (CheckpointRecord, sent on its own): its LoggedModel is created and the
-validation metrics measured on it are logged linked to it (jobs/training/checkpoint_models.py), in order with the
+validation metrics measured on it are logged linked to it (jobs/checkpoint_models.py), in order with the
 points around it. A server that refuses LoggedModels for good (4xx: an MLflow 2 server) still gets the metrics.
 """
 
@@ -174,7 +174,7 @@ class Outbox:
     def _send_checkpoint(self, client: Any, record: CheckpointRecord) -> None:
         from mlflow.entities import Metric
 
-        from jobs.training import checkpoint_models
+        from jobs import checkpoint_models
 
         if not self.models_refused:
             try:

@@ -24,7 +24,7 @@ FORWARDED_ENV = (
 )  # fmt: skip
 
 
-def fit(
+def train_with_ray(
     cfg: ExperimentConfig, name: str, run_id: str, resume_from: str | None, step_callbacks: list, callbacks: list
 ) -> Any:
     """TorchTrainer.fit(), run again with the same RunConfig (so from the latest registered checkpoint) after a

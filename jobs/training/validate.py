@@ -33,7 +33,7 @@ def _rows(batch: dict[str, Any], pred: np.ndarray) -> list[tuple[str, np.ndarray
 def validate(engine: Any, cfg: ExperimentConfig, rank: int, world: int) -> tuple[dict[str, float], dict | None]:
     """(`val/auc`, `val/aiou`, `val/sim`, `val/mae`, `val/n` — identical on every rank;
     the per-object / per-affordance tables on rank 0, None elsewhere)."""
-    from jobs.evaluation.inference import predict_batch
+    from jobs.inference import predict_batch
     from model.metrics import evaluate
     from pipeline.loaders import eval_loader
 

@@ -121,7 +121,8 @@ def main(argv: list[str]) -> int:
 
 def _train(config: str, overrides: list[str]) -> dict:
     from jobs.experiment_config import ExperimentConfig
-    from jobs.training.launcher import inspect_run, launch
+    from jobs.run_folder import inspect_run
+    from jobs.training.launcher import launch
     from jobs.typed_yaml import load
 
     cfg = load(ExperimentConfig, config, overrides)
@@ -184,7 +185,7 @@ def _report(work: Path, stages: StageLog, seconds: float) -> None:
         f"predictions:  {work / 'predict'}",
         f"browse:       mlflow ui --backend-store-uri sqlite:///{work / 'mlflow.db'}",
     ]
-    from jobs.training.tracking import run_page
+    from jobs.tracking import run_page
 
     page = run_page(f"sqlite:///{work / 'mlflow.db'}", done.get("train", {}).get("run_id"))
     if page:

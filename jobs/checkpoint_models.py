@@ -34,7 +34,7 @@ DROPPED_TAG = "lma3d.checkpoint.dropped"
 
 def linked_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The validation metrics of a checkpoint's reported metrics (`val/auc` -1 marks a checkpoint without one)."""
-    from jobs.training.checkpoint import UNVALIDATED_SCORE
+    from jobs.checkpoint_meta import UNVALIDATED_SCORE
 
     out = {}
     for key, value in metrics.items():
@@ -174,7 +174,7 @@ def reconcile_after_fit(tracking_uri: str, run_id: str, run_dir: str, kept: list
 
     from mlflow.tracking import MlflowClient
 
-    from jobs.training.tracking import retry
+    from jobs.tracking import retry
 
     entries = []
     for checkpoint, metrics in kept:

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from jobs.bounded import META_MAX_BYTES
+from jobs.checkpoint_meta import META_FILE, parse_meta
 from jobs.cluster_storage import filesystem
-from jobs.training.checkpoint import META_FILE, parse_meta
-from jobs.training.consolidate import BadCheckpoint
+from jobs.consolidate import BadCheckpoint
 
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 LOCAL_REGISTRY_FILE = "lma3d_checkpoints.json"
