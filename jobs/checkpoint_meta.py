@@ -5,6 +5,7 @@ file. Writing checkpoints is jobs/training/checkpoint.py."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,20 @@ from jobs.consolidate import TAG, BadCheckpoint
 META_FILE = "lma3d_meta.json"
 META_FORMAT = "lma3d-deepspeed-v1"
 CHECKPOINT_TAG_PREFIX = "checkpoint/"
+SCORE_KEY = "val/auc"
+"""The metric Ray keeps the best checkpoints by, reported with every checkpoint."""
 UNVALIDATED_SCORE = -1.0
 """`val/auc` reported with a checkpoint that had no validation: below every AUC, so Ray's best-k drops it
 first. Not NaN: Ray 2.60 writes NaN to its run snapshot as null and its controller then crashes on resume
 (`float * None` in _get_checkpoint_score)."""
+
+
+def validated_score(value: Any) -> float | None:
+    """A checkpoint's reported SCORE_KEY as an AUC, or None when it had no validation (UNVALIDATED_SCORE, NaN or
+    nothing reported): the one reading of it, for ranking, MLflow tags and linked metrics, sweeps and summaries."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return float(value) if 0.0 <= value <= 1.0 else None
 
 
 def tag_for(step: int) -> str:

@@ -34,12 +34,12 @@ DROPPED_TAG = "lma3d.checkpoint.dropped"
 
 def linked_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The validation metrics of a checkpoint's reported metrics (`val/auc` -1 marks a checkpoint without one)."""
-    from jobs.checkpoint_meta import UNVALIDATED_SCORE
+    from jobs.checkpoint_meta import SCORE_KEY, validated_score
 
     out = {}
     for key, value in metrics.items():
         if key.startswith("val/") and isinstance(value, (int, float)) and not isinstance(value, bool):
-            if key == "val/auc" and value == UNVALIDATED_SCORE:
+            if key == SCORE_KEY and validated_score(value) is None:
                 continue
             out[key] = float(value)
     return out

@@ -16,49 +16,84 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.bounded import META_MAX_BYTES
-from jobs.checkpoint_meta import META_FILE, parse_meta
+from jobs.bounded import META_MAX_BYTES, read_text
+from jobs.checkpoint_meta import META_FILE, SCORE_KEY, dir_name_for, parse_meta, validated_score
 from jobs.cluster_storage import filesystem
 from jobs.consolidate import BadCheckpoint
 
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 LOCAL_REGISTRY_FILE = "lma3d_checkpoints.json"
 LOCAL_REGISTRY_FORMAT = "lma3d-checkpoints-v1"
+REGISTRY_MAX_BYTES = 16 << 20
+"""Either registry lists a run's checkpoints with their metrics: a few KB for hundreds of them."""
 
 
-def inspect_run(storage_path: str, name: str) -> tuple[bool, list[dict[str, Any]]]:
-    """(run dir exists, metadata of its registered checkpoints sorted by step, each with its `path`)."""
-    import pyarrow.fs
+@dataclass(frozen=True)
+class RunFolder:
+    """The run `name` under `storage_path` (a local path or a URI): its layout, in one place. The driver, every
+    rank, --no-ray, sweeps and loading name a run's folder, its checkpoints and its attempt records through this."""
 
-    fs, root = filesystem(storage_path)
-    run_path = f"{root.rstrip('/')}/{name}"
-    if fs.get_file_info(run_path).type == pyarrow.fs.FileType.NotFound:
-        return False, []
-    registered: set[str] | None = set()
-    found = False
-    for file, parse in ((RAY_SNAPSHOT_FILE, _registered_dirs), (LOCAL_REGISTRY_FILE, _local_dirs)):
-        path = f"{run_path}/{file}"
-        if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
-            continue
-        found = True
-        with fs.open_input_stream(path) as f:
-            names = parse(f.read().decode())
-        registered = None if names is None or registered is None else registered | names
-    if not found:
-        return True, []
-    metas = []
-    for info in fs.get_file_info(pyarrow.fs.FileSelector(run_path)):
-        if registered is not None and info.base_name not in registered:
-            continue  # written by an attempt that died before it was registered
-        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
-            meta_path = f"{info.path}/{META_FILE}"
-            meta_info = fs.get_file_info(meta_path)
-            if meta_info.type == pyarrow.fs.FileType.File:
-                metas.append({**_read_meta(fs, meta_info), "path": location(storage_path, info.path)})
-    return True, sorted(metas, key=lambda m: m["step"])
+    storage_path: str
+    name: str
+
+    @property
+    def path(self) -> str:
+        """The run folder as users and the loaders name it (with its scheme on object storage)."""
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    def checkpoint_path(self, step: int) -> str:
+        return f"{self.path}/{dir_name_for(step)}"
+
+    def in_filesystem(self, *parts: str) -> tuple[Any, str]:
+        """(pyarrow filesystem, path in it) of the run folder or of `parts` below it."""
+        fs, root = filesystem(self.storage_path)
+        return fs, "/".join([root.rstrip("/"), self.name, *parts])
+
+    def location(self, fs_path: str) -> str:
+        """A path pyarrow gave (`bucket/key` on object storage) as the user names it."""
+        return location(self.storage_path, fs_path)
+
+    def registered(self) -> tuple[bool, list[dict[str, Any]]]:
+        """(the folder exists, the metadata of its registered checkpoints by step, each with its `path`)."""
+        import pyarrow.fs
+
+        fs, run_path = self.in_filesystem()
+        if fs.get_file_info(run_path).type == pyarrow.fs.FileType.NotFound:
+            return False, []
+        registered: set[str] | None = set()
+        found = False
+        for file, parse in ((RAY_SNAPSHOT_FILE, _registered_dirs), (LOCAL_REGISTRY_FILE, _local_dirs)):
+            path = f"{run_path}/{file}"
+            info = fs.get_file_info(path)
+            if info.type == pyarrow.fs.FileType.NotFound:
+                continue
+            if info.size is not None and info.size > REGISTRY_MAX_BYTES:
+                raise BadCheckpoint(f"{path}: {info.size} bytes, over the {REGISTRY_MAX_BYTES}-byte limit of a "
+                                    "checkpoint registry")  # fmt: skip
+            found = True
+            with fs.open_input_stream(path) as f:
+                names = parse(f.read(REGISTRY_MAX_BYTES).decode(errors="replace"))
+            registered = None if names is None or registered is None else registered | names
+        if not found:
+            return True, []
+        metas = []
+        for info in fs.get_file_info(pyarrow.fs.FileSelector(run_path)):
+            if registered is not None and info.base_name not in registered:
+                continue  # written by an attempt that died before it was registered
+            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+                meta_path = f"{info.path}/{META_FILE}"
+                meta_info = fs.get_file_info(meta_path)
+                if meta_info.type == pyarrow.fs.FileType.File:
+                    metas.append({**_read_meta(fs, meta_info), "path": self.location(info.path)})
+        return True, sorted(metas, key=lambda m: m["step"])
+
+    def delete(self) -> None:
+        fs, path = self.in_filesystem()
+        fs.delete_dir(path)
 
 
 def location(storage_path: str, path: str) -> str:
@@ -106,7 +141,7 @@ def read_local_registry(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / LOCAL_REGISTRY_FILE
     if not path.is_file():
         return []
-    data = json.loads(path.read_text())
+    data = json.loads(read_text(path, REGISTRY_MAX_BYTES, "a checkpoint registry"))
     if not isinstance(data, dict) or data.get("format") != LOCAL_REGISTRY_FORMAT:
         raise ValueError(f"{path}: format {data.get('format') if isinstance(data, dict) else data!r}, "
                          f"expected {LOCAL_REGISTRY_FORMAT!r}")  # fmt: skip
@@ -132,10 +167,5 @@ def register_local(run_dir: Path, name: str, metrics: dict[str, Any], keep: int)
 
 
 def _score(metrics: dict[str, Any]) -> float:
-    value = metrics.get("val/auc")
-    return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else -math.inf
-
-
-def delete_run(storage_path: str, name: str) -> None:
-    fs, root = filesystem(storage_path)
-    fs.delete_dir(f"{root.rstrip('/')}/{name}")
+    score = validated_score(metrics.get(SCORE_KEY))
+    return -math.inf if score is None else score

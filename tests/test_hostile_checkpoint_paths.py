@@ -22,7 +22,7 @@ from tiny import tiny_model_config
 
 from jobs.checkpoint_meta import META_FILE, META_FORMAT
 from jobs.consolidate import consolidate
-from jobs.run_folder import LOCAL_REGISTRY_FILE, LOCAL_REGISTRY_FORMAT, inspect_run
+from jobs.run_folder import LOCAL_REGISTRY_FILE, LOCAL_REGISTRY_FORMAT, RunFolder
 from jobs.verbs.eval import main as eval_main
 from jobs.verbs.export import main as export_main
 from model.lmaffordance3d import build_model
@@ -146,8 +146,8 @@ def test_the_run_folder_listing_reads_metas_through_the_validated_reader(checkpo
     run = checkpoint.parent
     registry = {"format": LOCAL_REGISTRY_FORMAT, "checkpoints": [{"checkpoint_dir_name": checkpoint.name}]}
     (run / LOCAL_REGISTRY_FILE).write_text(json.dumps(registry))
-    assert [m["step"] for m in inspect_run(str(run.parent), run.name)[1]] == [2]
+    assert [m["step"] for m in RunFolder(str(run.parent), run.name).registered()[1]] == [2]
     edit_meta(checkpoint, tag=5)
     with pytest.raises(ValueError, match="tag 5 is not global_step<N>") as error:
-        inspect_run(str(run.parent), run.name)
+        RunFolder(str(run.parent), run.name).registered()
     assert META_FILE in str(error.value)

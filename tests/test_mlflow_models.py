@@ -21,7 +21,7 @@ def _train(root: Path, no_ray: bool) -> dict:
     import os
 
     from jobs.experiment_config import ExperimentConfig
-    from jobs.run_folder import inspect_run
+    from jobs.run_folder import RunFolder
     from jobs.training.launcher import launch
     from jobs.typed_yaml import load
 
@@ -34,7 +34,7 @@ def _train(root: Path, no_ray: bool) -> dict:
                   "train.num_workers=1", "mlflow.system_metrics=false"]  # fmt: skip
     cfg = load(ExperimentConfig, None, overrides)
     summary = launch(cfg, run_name="card", no_ray=no_ray)
-    kept = inspect_run(cfg.storage_path, "card")[1]
+    kept = RunFolder(cfg.storage_path, "card").registered()[1]
     return {"cfg": cfg, "summary": summary, "kept": kept, "root": root}
 
 

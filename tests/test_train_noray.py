@@ -73,13 +73,13 @@ def shards(tmp_path_factory, ray_local) -> Path:
 @pytest.fixture(scope="module")
 def runs(shards, tmp_path_factory) -> dict:
     """Two --no-ray jobs of one run: FIRST_STEPS steps, then the same name again up to MORE_STEPS."""
-    from jobs.run_folder import inspect_run
+    from jobs.run_folder import RunFolder
 
     workdir = tmp_path_factory.mktemp("noray")
     cfg = load(ExperimentConfig, None, _overrides(shards, workdir, FIRST_STEPS))
     first = _no_ray(["--run-name", "nr", *_overrides(shards, workdir, FIRST_STEPS)])
     (run_id,) = _run_ids(cfg)
-    checkpoints = inspect_run(cfg.storage_path, "nr")[1]
+    checkpoints = RunFolder(cfg.storage_path, "nr").registered()[1]
     latest = Path(checkpoints[-1]["path"])
     after_first = {"history": _history(cfg, run_id), "artifacts": _artifacts(cfg, run_id), "checkpoints": checkpoints,
                    "latest_files": {p.relative_to(latest) for p in latest.rglob("*")}}  # fmt: skip
@@ -135,10 +135,10 @@ def test_breakpoint_in_a_configured_step_callback_stops_the_no_ray_run_in_its_pr
 
 def test_no_ray_checkpoints_load_through_the_one_loader(runs):
     from jobs.loading import load as load_model
-    from jobs.run_folder import inspect_run
+    from jobs.run_folder import RunFolder
 
     cfg, run_id = runs["cfg"], runs["run_id"]
-    _, metas = inspect_run(cfg.storage_path, "nr")
+    _, metas = RunFolder(cfg.storage_path, "nr").registered()
     # keep_checkpoints 2, as Ray keeps them: the 2 best by val/auc (steps 3 and 5 validated, 2 and 4 did not)
     assert [m["step"] for m in metas] == [3, 5]
     by_path = load_model(metas[-1]["path"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.run_folder import inspect_run, register_local
+from jobs.run_folder import RunFolder, register_local
 from jobs.training.callbacks import StepEvent, resolve
 
 
@@ -20,14 +20,14 @@ def _checkpoint(run: Path, step: int) -> str:
     return name
 
 
-def test_inspect_run_counts_what_either_registry_lists(tmp_path):
+def test_a_run_folder_counts_what_either_registry_lists(tmp_path):
     run = tmp_path / "run"
     for step in (2, 4, 6, 8):
         _checkpoint(run, step)
     ray_snapshot = {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_step000000002"}]}
     (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(ray_snapshot))
     register_local(run, "checkpoint_step000000006", {"val/auc": -1.0}, keep=5)
-    _, metas = inspect_run(str(tmp_path), "run")
+    _, metas = RunFolder(str(tmp_path), "run").registered()
     assert [m["step"] for m in metas] == [2, 6]  # 4 and 8: written, never registered
 
 
@@ -65,3 +65,35 @@ def test_step_callback_names_resolve_with_a_colon_or_a_dot():
 def test_bad_step_callback_names_fail_naming_the_entry(name, message):
     with pytest.raises(ValueError, match=f"train.step_callbacks: .*{message}"):
         resolve(name)
+
+
+@pytest.mark.parametrize(
+    ("reported", "score"),
+    [(0.7, 0.7), (0, 0.0), (1, 1.0), (-1.0, None), (float("nan"), None), (None, None), (True, None), (1.5, None)],
+)
+def test_a_reported_score_is_an_auc_or_none(reported, score):
+    from jobs.checkpoint_meta import validated_score
+
+    assert validated_score(reported) == score
+
+
+def test_the_run_folder_names_its_checkpoints_and_keeps_the_scheme_of_object_storage(tmp_path):
+    folder = RunFolder("s3://bucket/runs/", "r1")
+    assert folder.path == "s3://bucket/runs/r1"
+    assert folder.checkpoint_path(12) == "s3://bucket/runs/r1/checkpoint_step000000012"
+    assert folder.location("bucket/runs/r1/checkpoint_step000000012") == folder.checkpoint_path(12)
+    local = RunFolder(str(tmp_path), "r1")
+    fs, path = local.in_filesystem("lma3d_attempts")
+    assert path == f"{tmp_path}/r1/lma3d_attempts" and local.location(path) == path
+
+
+def test_a_registry_over_its_size_bound_is_refused_before_it_is_read(tmp_path):
+    from jobs.consolidate import BadCheckpoint
+    from jobs.run_folder import RAY_SNAPSHOT_FILE, REGISTRY_MAX_BYTES
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / RAY_SNAPSHOT_FILE, "wb") as f:  # sparse: no disk, and no memory unless it is read
+        f.truncate(REGISTRY_MAX_BYTES + 1)
+    with pytest.raises(BadCheckpoint, match=f"{RAY_SNAPSHOT_FILE}: {REGISTRY_MAX_BYTES + 1} bytes, over the"):
+        RunFolder(str(tmp_path), "run").registered()

@@ -12,7 +12,7 @@ import torch
 
 from jobs.entry import UserError
 from jobs.experiment_config import ExperimentConfig
-from jobs.run_folder import inspect_run
+from jobs.run_folder import RunFolder
 from jobs.tracking import check_tracking_uri, retry
 from jobs.training.deepspeed_config import deepspeed_config
 from jobs.training.launcher import decide_start, default_run_name
@@ -164,21 +164,21 @@ def test_decide_start_refuses(exists: bool, has_ckpt: bool, resume: str | None, 
         decide_start("runs/x", exists, has_ckpt, resume, overwrite)
 
 
-def test_inspect_run_counts_only_checkpoints_ray_registered(tmp_path) -> None:
-    assert inspect_run(str(tmp_path), "missing") == (False, [])
+def test_a_run_folder_lists_only_checkpoints_ray_registered(tmp_path) -> None:
+    assert RunFolder(str(tmp_path), "missing").registered() == (False, [])
     run = tmp_path / "run"
     for step in (2, 4, 6):
         (run / f"checkpoint_step{step:09d}").mkdir(parents=True)
         meta = {"format": "lma3d-deepspeed-v1", "tag": f"global_step{step}", "step": step}
         (run / f"checkpoint_step{step:09d}" / "lma3d_meta.json").write_text(json.dumps(meta))
-    assert inspect_run(str(tmp_path), "run") == (True, [])  # no Ray snapshot: nothing was registered
+    assert RunFolder(str(tmp_path), "run").registered() == (True, [])  # no Ray snapshot: nothing was registered
     # Ray's snapshot lists what its controller registered; step 6 was written by an attempt that died first.
     snapshot = {
         "checkpoint_results": [{"checkpoint_dir_name": "checkpoint_step000000002"}],
         "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_step000000004"},
     }
     (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
-    exists, metas = inspect_run(str(tmp_path), "run")
+    exists, metas = RunFolder(str(tmp_path), "run").registered()
     assert exists and [m["step"] for m in metas] == [2, 4]
 
 

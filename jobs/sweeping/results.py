@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs import tracking
-from jobs.checkpoint_meta import CHECKPOINT_TAG_PREFIX, UNVALIDATED_SCORE
+from jobs.checkpoint_meta import CHECKPOINT_TAG_PREFIX, SCORE_KEY, validated_score
 
 SWEEP_KIND = "sweep"
 TRIAL_COLUMNS = (
@@ -152,7 +152,8 @@ def _history(client: Any, child: Any, metric: str) -> list[tuple[int, float]]:
     if child is None:
         return []
     by_step = {m.step: m.value for m in client.get_metric_history(child.info.run_id, metric)}
-    return [(s, v) for s, v in sorted(by_step.items()) if not math.isnan(v) and v != UNVALIDATED_SCORE]
+    unvalidated = (lambda v: validated_score(v) is None) if metric == SCORE_KEY else math.isnan
+    return [(s, v) for s, v in sorted(by_step.items()) if not unvalidated(v)]
 
 
 def _checkpoint_at(client: Any, child: Any, step: int | None) -> str | None:

@@ -90,9 +90,9 @@ def finished_result(cfg: ExperimentConfig, name: str) -> dict[str, Any] | None:
     FINISHED, which launch() does only after fit() returned), else None. Tune's experiment state, read back on
     a restore, can lag behind a Ctrl-C: a trial that had finished may come back as unfinished, and training it
     again would resume its Ray Train run, rewrite its snapshot and log its last validation twice."""
-    from jobs.run_folder import inspect_run
+    from jobs.run_folder import RunFolder
 
-    exists, checkpoints = inspect_run(cfg.storage_path, name)
+    exists, checkpoints = RunFolder(cfg.storage_path, name).registered()
     if not exists or not checkpoints:
         return None
     client, run_id = _trial_run(cfg, name)
@@ -108,17 +108,18 @@ def _trial_run(cfg: ExperimentConfig, name: str) -> tuple[Any, str | None]:
     from mlflow.tracking import MlflowClient
 
     from jobs import tracking
+    from jobs.run_folder import RunFolder
 
     client = MlflowClient(cfg.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.experiment_name)
-    key = f"{cfg.storage_path.rstrip('/')}/{name}"
+    key = RunFolder(cfg.storage_path, name).path
     return client, (tracking.find_run(client, experiment.experiment_id, key) if experiment else None)
 
 
 def _interrupted_before_checkpoint(cfg: ExperimentConfig, name: str) -> bool:
-    from jobs.run_folder import inspect_run
+    from jobs.run_folder import RunFolder
 
-    exists, checkpoints = inspect_run(cfg.storage_path, name)
+    exists, checkpoints = RunFolder(cfg.storage_path, name).registered()
     if not exists or checkpoints:
         return False
     client, stale = _trial_run(cfg, name)

@@ -22,7 +22,15 @@ from typing import Any
 
 import torch
 
-from jobs.checkpoint_meta import CHECKPOINT_TAG_PREFIX, META_FILE, META_FORMAT, read_meta, tag_for
+from jobs.checkpoint_meta import (
+    CHECKPOINT_TAG_PREFIX,
+    META_FILE,
+    META_FORMAT,
+    SCORE_KEY,
+    read_meta,
+    tag_for,
+    validated_score,
+)
 from jobs.consolidate import safe_load, tag_folder
 from jobs.training import rng_state
 
@@ -132,8 +140,7 @@ def _cpu_copy(module: Any) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_tag_value(step: int, metrics: dict[str, Any], path: str) -> str:
-    score = metrics.get("val/auc")
-    return json.dumps({"step": step, "val/auc": None if score is None or score < 0 else score, "path": path})
+    return json.dumps({"step": step, SCORE_KEY: validated_score(metrics.get(SCORE_KEY)), "path": path})
 
 
 def reconcile_checkpoint_tags(

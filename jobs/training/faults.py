@@ -35,10 +35,9 @@ def record_attempt(storage_path: str, run_name: str) -> None:
     storage, not an actor: Ray's memory monitor may kill any actor, the driver's included."""
     import uuid
 
-    from jobs.cluster_storage import filesystem
+    from jobs.run_folder import RunFolder
 
-    fs, root = filesystem(storage_path)
-    folder = f"{root.rstrip('/')}/{run_name}/{ATTEMPTS_DIR}"
+    fs, folder = RunFolder(storage_path, run_name).in_filesystem(ATTEMPTS_DIR)
     fs.create_dir(folder)
     with fs.open_output_stream(f"{folder}/{time.time_ns()}-{uuid.uuid4().hex[:8]}"):
         pass
@@ -47,10 +46,10 @@ def record_attempt(storage_path: str, run_name: str) -> None:
 def count_attempts(storage_path: str, run_name: str) -> int:
     import pyarrow.fs
 
-    from jobs.cluster_storage import filesystem
+    from jobs.run_folder import RunFolder
 
-    fs, root = filesystem(storage_path)
-    selector = pyarrow.fs.FileSelector(f"{root.rstrip('/')}/{run_name}/{ATTEMPTS_DIR}", allow_not_found=True)
+    fs, folder = RunFolder(storage_path, run_name).in_filesystem(ATTEMPTS_DIR)
+    selector = pyarrow.fs.FileSelector(folder, allow_not_found=True)
     return len(fs.get_file_info(selector))
 
 

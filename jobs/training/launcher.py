@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from jobs import preflight, tracking
-from jobs.checkpoint_meta import META_FILE
+from jobs.checkpoint_meta import META_FILE, SCORE_KEY, validated_score
 from jobs.cluster_storage import check_train_outputs
 from jobs.config_paths import absolute_tracking_uri, absolute_value
 from jobs.entry import UserError, causes, stage
 from jobs.experiment_config import ExperimentConfig
-from jobs.run_folder import delete_run, inspect_run
+from jobs.run_folder import RunFolder
 from jobs.training.pretrained_check import check_resnet_weights
 from jobs.training.trainer import train_with_ray
 from jobs.typed_yaml import dump, flatten, to_dict
@@ -187,7 +187,7 @@ def launch(
     if "/" in name or name in (".", ".."):
         raise UserError(f"run name {name!r} must not contain '/'")
     cfg = replace(cfg, train=replace(cfg.train, run_name=name))
-    run_dir = f"{cfg.storage_path.rstrip('/')}/{name}"
+    run_dir = RunFolder(cfg.storage_path, name).path
     # Everything the job reads, checked before anything is created (the run's lock, MLflow run, Ray, DeepSpeed):
     # one line, exit 2.
     tracking.check_tracking_uri(cfg.tracking_uri)
@@ -225,7 +225,7 @@ def _decide(
     """The run `name` decided (new, resume, from a path, overwrite) and its MLflow run attached: (the summary to
     fill, the checkpoint to resume from)."""
     try:
-        exists, metas = inspect_run(cfg.storage_path, name)
+        exists, metas = RunFolder(cfg.storage_path, name).registered()
     except ValueError as e:  # a registered checkpoint's meta that its validated reader refuses
         raise UserError(str(e)) from None
     mode = decide_start(run_dir, exists, bool(metas), resume, overwrite)
@@ -245,7 +245,7 @@ def _decide(
         resume_from = metas[-1]["path"]
     if mode == "overwrite":
         log.warning("starting run %s over: deleting %s", name, run_dir)
-        delete_run(cfg.storage_path, name)
+        RunFolder(cfg.storage_path, name).delete()
     return TrainSummary(name, run_dir, cfg.tracking_uri, cfg.experiment_name, run_id, mode), resume_from
 
 
@@ -361,17 +361,12 @@ def _summarise(summary: TrainSummary, result: Any) -> None:
     summary.last_step = int(summary.last_metrics.get("step", 0))
     if result.checkpoint is not None:
         summary.latest_checkpoint = location(summary.run_dir, result.checkpoint.path)
-    scored = [(c, m) for c, m in (result.best_checkpoints or []) if _finite(m.get("val/auc"))]
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if validated_score(m.get(SCORE_KEY)) is not None]
     if scored:
-        best, metrics = max(scored, key=lambda cm: cm[1]["val/auc"])
+        best, metrics = max(scored, key=lambda cm: cm[1][SCORE_KEY])
         summary.best_checkpoint, summary.best_metrics = location(summary.run_dir, best.path), dict(metrics)
     reconcile_checkpoint_tags(summary.tracking_uri, summary.run_id, result.best_checkpoints or [], summary.run_dir)
     reconcile_after_fit(summary.tracking_uri, summary.run_id, summary.run_dir, result.best_checkpoints or [])
-
-
-def _finite(value: Any) -> bool:
-    """A real AUC (unvalidated checkpoints report -1)."""
-    return isinstance(value, (int, float)) and 0.0 <= value <= 1.0
 
 
 def _terminate(tracking_uri: str, run_id: str, status: str) -> None:

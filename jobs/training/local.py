@@ -6,7 +6,7 @@ run, metrics and artifacts. `breakpoint()` anywhere in the loop stops in this te
 
 Checkpoints are written to a temporary folder, copied beside the run's others under a hidden name and renamed
 into place, then registered in `lma3d_checkpoints.json` (jobs/run_folder.py): what Ray Train's report does
-for a Ray run, so `inspect_run`, `--resume`, `lma3d eval` and `lma3d export` find them the same way.
+for a Ray run, so `RunFolder.registered`, `--resume`, `lma3d eval` and `lma3d export` find them the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from jobs.experiment_config import ExperimentConfig
-from jobs.run_folder import inspect_run, register_local
+from jobs.run_folder import RunFolder, register_local
 from jobs.tracking import tracking_uri_for_now
 from jobs.training import loop
 
@@ -66,7 +66,7 @@ class LocalSession:
 
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[str | None]:
-        _, metas = inspect_run(str(self.run_dir.parent), self.run_dir.name)
+        _, metas = RunFolder(str(self.run_dir.parent), self.run_dir.name).registered()
         yield metas[-1]["path"] if metas else None
 
 
@@ -117,7 +117,8 @@ def train_in_process(
     cfg: ExperimentConfig, name: str, run_id: str, resume_from: str | None, step_callbacks: list[Any]
 ) -> LocalResult:
     """Train the run `name` in this process; returns what Ray Train's fit() would have."""
-    run_dir = Path(cfg.storage_path, name)
+    folder = RunFolder(cfg.storage_path, name)
+    run_dir = Path(folder.path)
     run_dir.mkdir(parents=True, exist_ok=True)
     session = LocalSession(run_dir, cfg.train.keep_checkpoints)
     config = loop.loop_config(cfg, name, run_id, resume_from, step_callbacks)
@@ -125,7 +126,7 @@ def train_in_process(
     with one_process_group("nccl" if cfg.train.use_gpu else "gloo"), tracking_uri_for_now(cfg.tracking_uri):
         loop.TrainJob(config, session).fit()
     if session.result.checkpoint is None:  # nothing left to train: the run's latest, as Ray's Result has it
-        _, metas = inspect_run(cfg.storage_path, name)
+        _, metas = folder.registered()
         if metas:
             session.result.checkpoint = LocalCheckpoint(metas[-1]["path"])
             session.result.metrics = dict(metas[-1].get("metrics") or {})

@@ -22,6 +22,7 @@ import torch
 
 from jobs.checkpoint_meta import CHECKPOINT_TAG_PREFIX, UNVALIDATED_SCORE, dir_name_for, read_meta
 from jobs.experiment_config import ExperimentConfig
+from jobs.run_folder import RunFolder
 from jobs.training import checkpoint as ckpt
 from jobs.training.callbacks import StepEvent, resolve_all
 from jobs.training.deepspeed_config import uses_cpu_adam
@@ -113,8 +114,9 @@ class TrainJob:
         self.best = {"val/auc": float("nan"), "step": -1}
         self.last_train: dict[str, float] = {}
         self.last_checkpoint = ""
-        run_dir = f"{self.cfg.storage_path.rstrip('/')}/{config['run_name']}"
-        unsent = None if "://" in run_dir else Path(run_dir) / UNSENT_FILE  # what MLflow never took, kept here
+        self.folder = RunFolder(self.cfg.storage_path, config["run_name"])
+        # what MLflow never took, kept in the run folder
+        unsent = None if "://" in self.folder.path else Path(self.folder.path) / UNSENT_FILE
         self.run = RunLogger(rank == 0, self.cfg.tracking_uri, config["mlflow_run_id"], self.cfg.mlflow.system_metrics,
                              unsent_path=unsent)  # fmt: skip
 
@@ -210,8 +212,7 @@ class TrainJob:
     def _call_back(self) -> None:
         if not self.callbacks:
             return
-        run_dir = f"{self.cfg.storage_path.rstrip('/')}/{self.config['run_name']}"
-        event = StepEvent(self.rank, self.world, self.step, self.total_steps, run_dir, self.last_checkpoint,
+        event = StepEvent(self.rank, self.world, self.step, self.total_steps, self.folder.path, self.last_checkpoint,
                           dict(self.last_train))  # fmt: skip
         for callback in self.callbacks:
             callback(event)
@@ -287,7 +288,7 @@ class TrainJob:
             self.session.report(metrics, folder, name)
         self.last_checkpoint = name
         if self.rank == 0:
-            path = f"{self.cfg.storage_path.rstrip('/')}/{self.config['run_name']}/{name}"
+            path = self.folder.checkpoint_path(self.step)
             self.run.checkpoint(name, self.step, path, val)
             self.run.tags({CHECKPOINT_TAG_PREFIX + name: ckpt.checkpoint_tag_value(self.step, metrics, path)})
             self.run.tags({"checkpoint.latest": path} | ({"checkpoint.best": path} if improved else {}))

@@ -121,12 +121,12 @@ def main(argv: list[str]) -> int:
 
 def _train(config: str, overrides: list[str]) -> dict:
     from jobs.experiment_config import ExperimentConfig
-    from jobs.run_folder import inspect_run
+    from jobs.run_folder import RunFolder
     from jobs.training.launcher import launch
     from jobs.typed_yaml import load
 
     cfg = load(ExperimentConfig, config, overrides)
-    exists, checkpoints = inspect_run(cfg.storage_path, "demo")
+    exists, checkpoints = RunFolder(cfg.storage_path, "demo").registered()
     # An interrupted train stage resumes from its last checkpoint; one killed before any is started over.
     summary = launch(cfg, run_name="demo", overwrite=exists and not checkpoints)
     print(summary.report())
