@@ -19,7 +19,6 @@ and MLflow run, resumed the same way: for debugging a loss with breakpoint() or 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from jobs.entry import UserError, entry
 from jobs.experiment_config import add_config_args, resolve_config
@@ -41,13 +40,8 @@ def main(argv: list[str]) -> int:
     cfg = resolve_config(args)
 
     from jobs.training.launcher import launch
-    from pipeline.loaders.reading import corrupt_shard_line, read_manifest
+    from pipeline.loaders.reading import corrupt_shard_line
 
-    if Path(cfg.data.shards, "manifest.json").is_file():  # (a missing folder is reported as before)
-        try:
-            read_manifest(cfg.data.shards)  # a tampered manifest is one line here, in seconds, before Ray starts
-        except ValueError as error:
-            raise UserError(str(error)) from None
     try:
         summary = launch(cfg, address=args.address, resume=args.resume, overwrite=args.overwrite,
                          run_name=args.run_name, no_ray=args.no_ray)  # fmt: skip

@@ -14,6 +14,7 @@ each is refused above MANIFEST_MAX_BYTES before it is read.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -94,22 +95,37 @@ def _inside(folder: Folder, name: str, where: str) -> Path | str:
     return path
 
 
-def _load_json(folder: Folder, name: str) -> Any:
+def _load_json(folder: Folder, name: str, data: bytes | None = None) -> Any:
     try:
-        return json.loads(folder.read_bytes(name, MANIFEST_MAX_BYTES))
+        return json.loads(folder.read_bytes(name, MANIFEST_MAX_BYTES) if data is None else data)
     except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ManifestError(f"{folder.where(name)} is not readable JSON: {error}") from None
 
 
 def read_manifest(shards: str | Path) -> dict[str, Any]:
     """The manifest of a shard folder (a path or an object-storage URI), validated (see the module doc).
-    FileNotFoundError without one, ManifestError (a ValueError) when it, or sizes.json, breaks the schema."""
+    FileNotFoundError without one, ManifestError (a ValueError) when it, or sizes.json, breaks the schema.
+
+    Validated once per process: the driver's checks, the loaders of every epoch and validation read the same
+    bytes again (a few KB) but check them against the folder (sizes.json, every shard's size: one request each
+    on object storage) only the first time. Other bytes are validated afresh."""
     folder = Folder(shards)
     if folder.size("manifest.json") is None:
         raise FileNotFoundError(f"{shards}: no manifest.json (not an lma3d shard folder; run lma3d shard first)")
-    manifest = _dict(_load_json(folder, "manifest.json"), folder.where("manifest.json"))
-    validate(manifest, folder)
-    return manifest
+    try:
+        data = folder.read_bytes("manifest.json", MANIFEST_MAX_BYTES)
+    except (OSError, ValueError) as error:
+        raise ManifestError(f"{folder.where('manifest.json')} is not readable JSON: {error}") from None
+    key = (folder.where("manifest.json"), hashlib.sha256(data).hexdigest())
+    if key not in _VALIDATED:
+        manifest = _dict(_load_json(folder, "manifest.json", data), folder.where("manifest.json"))
+        validate(manifest, folder)
+        _VALIDATED.clear()  # one shard folder at a time in practice: the memo never grows
+        _VALIDATED[key] = manifest
+    return copy.deepcopy(_VALIDATED[key])  # callers may edit theirs
+
+
+_VALIDATED: dict[tuple[str, str], dict[str, Any]] = {}
 
 
 def validate(manifest: dict[str, Any], folder: Folder) -> None:
