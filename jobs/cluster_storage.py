@@ -37,21 +37,32 @@ def _defaulted(key: str, default: str, workdir: str, fix: str) -> UserError:
 
 
 def check_train_outputs(cfg: Any, address: str | None) -> None:
-    """Refuse, before anything starts, a cluster run whose checkpoints or MLflow store would be node-local.
-    `cfg` is the ExperimentConfig as the user gave it (before its paths are made absolute)."""
-    if not on_cluster(address):
-        return
+    """Refuse, before anything starts, a cluster run whose checkpoints or MLflow store would be node-local: every
+    such key at once, one line each. `cfg` is the ExperimentConfig as the user gave it (paths not yet absolute)."""
+    if on_cluster(address):
+        problems = train_output_problems(cfg)
+        if problems:
+            raise UserError("\n".join(problems))
+
+
+def train_output_problems(cfg: Any) -> list[str]:
+    """What would be node-local if `cfg` trained on a cluster (`lma3d submit` asks before it submits)."""
+    problems = []
     storage = cfg.train.storage_path
+    uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if storage and not _shared(storage):
-        raise UserError(f"train.storage_path {storage!r} is relative: on a cluster give a shared absolute path or URI")
-    if _shared(cfg.workdir, uri=False):
-        return
-    if not storage:
-        fix = "set train.storage_path to shared storage (s3://..., gs://..., or a path mounted on every node)"
-        raise _defaulted("train.storage_path", "<workdir>/runs", cfg.workdir, fix)
-    if not (cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
-        fix = "set mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to a tracking server or a shared store"
-        raise _defaulted("mlflow.tracking_uri", "SQLite", cfg.workdir, fix)
+        problems.append(f"train.storage_path {storage!r} is relative: on a cluster give a shared absolute path or URI")
+    if uri.startswith("sqlite:///") and not _shared(uri.removeprefix("sqlite:///"), uri=False):
+        problems.append(f"mlflow.tracking_uri {uri!r} is a relative SQLite file: on a cluster give a tracking server "
+                        "or an absolute path on shared storage (sqlite:////mnt/...)")  # fmt: skip
+    if not _shared(cfg.workdir, uri=False):
+        if not storage:
+            fix = "set train.storage_path to shared storage (s3://..., gs://..., or a path mounted on every node)"
+            problems.append(str(_defaulted("train.storage_path", "<workdir>/runs", cfg.workdir, fix)))
+        if not uri:
+            fix = "set mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to a tracking server or a shared store"
+            problems.append(str(_defaulted("mlflow.tracking_uri", "SQLite", cfg.workdir, fix)))
+    return problems
 
 
 def check_eval_outputs(cfg: Any, out: str | None, default_tracking: bool, address: str | None) -> None:

@@ -110,7 +110,8 @@ def entry(verb: str) -> Callable[[Callable[[list[str] | None], int]], Callable[[
                 return main(sys.argv[1:] if argv is None else argv)
             except (ConfigError, UserError, FileNotFoundError) as e:
                 logging.getLogger(f"lma3d.{verb}").debug("user error", exc_info=True)
-                print(f"lma3d {verb}: error: {e}", file=sys.stderr)
+                for line in str(e).splitlines() or [""]:  # several problems of one input: one line each
+                    print(f"lma3d {verb}: error: {line}", file=sys.stderr)
                 return 2
             except BrokenPipeError:  # `lma3d <verb> --help-config | head`: jobs.cli exits quietly
                 raise

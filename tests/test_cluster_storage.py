@@ -39,7 +39,9 @@ def test_train_on_a_cluster_without_storage_path_is_refused_before_anything_star
     monkeypatch.setenv(env, "127.0.0.1:1" if env == "RAY_ADDRESS" else "raysubmit_123")
     code = train_main(["train.max_steps=1"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("lma3d train: error: train.storage_path is not set")
+    assert code == 2 and len(err) == 2, err  # both node-local outputs, one line each
+    assert err[0].startswith("lma3d train: error: train.storage_path is not set")
+    assert err[1].startswith("lma3d train: error: mlflow.tracking_uri is not set")
     assert list(no_cluster_env.iterdir()) == []  # no work/, no runs/, no mlflow.db
 
 
@@ -47,6 +49,38 @@ def test_train_with_an_address_and_shared_storage_but_default_mlflow_names_the_t
     code = train_main(["--address", "127.0.0.1:1", "train.storage_path=s3://bucket/runs"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "mlflow.tracking_uri is not set" in err[0]
+    assert list(no_cluster_env.iterdir()) == []
+
+
+def test_a_relative_sqlite_store_on_a_cluster_is_refused(no_cluster_env):
+    with pytest.raises(UserError, match="mlflow.tracking_uri 'sqlite:///mlflow.db' is a relative SQLite file"):
+        check_train_outputs(_cfg("train.storage_path=s3://b/runs", "mlflow.tracking_uri=sqlite:///mlflow.db"), "x:1")
+
+
+def test_submit_train_reports_every_node_local_output_before_it_connects(no_cluster_env, capsys):
+    from jobs.verbs.submit import main as submit_main
+
+    # Nothing listens on port 1: a connection attempt would fail with exit 1, not 2.
+    code = submit_main(["train", "--config", "demo", "train.max_steps=1", "--address", "http://127.0.0.1:1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 2, err
+    assert "train.storage_path is not set" in err[0] and "mlflow.tracking_uri is not set" in err[1]
+
+
+def test_submit_train_refuses_a_config_error_before_it_connects(no_cluster_env, capsys):
+    from jobs.verbs.submit import main as submit_main
+
+    code = submit_main(["train", "--config", "demo", "train.lr=fast", "--address", "http://127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "train.lr" in err and "Failed to connect" not in err
+
+
+def test_a_sweep_on_a_cluster_is_refused_before_ray_starts(no_cluster_env, capsys):
+    from jobs.verbs.sweep import main as sweep_main
+
+    code = sweep_main(["--config", "demo", "--search", "demo", "--trials", "1", "--address", "127.0.0.1:1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 2 and "train.storage_path is not set" in err[0], err
     assert list(no_cluster_env.iterdir()) == []
 
 

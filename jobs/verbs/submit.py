@@ -23,6 +23,7 @@ submit's own flags (anywhere on the line; everything else is the verb's):
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import shlex
 import sys
@@ -30,7 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jobs.cluster_storage import train_output_problems
 from jobs.entry import UserError, entry
+from jobs.experiment_config import resolve_config
 from jobs.runtime_env import runtime_env
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -49,17 +52,15 @@ def main(argv: list[str]) -> int:
         own, rest = split_argv(argv)
     except ValueError as e:
         raise UserError(str(e)) from None
-    try:
-        client = job_client(own.get("address"))
-    except ValueError as e:
-        raise UserError(str(e)) from None
     if rest[0] in ACTIONS:
         if len(rest) != 2:
             raise UserError(f"{rest[0]} takes one JOB_ID")
-        return _act(client, rest[0], rest[1])
+        return _act(_client(own), rest[0], rest[1])
     verb, verb_args = rest[0], rest[1:]
     if verb in ("submit", "demo") or verb.startswith("-"):
         raise UserError(f"cannot submit {verb!r}: give a verb such as shard, train, eval or export")
+    check_locally(verb, verb_args)
+    client = _client(own)
     try:
         env = runtime_env(own.get("runtime_env"), own.get("working_dir"))
     except (OSError, ValueError) as e:
@@ -75,6 +76,26 @@ def main(argv: list[str]) -> int:
         print(f"follow it with: lma3d submit --logs {job_id} --address {client.get_address()}")
         return 0
     return _follow(client, job_id)
+
+
+def _client(own: dict[str, Any]):  # -> ray.job_submission.JobSubmissionClient
+    try:
+        return job_client(own.get("address"))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def check_locally(verb: str, verb_args: list[str]) -> None:
+    """A training job (train, sweep) resolved here as the cluster will resolve it: its config (file, base: chain,
+    overrides, every rule) and what would be node-local there, all of it in one go, before anything is uploaded.
+    Paths it reads are the cluster's, so their existence is checked there."""
+    if verb not in ("train", "sweep"):
+        return
+    module = importlib.import_module(f"jobs.verbs.{verb}")
+    args = module.parser().parse_args(verb_args)
+    problems = train_output_problems(resolve_config(args))
+    if problems:
+        raise UserError("\n".join(problems))
 
 
 def split_argv(argv: list[str]) -> tuple[dict[str, Any], list[str]]:

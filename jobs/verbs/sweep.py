@@ -20,12 +20,13 @@ import argparse
 import datetime as dt
 import sys
 
+from jobs.cluster_storage import check_train_outputs
 from jobs.entry import UserError, entry
 from jobs.experiment_config import add_config_args, resolve_config_mapping
 
 
-@entry("sweep")
-def main(argv: list[str]) -> int:
+def parser() -> argparse.ArgumentParser:
+    """lma3d sweep's flags (`lma3d submit sweep` parses them too, to check the job before it submits it)."""
     parser = argparse.ArgumentParser(
         prog="lma3d sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -41,10 +42,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
     parser.add_argument("--name", help="sweep name (default: sweep-<date>); the same name resumes it")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@entry("sweep")
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
     if args.trials < 1 or args.max_concurrent < 0 or args.grace_period < 1:
-        parser.error("--trials and --grace-period must be >= 1, --max-concurrent >= 0")
+        raise UserError("--trials and --grace-period must be >= 1, --max-concurrent >= 0")
     cfg, data = resolve_config_mapping(args)
+    check_train_outputs(cfg, args.address)  # on a cluster every trial's checkpoints and MLflow store must be shared
 
     from jobs import preflight
     from jobs.resources import SPACES, find_config

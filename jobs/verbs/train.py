@@ -24,8 +24,8 @@ from jobs.entry import UserError, entry
 from jobs.experiment_config import add_config_args, resolve_config
 
 
-@entry("train")
-def main(argv: list[str]) -> int:
+def parser() -> argparse.ArgumentParser:
+    """lma3d train's flags (`lma3d submit train` parses them too, to check the job before it submits it)."""
     parser = argparse.ArgumentParser(
         prog="lma3d train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -36,7 +36,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--run-name", help="run name (default: train.run_name, else <date>-<view>-<setting>-lr-bs)")
     parser.add_argument("--no-ray", action="store_true", help="train in this process as one rank, without Ray "
                         "(same checkpoints and MLflow run; for debugging: breakpoint() works)")  # fmt: skip
-    args = parser.parse_args(argv)
+    return parser
+
+
+@entry("train")
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
     cfg = resolve_config(args)
 
     from jobs.training.launcher import launch
