@@ -6,6 +6,7 @@ value a trial would die of is one line naming key and value (exit 2) instead of 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,14 @@ from jobs.verbs.sweep import main
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def demo_shards(tmp_path_factory) -> Path:
+    """Shards the demo config can train on (3 clouds per object: its data.pairs): the driver checks them."""
+    from tiny import synth_shards
+
+    return synth_shards(tmp_path_factory.mktemp("demo-data"))
 
 
 class _TuneNotStarted(Exception):
@@ -63,9 +72,14 @@ def _trial_config(state_file: Path, values: dict) -> ExperimentConfig:
     return absolute_paths(cfg)
 
 
-def test_relative_paths_mean_the_folder_the_sweep_was_run_from(tmp_path, monkeypatch, stop_at_tune):
+def test_relative_paths_mean_the_folder_the_sweep_was_run_from(tmp_path, monkeypatch, stop_at_tune, demo_shards):
+    import torch
+    from test_resnet_weights import torchvision_resnet18
+
     run_from = (tmp_path / "here").resolve()
-    run_from.mkdir()
+    shutil.copytree(demo_shards, run_from / "shards" / "demo")
+    (run_from / "weights").mkdir()
+    torch.save(torchvision_resnet18(16), run_from / "weights" / "r18.pth")  # configs/demo.yaml: resnet_width 16
     monkeypatch.chdir(run_from)
     _space(run_from, "train.lr: {loguniform: [1.0e-4, 1.0e-3]}\n")
     main(["--config", str(DEMO), "--search", "space.yaml", "--trials", "1", "--max-concurrent", "1",
@@ -82,13 +96,14 @@ def test_relative_paths_mean_the_folder_the_sweep_was_run_from(tmp_path, monkeyp
 
 
 def test_an_emb_dim_choice_over_the_demo_config_gives_every_trial_a_model_that_builds(
-    tmp_path, monkeypatch, stop_at_tune
+    tmp_path, monkeypatch, stop_at_tune, demo_shards
 ):
     from model.lmaffordance3d import build_model
 
     _space(tmp_path, "model.emb_dim: {choice: [64, 128]}\n")
     main(["--config", str(DEMO), "--search", str(tmp_path / "space.yaml"), "--trials", "2", "--max-concurrent",
-          "1", "--name", "emb", f"workdir={tmp_path / 'work'}", "model.backbone=tiny"])  # fmt: skip
+          "1", "--name", "emb", f"workdir={tmp_path / 'work'}", "model.backbone=tiny",
+          f"data.shards={demo_shards}"])  # fmt: skip
     for emb_dim in (64, 128):
         cfg = _trial_config(tmp_path / "work" / "sweeps" / "emb" / "sweep.json", {"model.emb_dim": emb_dim})
         assert cfg.model.emb_dim == emb_dim and cfg.model.fp1_mlp[-1] == emb_dim  # the gate's width follows
@@ -131,7 +146,17 @@ def test_a_value_a_trial_would_die_of_is_one_line_before_ray(tmp_path, monkeypat
     assert all(name in err[0] for name in named), err[0]
 
 
-def test_the_shipped_config_and_space_by_name_from_any_folder(tmp_path, monkeypatch, stop_at_tune):
+def test_missing_shards_are_one_line_before_ray(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pipeline.ray_session, "ensure_ray", _no_ray)
+    monkeypatch.chdir(tmp_path)
+    rc = main(["--config", "demo", "--search", "demo", "--trials", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"lma3d sweep: error: data.shards {tmp_path.resolve()}/work/shards/demo: no such folder "
+                               "(run lma3d shard first)"]  # fmt: skip
+
+
+def test_the_shipped_config_and_space_by_name_from_any_folder(tmp_path, monkeypatch, stop_at_tune, demo_shards):
+    shutil.copytree(demo_shards, tmp_path / "work" / "shards" / "demo")  # where configs/demo.yaml reads them
     monkeypatch.chdir(tmp_path)
     main(["--config", "demo", "--search", "demo", "--trials", "1", "--max-concurrent", "1", "--name", "names"])
     state = json.loads((tmp_path / "work" / "sweeps" / "names" / "sweep.json").read_text())
@@ -139,14 +164,16 @@ def test_the_shipped_config_and_space_by_name_from_any_folder(tmp_path, monkeypa
     assert state["base"]["data"]["shards"] == str(tmp_path.resolve() / "work" / "shards" / "demo")
 
 
-def test_a_relative_tracking_store_means_the_folder_the_command_was_run_from(tmp_path, monkeypatch, stop_at_tune):
+def test_a_relative_tracking_store_means_the_folder_the_command_was_run_from(
+    tmp_path, monkeypatch, stop_at_tune, demo_shards
+):
     # sqlite:///db/mlflow.db (three slashes) and a bare folder (MLflow's file store) are relative paths too
     run_from = (tmp_path / "here").resolve()
     run_from.mkdir()
     monkeypatch.chdir(run_from)
     _space(run_from, "train.lr: {loguniform: [1.0e-4, 1.0e-3]}\n")
     main(["--config", str(DEMO), "--search", "space.yaml", "--trials", "1", "--max-concurrent", "1",
-          "--name", "uri", "mlflow.tracking_uri=sqlite:///db/mlflow.db"])  # fmt: skip
+          "--name", "uri", "mlflow.tracking_uri=sqlite:///db/mlflow.db", f"data.shards={demo_shards}"])  # fmt: skip
     state = json.loads((run_from / "work" / "sweeps" / "uri" / "sweep.json").read_text())
     assert state["tracking_uri"] == f"sqlite:///{run_from}/db/mlflow.db"  # what every trial logs to
     cfg = build(ExperimentConfig, {"mlflow": {"tracking_uri": "mlruns"}}, "<train>")

@@ -45,3 +45,17 @@ def _absolute_values(key: str, kind: str, args: list[Any]) -> tuple[str, list[An
     if key in PATH_KEYS and kind == "choice":
         return kind, [absolute_value(key, value) for value in args]
     return kind, args
+
+
+def check_trial_inputs(inputs: SweepInputs) -> None:
+    """Every file a trial reads and where it writes (what `lma3d train` checks before it starts), checked on the
+    driver: for the base config, or for each path a path key of the space chooses (a choice of data.shards)."""
+    from jobs.sweeping.space import apply_trial
+    from jobs.training.launcher import check_inputs
+
+    chosen = [(key, value) for key, (kind, args) in inputs.space.items() if key in PATH_KEYS and kind == "choice"
+              for value in args]  # fmt: skip
+    configs = [build(ExperimentConfig, apply_trial(inputs.base, {key: value}), f"<search space key {key}>")
+               for key, value in chosen] or [inputs.cfg]  # fmt: skip
+    for cfg in configs:
+        check_inputs(cfg)

@@ -182,7 +182,6 @@ def launch(
         cfg = _one_rank(cfg, address, callbacks)
     check_train_outputs(cfg, address)
     cfg = absolute_paths(cfg)
-    check_resnet_weights(cfg.model)
     name = run_name or cfg.train.run_name or default_run_name(cfg, dt.date.today())
     if "/" in name or name in (".", ".."):
         raise UserError(f"run name {name!r} must not contain '/'")
@@ -191,8 +190,7 @@ def launch(
     # Everything the job reads, checked before anything is created (the run's lock, MLflow run, Ray, DeepSpeed):
     # one line, exit 2.
     tracking.check_tracking_uri(cfg.tracking_uri)
-    preflight.train_inputs(cfg)
-    _check_step_callbacks(cfg)
+    check_inputs(cfg)
     # Held from the resume decision to the end of training: two jobs on one run would both decide to start (or
     # resume) it and write checkpoints of two MLflow runs into one folder. Object storage has no flock: Ray
     # Train's own storage layout is the only guard there.
@@ -217,6 +215,14 @@ def launch(
             return summary
     except OutputBusy as e:
         raise UserError(str(e)) from None
+
+
+def check_inputs(cfg: ExperimentConfig) -> None:
+    """What a training run reads (shards, model files, the ImageNet weights, step callbacks) and where it writes,
+    checked before anything starts: by `launch`, and by a sweep's driver for its trials. `cfg`'s paths absolute."""
+    check_resnet_weights(cfg.model)
+    preflight.train_inputs(cfg)
+    _check_step_callbacks(cfg)
 
 
 def _decide(

@@ -53,16 +53,15 @@ def main(argv: list[str]) -> int:
     cfg, data = resolve_config_mapping(args)
     check_train_outputs(cfg, args.address)  # on a cluster every trial's checkpoints and MLflow store must be shared
 
-    from jobs import preflight
     from jobs.resources import SPACES, find_config
-    from jobs.sweeping.inputs import resolve_sweep
+    from jobs.sweeping.inputs import check_trial_inputs, resolve_sweep
     from jobs.sweeping.runner import SweepSpec, sweep, sweep_dir
     from pipeline.ray_session import ensure_ray
     from pipeline.writer_lock import OutputBusy, exclusive
 
     # Paths absolute and every value of the space built into the config, here: trials never re-decide.
     inputs = resolve_sweep(cfg, data, find_config(args.search, SPACES))
-    preflight.output_reachable(inputs.cfg.storage_path, "train.storage_path")  # a bucket: one line, before Ray
+    check_trial_inputs(inputs)  # the shards, model files and the storage every trial uses: one line, before Ray
     space = inputs.space
     name = args.name or f"sweep-{dt.date.today().isoformat()}"
     spec = SweepSpec(
