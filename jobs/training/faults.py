@@ -23,6 +23,7 @@ import logging
 import time
 
 from jobs.entry import causes
+from jobs.run_folder import RunFolder
 
 log = logging.getLogger("lma3d.train")
 
@@ -30,25 +31,21 @@ log = logging.getLogger("lma3d.train")
 ATTEMPTS_DIR = "lma3d_attempts"
 
 
-def record_attempt(storage_path: str, run_name: str) -> None:
+def record_attempt(run: RunFolder) -> None:
     """Rank 0, at the start of every worker-group attempt: one empty file in the run folder. A file on the run's
     storage, not an actor: Ray's memory monitor may kill any actor, the driver's included."""
     import uuid
 
-    from jobs.run_folder import RunFolder
-
-    fs, folder = RunFolder(storage_path, run_name).in_filesystem(ATTEMPTS_DIR)
+    fs, folder = run.in_filesystem(ATTEMPTS_DIR)
     fs.create_dir(folder)
     with fs.open_output_stream(f"{folder}/{time.time_ns()}-{uuid.uuid4().hex[:8]}"):
         pass
 
 
-def count_attempts(storage_path: str, run_name: str) -> int:
+def count_attempts(run: RunFolder) -> int:
     import pyarrow.fs
 
-    from jobs.run_folder import RunFolder
-
-    fs, folder = RunFolder(storage_path, run_name).in_filesystem(ATTEMPTS_DIR)
+    fs, folder = run.in_filesystem(ATTEMPTS_DIR)
     selector = pyarrow.fs.FileSelector(folder, allow_not_found=True)
     return len(fs.get_file_info(selector))
 

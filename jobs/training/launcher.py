@@ -27,6 +27,7 @@ from jobs.entry import UserError, causes, stage
 from jobs.experiment_config import ExperimentConfig
 from jobs.run_folder import RunFolder
 from jobs.training.pretrained_check import check_resnet_weights
+from jobs.training.run_spec import RunSpec
 from jobs.training.trainer import train_with_ray
 from jobs.typed_yaml import dump, flatten, to_dict
 from pipeline.writer_lock import OutputBusy, exclusive
@@ -198,15 +199,15 @@ def launch(
     try:
         with lock:
             summary, resume_from = _decide(cfg, name, run_dir, resume, overwrite)
+            spec = RunSpec(cfg, RunFolder(cfg.storage_path, name), summary.run_id, resume_from, tuple(step_callbacks))
             try:
                 if no_ray:
                     from jobs.training import local
 
                     with stage("training in this process (--no-ray)"):
-                        result = local.train_in_process(cfg, name, summary.run_id, resume_from, list(step_callbacks))
+                        result = local.train_in_process(spec)
                 else:
-                    result = _fit_on_ray(cfg, address, name, summary.run_id, resume_from, list(step_callbacks),
-                                         list(callbacks))  # fmt: skip
+                    result = _fit_on_ray(spec, address, list(callbacks))
             except BaseException as e:
                 _failed(cfg, summary.run_id, e, close_failed_run)
                 raise
@@ -265,17 +266,14 @@ def _failed(cfg: ExperimentConfig, run_id: str, error: BaseException, close_fail
         raise UserError(str(refused)) from None
 
 
-def _fit_on_ray(
-    cfg: ExperimentConfig, address: str | None, name: str, run_id: str, resume_from: str | None,
-    step_callbacks: list[Any], callbacks: list[Any],
-) -> Any:  # fmt: skip
+def _fit_on_ray(spec: RunSpec, address: str | None, callbacks: list[Any]) -> Any:
     from jobs.runtime_env import runtime_env
     from pipeline.ray_session import ensure_ray
 
     ensure_ray(address, runtime_env() if address else None)
-    _check_gpus(cfg, address)
+    _check_gpus(spec.cfg, address)
     with stage("Ray Train (TorchTrainer.fit)"):
-        return train_with_ray(cfg, name, run_id, resume_from, step_callbacks, callbacks)
+        return train_with_ray(spec, callbacks)
 
 
 def _one_rank(cfg: ExperimentConfig, address: str | None, callbacks: list[Any]) -> ExperimentConfig:

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from jobs.experiment_config import ExperimentConfig
 from jobs.run_folder import RunFolder, register_local
 from jobs.tracking import tracking_uri_for_now
 from jobs.training import loop
+from jobs.training.run_spec import RunSpec
 
 
 @dataclass(frozen=True)
@@ -113,18 +113,15 @@ def _forget_deepspeed_groups() -> None:
         getattr(groups, cache).clear()
 
 
-def train_in_process(
-    cfg: ExperimentConfig, name: str, run_id: str, resume_from: str | None, step_callbacks: list[Any]
-) -> LocalResult:
-    """Train the run `name` in this process; returns what Ray Train's fit() would have."""
-    folder = RunFolder(cfg.storage_path, name)
+def train_in_process(spec: RunSpec) -> LocalResult:
+    """Train the run in this process; returns what Ray Train's fit() would have."""
+    cfg, folder = spec.cfg, spec.folder
     run_dir = Path(folder.path)
     run_dir.mkdir(parents=True, exist_ok=True)
     session = LocalSession(run_dir, cfg.train.keep_checkpoints)
-    config = loop.loop_config(cfg, name, run_id, resume_from, step_callbacks)
     # The loop's MLflow logging sets the process's tracking URI: this process goes on after it (tests, sweeps).
     with one_process_group("nccl" if cfg.train.use_gpu else "gloo"), tracking_uri_for_now(cfg.tracking_uri):
-        loop.TrainJob(config, session).fit()
+        loop.TrainJob(spec, session).fit()
     if session.result.checkpoint is None:  # nothing left to train: the run's latest, as Ray's Result has it
         _, metas = folder.registered()
         if metas:

@@ -22,7 +22,6 @@ import torch
 
 from jobs.checkpoint_meta import CHECKPOINT_TAG_PREFIX, UNVALIDATED_SCORE, dir_name_for, read_meta
 from jobs.experiment_config import ExperimentConfig
-from jobs.run_folder import RunFolder
 from jobs.training import checkpoint as ckpt
 from jobs.training.callbacks import StepEvent, resolve_all
 from jobs.training.deepspeed_config import uses_cpu_adam
@@ -35,10 +34,11 @@ from jobs.training.engine import (
     to_device,
 )
 from jobs.training.op_build import cpu_ops_for, load_cpu_ops
+from jobs.training.run_spec import RunSpec
 from jobs.training.session import Session
 from jobs.training.tracking import UNSENT_FILE, RunLogger
 from jobs.training.validate import validate
-from jobs.typed_yaml import build, dump, to_dict
+from jobs.typed_yaml import dump, to_dict
 
 log = logging.getLogger("lma3d.train")
 
@@ -63,27 +63,13 @@ class Window:
         }
 
 
-def loop_config(
-    cfg: ExperimentConfig, name: str, run_id: str, resume_from: str | None, step_callbacks: list[Any]
-) -> dict[str, Any]:
-    """What TrainJob is given (Ray Train's train_loop_config): plain data, plus picklable step callbacks."""
-    return {
-        "config": to_dict(cfg),
-        "config_yaml": dump(cfg),
-        "run_name": name,
-        "mlflow_run_id": run_id,
-        "resume_from": resume_from,
-        "step_callbacks": list(step_callbacks),
-    }
-
-
 class TrainJob:
-    def __init__(self, config: dict[str, Any], session: Session) -> None:
-        self.config, self.session = config, session
+    def __init__(self, spec: RunSpec, session: Session) -> None:
+        self.spec, self.session = spec, session
         self.rank, self.world = rank, world = session.rank, session.world_size
-        self.cfg: ExperimentConfig = build(ExperimentConfig, config["config"], "train_loop_config")
+        self.cfg: ExperimentConfig = spec.cfg
         train = self.cfg.train
-        self.callbacks = resolve_all([*train.step_callbacks, *config.get("step_callbacks", [])])
+        self.callbacks = resolve_all([*train.step_callbacks, *spec.step_callbacks])
         self.device = configure_worker(train, session.device(train.use_gpu))
         load_cpu_ops(cpu_ops_for(train.use_gpu, uses_cpu_adam(train)))  # a killed build's baton must not hang us
         seed_everything(train.seed + rank)  # the original seeds 42 + rank
@@ -114,17 +100,17 @@ class TrainJob:
         self.best = {"val/auc": float("nan"), "step": -1}
         self.last_train: dict[str, float] = {}
         self.last_checkpoint = ""
-        self.folder = RunFolder(self.cfg.storage_path, config["run_name"])
+        self.folder = spec.folder
         # what MLflow never took, kept in the run folder
         unsent = None if "://" in self.folder.path else Path(self.folder.path) / UNSENT_FILE
-        self.run = RunLogger(rank == 0, self.cfg.tracking_uri, config["mlflow_run_id"], self.cfg.mlflow.system_metrics,
+        self.run = RunLogger(rank == 0, self.cfg.tracking_uri, spec.mlflow_run_id, self.cfg.mlflow.system_metrics,
                              unsent_path=unsent)  # fmt: skip
 
     # ---- restore -------------------------------------------------------------------------------------
     def restore(self) -> None:
         """From the newer of the run's latest registered checkpoint and `resume_from` (--resume PATH, or the latest
         checkpoint of a run that the other kind of job, Ray or --no-ray, registered); else nothing."""
-        resume_from = self.config.get("resume_from")
+        resume_from = self.spec.resume_from
         with self.session.latest_checkpoint() as folder:
             if folder is not None and (not resume_from or "://" in resume_from or _step(folder) >= _step(resume_from)):
                 meta = self._load(folder)
@@ -273,10 +259,10 @@ class TrainJob:
             "precision": self.cfg.train.precision,  # evaluation and predict compute under it
             "backbone_id": self.backbone_id,
             "manifest_fingerprint": self.manifest.get("fingerprint", ""),
-            "config": self.config["config"],
-            "config_yaml": self.config["config_yaml"],
+            "config": to_dict(self.cfg),
+            "config_yaml": dump(self.cfg),
             "scheduler": self.engine.lr_scheduler.state_dict(),
-            "mlflow_run_id": self.config["mlflow_run_id"],
+            "mlflow_run_id": self.spec.mlflow_run_id,
             "tracking_uri": self.cfg.tracking_uri,
             "best": self.best,
             "metrics": metrics,

@@ -18,6 +18,7 @@ import torch
 
 from jobs.log import setup_logging
 from jobs.training import faults, loop
+from jobs.training.run_spec import RunSpec
 
 
 class RaySession:
@@ -53,8 +54,10 @@ class RaySession:
 
 
 def train_func(config: dict[str, Any]) -> None:
+    """Every Ray Train worker: `config` is the train_loop_config, {"spec": RunSpec}."""
+    spec: RunSpec = config["spec"]
     session = RaySession()
     setup_logging(session.rank)
     if session.rank == 0:  # first thing: the driver's failure budget counts attempts, those dying in set-up too
-        faults.record_attempt(config["config"]["train"]["storage_path"], config["run_name"])
-    loop.TrainJob(config, session).fit()
+        faults.record_attempt(spec.folder)
+    loop.TrainJob(spec, session).fit()

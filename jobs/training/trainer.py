@@ -12,8 +12,8 @@ import os
 from typing import Any
 
 from jobs.entry import JobFailed
-from jobs.experiment_config import ExperimentConfig
 from jobs.training import faults
+from jobs.training.run_spec import RunSpec
 
 log = logging.getLogger("lma3d.train")
 # Secrets and endpoints the workers need to reach MLflow and its artifact store (passed via runtime_env).
@@ -24,19 +24,17 @@ FORWARDED_ENV = (
 )  # fmt: skip
 
 
-def train_with_ray(
-    cfg: ExperimentConfig, name: str, run_id: str, resume_from: str | None, step_callbacks: list, callbacks: list
-) -> Any:
+def train_with_ray(spec: RunSpec, callbacks: list) -> Any:
     """TorchTrainer.fit(), run again with the same RunConfig (so from the latest registered checkpoint) after a
     system fault Ray did not retry, while the failures of all attempts stay within train.max_failures."""
-    budget, failures = cfg.train.max_failures, 0
-    counted = faults.count_attempts(cfg.storage_path, name)  # attempts of earlier jobs of a resumed run
+    budget, failures = spec.cfg.train.max_failures, 0
+    counted = faults.count_attempts(spec.folder)  # attempts of earlier jobs of a resumed run
     while True:
-        attempt = torch_trainer(cfg, name, run_id, resume_from, step_callbacks, budget - failures, callbacks)
+        attempt = torch_trainer(spec, budget - failures, callbacks)
         try:
             return attempt.fit()
         except Exception as e:
-            attempts = faults.count_attempts(cfg.storage_path, name)
+            attempts = faults.count_attempts(spec.folder)
             failures += max(1, attempts - counted)  # every attempt of a failed fit() failed
             counted = attempts
             if not faults.is_system_fault(e):
@@ -52,32 +50,23 @@ def train_with_ray(
             )  # fmt: skip
 
 
-def torch_trainer(
-    cfg: ExperimentConfig,
-    name: str,
-    run_id: str,
-    resume_from: str | None,
-    step_callbacks: list[Any],
-    max_failures: int,
-    callbacks: list[Any],
-) -> Any:
-    """`step_callbacks` run in the workers' loop (jobs/training/callbacks.py); `callbacks` are Ray Train's, in
-    its controller."""
+def torch_trainer(spec: RunSpec, max_failures: int, callbacks: list[Any]) -> Any:
+    """The TorchTrainer of `spec`'s run, its workers given `spec` itself; `callbacks` are Ray Train's, in its
+    controller (the spec's step callbacks run in the workers' loop: jobs/training/callbacks.py)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from jobs.training.loop import loop_config
     from jobs.training.ray_worker import train_func
     from jobs.training.torch_backend import FaultTolerantTorchConfig
 
-    train = cfg.train
+    cfg, train = spec.cfg, spec.cfg.train
     resources = {"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})}
     env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     if not train.use_gpu:
         env_vars["DS_ACCELERATOR"] = "cpu"  # must be set before deepspeed is imported in the worker
     return TorchTrainer(
         train_func,
-        train_loop_config=loop_config(cfg, name, run_id, resume_from, step_callbacks),
+        train_loop_config={"spec": spec},
         scaling_config=ScalingConfig(
             num_workers=train.num_workers,
             use_gpu=train.use_gpu,
@@ -86,7 +75,7 @@ def torch_trainer(
         ),
         torch_config=FaultTolerantTorchConfig(backend="nccl" if train.use_gpu else "gloo"),
         run_config=RunConfig(
-            name=name,
+            name=spec.folder.name,
             storage_path=cfg.storage_path,
             failure_config=FailureConfig(max_failures=max_failures),
             # Ray keeps the `keep_checkpoints` best by val/auc AND always the latest reported one (never
