@@ -20,7 +20,8 @@ from jobs.entry import UserError
 
 
 def on_cluster(address: str | None) -> bool:
-    """True when the job's Ray is not one this process starts for itself."""
+    """True when the job's Ray is not one this process starts for itself: the one answer to "are we on a cluster"
+    (outputs must be shared, GPUs may still come from the autoscaler, a Ray we did not start is not ours to stop)."""
     return bool(address or os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_SUBMISSION_ID"))
 
 

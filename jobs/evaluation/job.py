@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,8 +115,9 @@ def _check_gpus(cfg: ExperimentConfig, address: str | None) -> None:
     GPU nodes (autoscaler), so there the pool waits for them."""
     import ray
 
-    local = not (address or os.environ.get("RAY_ADDRESS"))
-    if cfg.eval.use_gpu and local and ray.cluster_resources().get("GPU", 0) < 1:
+    from jobs.cluster_storage import on_cluster
+
+    if cfg.eval.use_gpu and not on_cluster(address) and ray.cluster_resources().get("GPU", 0) < 1:
         raise UserError("eval.use_gpu is true but this machine's Ray has no GPU; set eval.use_gpu=false to run on CPU")
 
 

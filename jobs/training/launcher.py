@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import os
 import shlex
 import sys
 from dataclasses import dataclass, field, replace
@@ -21,7 +20,7 @@ from typing import Any
 
 from jobs import preflight, tracking
 from jobs.checkpoint_meta import META_FILE, SCORE_KEY, validated_score
-from jobs.cluster_storage import check_train_outputs
+from jobs.cluster_storage import check_train_outputs, on_cluster
 from jobs.config_paths import absolute_tracking_uri, absolute_value
 from jobs.entry import UserError, causes, stage
 from jobs.experiment_config import ExperimentConfig
@@ -334,7 +333,7 @@ def _check_gpus(cfg: ExperimentConfig, address: str | None, poll_s: float = 5.0)
     gpus = ray.cluster_resources().get("GPU", 0)
     if gpus >= train.num_workers:
         return
-    if not (address or os.environ.get("RAY_ADDRESS")):
+    if not on_cluster(address):
         raise UserError(
             f"train.use_gpu is true but this machine's Ray has {gpus:g} GPU(s) for {train.num_workers} "
             "worker(s); set train.use_gpu=false to train on CPU"

@@ -14,7 +14,6 @@ Runs until Ctrl-C (or SIGTERM), which stops the application (and the local Ray i
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import signal
 import sys
@@ -63,12 +62,13 @@ def _check_spec(spec: str) -> None:
 def serve_until_stopped(spec: str, cfg, model_overrides: list[str], address: str | None) -> int:
     from ray import serve
 
+    from jobs.cluster_storage import on_cluster
     from jobs.serving.app import application
     from pipeline.ray_session import ensure_ray
 
     # Only a Ray this command started itself is ours to shut down (Serve with it); on a cluster (--address, or
     # $RAY_ADDRESS inside `lma3d submit serve`) only our application is deleted at the end.
-    own_ray = ensure_ray(address) and not address and not os.environ.get("RAY_ADDRESS")
+    own_ray = ensure_ray(address) and not on_cluster(address)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())  # `lma3d submit --stop`, kill, KubeRay
     try:
