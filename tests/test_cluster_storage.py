@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from train_data import build_shards, train_overrides
 
-from jobs.cluster_storage import check_eval_outputs, check_train_outputs
+from jobs.cluster_storage import check_eval_outputs, check_train_outputs, train_output_problems
 from jobs.entry import UserError
 from jobs.experiment_config import ExperimentConfig
 from jobs.typed_yaml import load
@@ -99,16 +99,18 @@ def test_a_relative_storage_path_on_a_cluster_is_refused(no_cluster_env):
     ],
 )
 def test_explicit_shared_storage_on_a_cluster_is_accepted(no_cluster_env, overrides):
+    assert train_output_problems(_cfg(*overrides)) == []
     check_train_outputs(_cfg(*overrides), "127.0.0.1:1")
 
 
 def test_mlflow_tracking_uri_from_the_environment_counts_as_explicit(no_cluster_env, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
-    check_train_outputs(_cfg("train.storage_path=s3://bucket/runs"), "127.0.0.1:1")
+    assert train_output_problems(_cfg("train.storage_path=s3://bucket/runs")) == []
 
 
 def test_without_a_cluster_the_workdir_defaults_stand(no_cluster_env):
-    check_train_outputs(_cfg(), None)
+    assert len(train_output_problems(_cfg())) == 2  # what a cluster would refuse ...
+    check_train_outputs(_cfg(), None)  # ... is fine on this machine
     check_eval_outputs(_cfg(), None, True, None)
 
 
