@@ -189,8 +189,8 @@ def launch(
     run_dir = RunFolder(cfg.storage_path, name).path
     # Everything the job reads, checked before anything is created (the run's lock, MLflow run, Ray, DeepSpeed):
     # one line, exit 2.
-    tracking.check_tracking_uri(cfg.tracking_uri)
     check_inputs(cfg)
+    tracking.check_tracking_uri(cfg.tracking_uri)  # creates a local store's folder: after every refusal above
     # Held from the resume decision to the end of training: two jobs on one run would both decide to start (or
     # resume) it and write checkpoints of two MLflow runs into one folder. Object storage has no flock: Ray
     # Train's own storage layout is the only guard there.
