@@ -195,10 +195,14 @@ def test_unreachable_tracking_server_is_a_clear_error() -> None:
 
 
 def test_train_verb_stops_before_ray_when_tracking_is_unreachable(tmp_path, capsys) -> None:
+    from tiny import synth_shards
+
     from jobs.verbs.train import main
 
+    shards = synth_shards(tmp_path / "data")  # every input present: the server is the one problem
     uri = f"http://127.0.0.1:{_closed_port()}"
-    code = main([f"workdir={tmp_path}", f"mlflow.tracking_uri={uri}", "train.run_name=r1"])
+    code = main([f"workdir={tmp_path}", f"mlflow.tracking_uri={uri}", "train.run_name=r1", f"data.shards={shards}",
+                 "model.resnet_weights=none", "model.backbone=tiny"])  # fmt: skip
     assert code == 2
     assert "unreachable" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "r1").exists()
