@@ -131,9 +131,14 @@ def test_a_second_training_job_on_a_held_run_exits_2_naming_the_holder(raw, tmp_
     assert not (storage / "r1").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_a_second_sweep_driver_of_a_held_sweep_exits_2_naming_the_holder(tmp_path):
+def test_a_second_sweep_driver_of_a_held_sweep_exits_2_naming_the_holder(raw, tmp_path):
+    from pipeline.shards.config import ShardConfig
+    from pipeline.shards.job import run as shard
+
+    shards = tmp_path / "shards"  # the sweep's inputs are checked before its lock is taken: real ones
+    shard(raw, "agpil", shards, ShardConfig(samples_per_shard=3), NUM_POINTS, use_ray=False)
     space = tmp_path / "space.yaml"
     space.write_text("train.lr: {choice: [0.001, 0.002]}\n")
     line = _refused_while_held(tmp_path / "sweeps" / "s1", "sweep", "--search", str(space), "--trials", "1", "--name",
-                               "s1", f"workdir={tmp_path}", f"data.shards={tmp_path}")  # fmt: skip
+                               "s1", f"workdir={tmp_path}", f"data.shards={shards}", *tiny_overrides())  # fmt: skip
     assert "another sweep writer" in line, line
