@@ -58,6 +58,7 @@ def rows(report: dict, section: str) -> list[dict]:
     return report["sections"][section]["rows"]
 
 
+@pytest.mark.slow  # the whole check at tiny sizes: 13 s
 def test_gpu_check_runs_every_section_on_cpu_and_its_checks_pass(cpu_run):
     proc, out, _ = cpu_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -90,6 +91,7 @@ def test_gpu_check_runs_every_section_on_cpu_and_its_checks_pass(cpu_run):
     assert "all checks passed" in proc.stdout
 
 
+@pytest.mark.slow  # shares the run above
 def test_model_and_gpu_check_import_without_ray_deepspeed_mlflow_webdataset(cpu_run):
     proc, _, imports = cpu_run
     assert imports.exists(), proc.stderr[-3000:]

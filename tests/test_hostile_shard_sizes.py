@@ -15,6 +15,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from capped import Capped, run_python, run_verb
 
 from pipeline.shards.manifest import FORMAT_VERSION, file_sha256
@@ -82,12 +83,14 @@ def test_a_clean_hand_made_folder_passes_inspect(tmp_path) -> None:
     assert json.loads(run.stdout)["verification"] == {"shards": 1, "samples": 2, "bad": [], "point_bank": None}
 
 
+@pytest.mark.slow  # the 3 GiB hole is hashed twice (its manifest entry, the reader's check): 10 s
 def test_a_member_declaring_3_gib_is_a_corrupt_shard_from_its_header(tmp_path) -> None:
     folder = write_folder(tmp_path / "shards", sample("Test_Bag_lift_0"), 2, hole=("Test_Bag_lift_1.jpg", 3 * GIB))
     reason = _inspected(run_verb("inspect", str(folder), "--json"))
     assert reason.startswith(f"member Test_Bag_lift_1.jpg declares {3 * GIB} bytes, over the "), reason
 
 
+@pytest.mark.slow  # as above
 def test_a_gnu_long_name_header_declaring_3_gib_is_refused_before_tarfile_reads_it(tmp_path) -> None:
     """tarfile reads a long-name header's data whole to get the name: the header's type is refused first."""
     hole = ("././@LongLink", 3 * GIB, tarfile.GNUTYPE_LONGNAME)
