@@ -186,7 +186,8 @@ def launch(
     if "/" in name or name in (".", ".."):
         raise UserError(f"run name {name!r} must not contain '/'")
     cfg = replace(cfg, train=replace(cfg.train, run_name=name))
-    run_dir = RunFolder(cfg.storage_path, name).path
+    folder = RunFolder(cfg.storage_path, name)
+    run_dir = folder.path
     # Everything the job reads, checked before anything is created (the run's lock, MLflow run, Ray, DeepSpeed):
     # one line, exit 2.
     check_inputs(cfg)
@@ -197,8 +198,8 @@ def launch(
     lock = contextlib.nullcontext() if "://" in run_dir else exclusive(run_dir, "training run")
     try:
         with lock:
-            summary, resume_from = _decide(cfg, name, run_dir, resume, overwrite)
-            spec = RunSpec(cfg, RunFolder(cfg.storage_path, name), summary.run_id, resume_from, tuple(step_callbacks))
+            summary, resume_from = _decide(cfg, folder, resume, overwrite)
+            spec = RunSpec(cfg, folder, summary.run_id, resume_from, tuple(step_callbacks))
             try:
                 if no_ray:
                     from jobs.training import local
@@ -226,12 +227,13 @@ def check_inputs(cfg: ExperimentConfig) -> None:
 
 
 def _decide(
-    cfg: ExperimentConfig, name: str, run_dir: str, resume: str | None, overwrite: bool
+    cfg: ExperimentConfig, folder: RunFolder, resume: str | None, overwrite: bool
 ) -> tuple[TrainSummary, str | None]:
-    """The run `name` decided (new, resume, from a path, overwrite) and its MLflow run attached: (the summary to
-    fill, the checkpoint to resume from)."""
+    """The run decided (new, resume, from a path, overwrite) and its MLflow run attached: (the summary to fill,
+    the checkpoint to resume from)."""
+    name, run_dir = folder.name, folder.path
     try:
-        exists, metas = RunFolder(cfg.storage_path, name).registered()
+        exists, metas = folder.registered()
     except ValueError as e:  # a registered checkpoint's meta that its validated reader refuses
         raise UserError(str(e)) from None
     mode = decide_start(run_dir, exists, bool(metas), resume, overwrite)
@@ -251,7 +253,7 @@ def _decide(
         resume_from = metas[-1]["path"]
     if mode == "overwrite":
         log.warning("starting run %s over: deleting %s", name, run_dir)
-        RunFolder(cfg.storage_path, name).delete()
+        folder.delete()
     return TrainSummary(name, run_dir, cfg.tracking_uri, cfg.experiment_name, run_id, mode), resume_from
 
 
