@@ -108,7 +108,8 @@ def main() -> None:
                         threads_per_actor=1,
                         viz_samples=0,
                     )
-                    results[kind, width].append(run_eval(str(shards), Resolved(cfg, weights), eval_cfg))
+                    scratch = Path(tmp, f"scratch-{width}-{len(results[kind, width])}")
+                    results[kind, width].append(run_eval(str(shards), Resolved(cfg, weights), eval_cfg, scratch))
             for width in sorted({1, args.cores}):
                 total, steady, n = min(results["plain", width], key=lambda r: r[1])
                 rows.append(("plain loop, 1 process", f"1 x {width} threads", width, total, steady, 0.0, n))

@@ -99,7 +99,14 @@ def evaluate(
     pred: np.ndarray, gt: np.ndarray, objects: list[str] | None = None, affordances: list[str] | None = None
 ) -> dict:
     """Overall metrics (AUC and aIOU as fractions) plus per-object and per-affordance breakdowns."""
-    values = per_sample(pred, gt)
+    return summarize(per_sample(pred, gt), objects, affordances)
+
+
+def summarize(
+    values: dict[str, np.ndarray], objects: list[str] | None = None, affordances: list[str] | None = None
+) -> dict:
+    """per_sample's arrays (computed in any number of pieces, concatenated) -> evaluate's result: the overall
+    per-sample means and the per-object and per-affordance ones."""
     result: dict = _summary(values, slice(None))
     for name, labels in (("per_object", objects), ("per_affordance", affordances)):
         table = {}

@@ -44,18 +44,19 @@ def _eval_cfg(**changes) -> EvalConfig:
     return EvalConfig(**{"batch_size": 3, "num_actors": 2, "cpus_per_actor": 0.5, "viz_samples": 2} | changes)
 
 
-def test_every_test_sample_is_predicted_exactly_once_by_two_actors(shards) -> None:
+def test_every_test_sample_is_predicted_exactly_once_by_two_actors(shards, tmp_path) -> None:
     from jobs.evaluation.runner import predict_shards
 
     folder, keys = shards
     cfg, weights = _model()
-    pool = predict_shards(str(folder), Resolved(cfg, weights), _eval_cfg())
+    pool = predict_shards(str(folder), Resolved(cfg, weights), _eval_cfg(), tmp_path)
     predictions = pool.predictions
     assert predictions.keys == keys and pool.duplicates == 0
-    assert predictions.pred.shape == (N_TEST, NUM_POINTS) and np.isfinite(predictions.pred).all()
+    pred = predictions.read("pred")
+    assert pred.shape == (N_TEST, NUM_POINTS) and np.isfinite(pred).all()
 
 
-def test_auto_sizes_the_pool_from_the_local_rays_cpus(shards) -> None:
+def test_auto_sizes_the_pool_from_the_local_rays_cpus(shards, tmp_path) -> None:
     import ray
 
     from jobs.evaluation.runner import predict_shards
@@ -63,10 +64,11 @@ def test_auto_sizes_the_pool_from_the_local_rays_cpus(shards) -> None:
     folder, keys = shards
     assert ray.cluster_resources()["CPU"] == 2  # conftest's ray_local
     cfg, weights = _model()
-    pool = predict_shards(str(folder), Resolved(cfg, weights), _eval_cfg(num_actors="auto", cpus_per_actor=0.5))
+    source = Resolved(cfg, weights)
+    pool = predict_shards(str(folder), source, _eval_cfg(num_actors="auto", cpus_per_actor=0.5), tmp_path / "a")
     assert pool.actors == 2, "(2 CPUs - 1 for the shard reader) / 0.5 CPU per actor"
     assert pool.predictions.keys == keys and pool.duplicates == 0
-    one = predict_shards(str(folder), Resolved(cfg, weights), _eval_cfg(num_actors="auto", cpus_per_actor=1.0))
+    one = predict_shards(str(folder), source, _eval_cfg(num_actors="auto", cpus_per_actor=1.0), tmp_path / "b")
     assert one.actors == 1 and one.predictions.keys == keys
 
 
@@ -85,18 +87,18 @@ def test_use_gpu_on_a_local_ray_without_gpus_is_refused(shards, tmp_path, monkey
     assert "eval.use_gpu is true but this machine's Ray has no GPU" in err[-1], err
 
 
-def test_a_rerun_gives_identical_predictions_and_metrics(shards) -> None:
+def test_a_rerun_gives_identical_predictions_and_metrics(shards, tmp_path) -> None:
     from jobs.evaluation.runner import run_eval
 
     folder, _ = shards
     cfg, weights = _model()
-    first = run_eval(str(folder), Resolved(cfg, weights), _eval_cfg())
-    second = run_eval(str(folder), Resolved(cfg, weights), _eval_cfg(num_actors=1, cpus_per_actor=1.0))
-    np.testing.assert_array_equal(first.predictions.pred, second.predictions.pred)
+    first = run_eval(str(folder), Resolved(cfg, weights), _eval_cfg(), tmp_path / "first")
+    second = run_eval(str(folder), Resolved(cfg, weights), _eval_cfg(num_actors=1, cpus_per_actor=1.0), tmp_path / "2")
+    np.testing.assert_array_equal(first.predictions.read("pred"), second.predictions.read("pred"))
     assert json.dumps(first.metrics, sort_keys=True) == json.dumps(second.metrics, sort_keys=True)
 
 
-def test_pool_predictions_match_the_in_process_loop_and_metrics_are_model_metrics(shards) -> None:
+def test_pool_predictions_match_the_in_process_loop_and_metrics_are_model_metrics(shards, tmp_path) -> None:
     from inprocess_eval import predict_loader
 
     from jobs.evaluation.runner import run_eval
@@ -107,15 +109,16 @@ def test_pool_predictions_match_the_in_process_loop_and_metrics_are_model_metric
 
     folder, _ = shards
     cfg, weights = _model("corrected")  # masks padding: a prediction does not depend on its batch-mates
-    pooled = run_eval(str(folder), Resolved(cfg, weights), _eval_cfg())
+    pooled = run_eval(str(folder), Resolved(cfg, weights), _eval_cfg(), tmp_path)
     model = build_inference_model(cfg, weights)
     data = DataConfig(shards=str(folder), eval_batch_size=4, num_workers=0)
     local, _ = predict_loader(model, eval_loader(data, cfg.image_size, 0, 1))
-    assert local.keys == pooled.predictions.keys
-    np.testing.assert_array_equal(local.gt, pooled.predictions.gt)
-    np.testing.assert_allclose(local.pred, pooled.predictions.pred, atol=1e-5)
     p = pooled.predictions
-    expected = evaluate(p.pred, p.gt, p.objects, p.affordances)
+    assert local.keys == p.keys
+    np.testing.assert_array_equal(local.gt, p.read("gt"))
+    np.testing.assert_allclose(local.pred, p.read("pred"), atol=1e-5)
+    # the actors' per-sample scores, summarized on the driver = the metrics of all maps at once
+    expected = evaluate(p.read("pred"), p.read("gt"), p.objects, p.affordances)
     assert json.dumps(pooled.metrics, sort_keys=True) == json.dumps(expected, sort_keys=True)
     assert pooled.metrics["n"] == N_TEST and set(pooled.metrics["per_object"]) == {"Bag", "Chair", "Mug"}
 
@@ -158,6 +161,7 @@ def test_eval_cli_writes_results_renders_and_a_child_run_of_the_training_run(
     text_pred = np.loadtxt(out / "prediction.txt")
     assert stored_keys == keys and text_pred.shape == (N_TEST, NUM_POINTS)
     assert (out / "prediction_keys.txt").read_text().splitlines() == keys  # prediction.txt's rows, in list order
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # the maps' scratch is removed
     np.testing.assert_allclose(stored.astype(np.float32), text_pred, atol=1e-3)
     document = json.loads((out / "metrics.json").read_text())
     gt_by_key = {}  # GT from the shards' own label files, through the loader the training uses

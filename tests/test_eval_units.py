@@ -1,4 +1,4 @@
-"""Evaluation pieces without Ray: result files, merging by key, votes, colours, model sources."""
+"""Evaluation pieces without Ray: result files, collecting by key, votes, colours, model sources."""
 
 from __future__ import annotations
 
@@ -13,28 +13,37 @@ from inprocess_eval import read_predictions
 from tiny import tiny_model_config
 
 from jobs.entry import UserError
-from jobs.evaluation.outputs import Predictions, merge, write_outputs
+from jobs.evaluation.outputs import PredictionCollector, Predictions, write_outputs
 from jobs.inference import predict_batch, vote_shift
 from jobs.loading import Resolved, model_config, provenance, resolve
 from jobs.tracking import choose_tracking_uri
 from jobs.viz import heat_colors
 
 
-def _predictions() -> Predictions:
-    pred = np.array([[0.9, 0.1, 0.8, 0.2], [0.25, 0.5, 0.75, 1.0]], np.float32)
-    gt = np.array([[1.0, 0.0, 0.6, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
-    return Predictions(["a_Bag_grasp_1", "b_Mug_cut_2"], pred, gt, ["Bag", "Mug"], ["grasp", "cut"])
+def _scores(n: int) -> dict[str, np.ndarray]:
+    return {key: np.zeros(n) for key in ("auc", "aiou", "sim", "mae")}  # what the actors computed: not read here
+
+
+def _predictions(scratch: Path) -> Predictions:
+    collector = PredictionCollector(scratch)
+    collector.add({
+        "key": np.array(["a_Bag_grasp_1", "b_Mug_cut_2"]),
+        "pred": np.array([[0.9, 0.1, 0.8, 0.2], [0.25, 0.5, 0.75, 1.0]], np.float32),
+        "label": np.array([[1.0, 0.0, 0.6, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32),
+        "object": np.array(["Bag", "Mug"]), "affordance": np.array(["grasp", "cut"]), **_scores(2),
+    })  # fmt: skip
+    return collector.finish()
 
 
 def test_result_files_by_hand(tmp_path: Path) -> None:
-    predictions = _predictions()
+    predictions = _predictions(tmp_path / "scratch")
     metrics = {  # what evaluate() returns; Mug has no positive GT point, so its AUC / aIOU are NaN
         "auc": 1.0, "aiou": 0.5, "sim": 0.6, "mae": 0.3, "n": 2,
         "per_object": {"Bag": {"auc": 1.0, "aiou": 0.5, "sim": 0.9, "mae": 0.1, "n": 1},
                        "Mug": {"auc": float("nan"), "aiou": float("nan"), "sim": 0.0, "mae": 0.625, "n": 1}},
         "per_affordance": {"grasp": {"auc": 1.0, "aiou": 0.5, "sim": 0.9, "mae": 0.1, "n": 1}},
     }  # fmt: skip
-    paths = write_outputs(tmp_path, predictions, metrics, {"source": "x"})
+    paths = write_outputs(tmp_path / "out", predictions, metrics, {"source": "x"})
     document = json.loads(paths["metrics.json"].read_text())  # strict JSON: no NaN tokens
     assert document["per_object"]["Mug"]["auc"] is None and document["auc"] == 1.0 and document["info"]["source"] == "x"
     rows = list(csv.DictReader(paths["per_class.csv"].open()))
@@ -49,20 +58,40 @@ def test_result_files_by_hand(tmp_path: Path) -> None:
     ]
 
 
-def test_merge_drops_padding_and_duplicates_and_keeps_arrival_order() -> None:
+def test_collector_drops_padding_and_duplicates_and_keeps_arrival_order(tmp_path: Path) -> None:
     batch = {
         "key": np.array(["k2", "k1", "k1"]),
         "pred": np.arange(6, dtype=np.float32).reshape(3, 2),
-        "label": np.zeros((3, 2), np.float32),
+        "label": np.arange(6, 12, dtype=np.float32).reshape(3, 2),
         "object": np.array(["Bag", "Mug", "Mug"]),
         "affordance": np.array(["grasp", "cut", "cut"]),
         "valid": np.array([True, True, False]),  # the third row is padding
+        **{key: np.array([1.0, 2.0, 3.0]) for key in ("auc", "aiou", "sim", "mae")},
     }
     again = {k: v[:1] for k, v in batch.items()}  # k2 once more: a duplicate
-    merged, duplicates = merge([batch, again])
-    assert merged.keys == ["k2", "k1"] and duplicates == 1  # the test list's order, not the keys' string order
-    np.testing.assert_array_equal(merged.pred, [[0, 1], [2, 3]])
-    assert merged.objects == ["Bag", "Mug"]
+    collector = PredictionCollector(tmp_path)
+    collector.add(batch)
+    collector.add(again)
+    merged = collector.finish()
+    assert merged.keys == ["k2", "k1"] and collector.duplicates == 1  # the test list's order, not string order
+    np.testing.assert_array_equal(merged.read("pred"), [[0, 1], [2, 3]])
+    np.testing.assert_array_equal(merged.read("gt", [1]), [[8, 9]])
+    np.testing.assert_array_equal(merged.scores["sim"], [1.0, 2.0])
+    assert merged.objects == ["Bag", "Mug"] and merged.affordances == ["grasp", "cut"]
+
+
+def test_predictions_are_read_back_in_blocks_across_block_edges(tmp_path: Path, monkeypatch) -> None:
+    import jobs.evaluation.outputs as outputs
+
+    monkeypatch.setattr(outputs, "BLOCK_ROWS", 2)
+    collector = PredictionCollector(tmp_path)
+    rows = np.arange(15, dtype=np.float32).reshape(5, 3) / 15
+    names = np.array(["x"] * 5)
+    collector.add({"key": np.array(list("abcde")), "pred": rows, "label": rows, "object": names,
+                   "affordance": names, **_scores(5)})  # fmt: skip
+    blocks = list(collector.finish().blocks("pred"))
+    assert [len(b) for b in blocks] == [2, 2, 1]
+    np.testing.assert_array_equal(np.concatenate(blocks), rows)
 
 
 def test_pick_samples_takes_objects_in_turn_then_their_next_affordance() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,19 +80,21 @@ def evaluate(
 
         check_tracking_uri(tracking_uri)  # before the long part: an unreachable server is an error now
     began_ms = int(time.time() * 1000)  # the eval run's start: it spans Ray, inference, outputs and logging
-    started = ensure_ray(address)
-    on_corrupt = cfg.data.on_corrupt_shard
+    out_dir = Path(out or Path(cfg.workdir, "eval", source.provenance["name"]))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".predictions-", dir=out_dir))  # the maps until they are written out
+    on_corrupt, started = cfg.data.on_corrupt_shard, False
     try:
+        started = ensure_ray(address)
         _check_gpus(cfg, address)
         with stage("Ray Data evaluation"):
             try:
-                result = run_eval(shards, source, cfg.eval, on_corrupt)
+                result = run_eval(shards, source, cfg.eval, scratch, on_corrupt)
             except Exception as error:
                 raise _corrupt_or(error) from None
         skipped = int(manifest["splits"].get("test", {}).get("samples", 0)) - len(result.predictions)
         if skipped > 0:
             log.warning("%d test samples of corrupt shards skipped (data.on_corrupt_shard: skip)", skipped)
-        out_dir = Path(out or Path(cfg.workdir, "eval", source.provenance["name"]))
         info = _info(source, shards, cfg) | {
             "shards_fingerprint": manifest.get("fingerprint"), "skipped": skipped, "actors": result.actors,
         }  # fmt: skip
@@ -100,6 +104,7 @@ def evaluate(
         except Exception as error:
             raise _corrupt_or(error) from None
     finally:
+        shutil.rmtree(scratch, ignore_errors=True)
         if started:
             import ray
 
@@ -139,15 +144,14 @@ def _info(source: Resolved, shards: str, cfg: ExperimentConfig) -> dict:
 def _render(shards: str, result: EvalResult, out_dir: Path, count: int, image_size: int) -> list[Path]:
     """GT/prediction PLY + PNG of `count` samples spread over objects and affordances (viz.pick_samples), each
     titled with its key, AUC and aIOU: the same samples every evaluation."""
-    from model.metrics import per_sample
-
     predictions = result.predictions
     rows = pick_samples(predictions.objects, predictions.affordances, count)
     if not rows:
         return []
     keys = [predictions.keys[r] for r in rows]
     inputs = viz_inputs(shards, keys, image_size, on_corrupt="skip")  # the evaluation itself already read them
-    scores = per_sample(predictions.pred[rows], predictions.gt[rows])
+    pred, gt = predictions.read("pred", rows), predictions.read("gt", rows)
+    auc, aiou = predictions.scores["auc"], predictions.scores["aiou"]
     paths: list[Path] = []
     for i, row in enumerate(rows):
         key = predictions.keys[row]
@@ -159,11 +163,11 @@ def _render(shards: str, result: EvalResult, out_dir: Path, count: int, image_si
             out_dir,
             key,
             sample["points"],
-            predictions.pred[row],
-            predictions.gt[row],
+            pred[i],
+            gt[i],
             display_image(sample["image"]),
             sample["instruction"],
-            title=f"{key}   AUC {_percent(scores['auc'][i])}   aIOU {_percent(scores['aiou'][i])}",
+            title=f"{key}   AUC {_percent(auc[row])}   aIOU {_percent(aiou[row])}",
         )
     return paths
 

@@ -1,7 +1,11 @@
 """The Ray Data evaluation: test shards -> actor pool (one model per actor) -> predictions by key -> metrics.
 
     read_test_shards(shards) ─ map_batches(Predictor, ActorPoolStrategy(size=pool_size(...)), eval.batch_size)
-                             ─ iter_batches on the driver ─ merge by key (exactly once, test-list order) ─ evaluate
+                             ─ iter_batches on the driver ─ PredictionCollector (exactly once per key, test-list
+                               order; the maps to a scratch folder) ─ summarize the per-sample scores
+
+Each actor scores its own batches (model.metrics.per_sample is per row), so the driver never holds the test
+set's maps: its memory is an index of the test samples, whatever their number.
 
 The weights travel once through the object store (safetensors bytes, no pickled tensors); every actor
 rebuilds the model from its config. Order is preserved (`preserve_order`), so batches hold the same samples
@@ -14,13 +18,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from jobs.evaluation.eval_config import EvalConfig
-from jobs.evaluation.outputs import Predictions, as_list, merge
+from jobs.evaluation.outputs import PredictionCollector, Predictions, as_list
 from jobs.inference import predict_batch
 from jobs.loading import Resolved, model_from_package, model_package
 
@@ -65,6 +70,7 @@ class Predictor:
         self.image_size, self.votes, self.seed, self.shuffle = image_size, votes, seed, shuffle
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from model.metrics import per_sample
         from pipeline.loaders.raydata import decode_test_batch
 
         started = time.time()
@@ -82,20 +88,24 @@ class Predictor:
             self.votes,
             self.seed,
         )
+        label = np.asarray(decoded["label"], np.float32).reshape(len(keys), -1)
         return {
             "key": np.asarray(keys),
             "pred": pred,
-            "label": np.asarray(decoded["label"], np.float32).reshape(len(keys), -1),
+            "label": label,
             "object": np.asarray(as_list(decoded["object"])),
             "affordance": np.asarray(as_list(decoded["affordance"])),
+            **per_sample(pred, label),
             "busy": np.full((len(keys), 2), [started, time.time()]),  # wall-clock span of this batch's work
         }
 
 
-def predict_shards(shards: str, source: Resolved, cfg: EvalConfig, on_corrupt: str = "fail") -> PoolOutput:
-    """Every test sample of `shards` predicted once by `source`'s model (at its config's image size, under its
-    training precision; fp32 when the provenance names none) through the actor pool, merged by key. Test shards
-    are verified as they are read (`on_corrupt`: data.on_corrupt_shard)."""
+def predict_shards(
+    shards: str, source: Resolved, cfg: EvalConfig, scratch: str | Path, on_corrupt: str = "fail"
+) -> PoolOutput:
+    """Every test sample of `shards` predicted and scored once by `source`'s model (at its config's image size,
+    under its training precision; fp32 when the provenance names none) through the actor pool, collected by key
+    (the maps into `scratch`). Test shards are verified as they are read (`on_corrupt`: data.on_corrupt_shard)."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -128,12 +138,15 @@ def predict_shards(shards: str, source: Resolved, cfg: EvalConfig, on_corrupt: s
             num_cpus=cpus,
             num_gpus=1 if cfg.use_gpu else 0,
         )
-        parts = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+        collector = PredictionCollector(scratch)
+        first, last = np.inf, -np.inf
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            collector.add(batch)
+            if len(batch["busy"]):
+                first, last = min(first, batch["busy"][:, 0].min()), max(last, batch["busy"][:, 1].max())
     finally:
         context.execution_options.preserve_order = previous
-    predictions, duplicates = merge(parts)
-    busy = np.concatenate([p["busy"] for p in parts])
-    return PoolOutput(predictions, duplicates, float(busy[:, 1].max() - busy[:, 0].min()), size)
+    return PoolOutput(collector.finish(), collector.duplicates, float(last - first), size)
 
 
 def pool_size(cfg: EvalConfig, cluster_resources: dict[str, float]) -> int:
@@ -161,17 +174,20 @@ def actor_cpus(cfg: EvalConfig, cluster_cpus: float, actors: int) -> float:
     return fitted
 
 
-def run_eval(shards: str, source: Resolved, cfg: EvalConfig, on_corrupt: str = "fail") -> EvalResult:
-    """predict_shards (under the training precision) + the exact metrics (model.metrics.evaluate)."""
-    from model.metrics import evaluate
+def run_eval(
+    shards: str, source: Resolved, cfg: EvalConfig, scratch: str | Path, on_corrupt: str = "fail"
+) -> EvalResult:
+    """predict_shards (under the training precision) + the exact metrics (model.metrics, per sample in the actors,
+    summarized here); the maps stay in `scratch` until the caller has written them out."""
+    from model.metrics import summarize
 
     start = time.perf_counter()
-    pool = predict_shards(shards, source, cfg, on_corrupt)
+    pool = predict_shards(shards, source, cfg, scratch, on_corrupt)
     inferred = time.perf_counter()
     if pool.duplicates:
         log.warning("%d duplicate test rows dropped (a key occurs twice in %s)", pool.duplicates, shards)
     p = pool.predictions
-    metrics = evaluate(p.pred, p.gt, p.objects, p.affordances)
+    metrics = summarize(p.scores, p.objects, p.affordances)
     done = time.perf_counter()
     timings = {
         "inference_s": inferred - start,
