@@ -57,15 +57,17 @@ import psutil
 from jobs.evaluation.job import evaluate
 from jobs.experiment_config import ExperimentConfig
 from jobs.typed_yaml import load
-peak = {"actor": 0.0}
-def sample():
+peak = {"actor": 0.0, "actor_uss": 0.0, "uss": 0.0}
+def sample():  # RSS counts the object store's shared pages a process has touched; USS is its private memory
     while True:
         for p in psutil.process_iter(["cmdline"]):
             try:
                 if any("Predictor" in part for part in p.info["cmdline"] or []):
                     peak["actor"] = max(peak["actor"], p.memory_info().rss / 2**20)
+                    peak["actor_uss"] = max(peak["actor_uss"], p.memory_full_info().uss / 2**20)
             except psutil.Error:
                 pass
+        peak["uss"] = max(peak["uss"], psutil.Process().memory_full_info().uss / 2**20)
         time.sleep(0.5)
 threading.Thread(target=sample, daemon=True).start()
 cfg = load(ExperimentConfig, None, ["eval.num_actors=1", "eval.batch_size=8", "eval.viz_samples=0",
@@ -73,7 +75,8 @@ cfg = load(ExperimentConfig, None, ["eval.num_actors=1", "eval.batch_size=8", "e
 start = time.perf_counter()
 report = evaluate(cfg, sys.argv[1], shards=sys.argv[2], out=sys.argv[3], track=False)
 print(json.dumps({"seconds": time.perf_counter() - start, "timings": report.result.timings,
-                  "actor_rss_mib": peak["actor"], "rss_mib": hwm()}))
+                  "actor_rss_mib": peak["actor"], "actor_uss_mib": peak["actor_uss"], "rss_mib": hwm(),
+                  "uss_mib": peak["uss"]}))
 """
 HWM = """
 def hwm():  # this process's peak RSS (ru_maxrss would include the forking parent's: Linux keeps it over exec)
@@ -139,4 +142,6 @@ def scale_rows(work: Path, sizes: list[int]) -> list[Row]:
                  f"whole job {small['eval']['seconds']:.0f} s -> {large['eval']['seconds']:.0f} s"))  # fmt: skip
     rows.append((f"lma3d eval driver peak RSS MiB ({sl})", small["eval"]["rss_mib"], large["eval"]["rss_mib"],
                  f"actor {small['eval']['actor_rss_mib']:.0f} -> {large['eval']['actor_rss_mib']:.0f}"))  # fmt: skip
+    rows.append((f"lma3d eval driver peak USS MiB ({sl})", small["eval"]["uss_mib"], large["eval"]["uss_mib"],
+                 f"actor {small['eval']['actor_uss_mib']:.0f} -> {large['eval']['actor_uss_mib']:.0f}"))  # fmt: skip
     return rows

@@ -101,3 +101,46 @@ def test_requirements_pin_every_package_the_pyfunc_and_the_model_import(register
         assert all(pins[d] == version(d).split("+")[0] for d in listed), (module, {d: pins[d] for d in listed})
     # Training-only and data-only packages stay out of a serving environment.
     assert not {"ray", "deepspeed", "webdataset"} & set(pins)
+
+
+def test_it_loads_and_predicts_in_a_fresh_venv_built_from_its_requirements_only(
+    registered: dict, tmp_path: Path
+) -> None:
+    """What docs/serving.md promises: `pip install -r requirements.txt` of the downloaded model, nothing else (no
+    project install, no repository on the path), loads it and predicts what the project's own code predicts."""
+    import json
+    import os
+    import subprocess
+
+    from jobs.serving.batch_predict import Item, predict_item
+    from model.pretrained import from_pretrained
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "MLFLOW_"))}
+    env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+    installed = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "-r", str(registered["folder"] / "requirements.txt")],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    script = f"""
+import json, sys
+import mlflow
+model = mlflow.pyfunc.load_model({str(registered["folder"])!r})
+out = model.predict({{"image": {str(IMAGE)!r}, "points": {str(POINTS)!r}, "instruction": {INSTRUCTION!r}}})
+import jobs, model as network
+print(json.dumps({{"values": [float(v) for v in out[0]], "code": [jobs.__file__, network.__file__],
+                  "prefix": sys.prefix}}))
+"""
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["prefix"] == str(venv)
+    assert all(path.startswith(str(registered["folder"] / "code")) for path in result["code"]), result["code"]
+    direct = predict_item(from_pretrained(registered["exported"], fps_start="first"),
+                          Item("x", IMAGE, POINTS, INSTRUCTION))  # fmt: skip
+    np.testing.assert_allclose(result["values"], direct.values, atol=1e-6)
