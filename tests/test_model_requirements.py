@@ -33,3 +33,16 @@ def test_the_pins_hold_the_backbone_package_and_no_training_only_package() -> No
     assert pins["torch"] == version("torch").split("+")[0]  # no local build tag (+cpu): no index serves it
     assert {"transformers", "safetensors", "numpy", "pillow", "peft"} <= set(pins)
     assert not {"ray", "webdataset", *LEFT_OUT} & set(pins)
+
+
+def test_a_backbone_folder_with_a_sentencepiece_tokenizer_adds_sentencepiece_and_protobuf(tmp_path) -> None:
+    from llama_folder import write_tokenizer
+
+    from jobs.serving.requirements import backbone_distributions
+
+    assert backbone_distributions("minilm") == set() and backbone_distributions(None) == set()
+    assert backbone_distributions(tmp_path) == set()  # a folder without tokenizer.model
+    write_tokenizer(tmp_path)  # a LLaVA folder's tokenizer: tokenizer.model, no tokenizer.json
+    pins = dict(line.split("==") for line in pinned_requirements(backbone_distributions(tmp_path)))
+    assert pins["sentencepiece"] == version("sentencepiece") and pins["protobuf"] == version("protobuf")
+    assert "sentencepiece" not in dict(line.split("==") for line in pinned_requirements())

@@ -75,7 +75,8 @@ def export(
         from jobs.serving.model_card import card
 
         described = card(source, tracking_uri, register_name)  # linked to the checkpoint's LoggedModel when found
-        report.registered = register(out, register_name, alias, tracking_uri, run_id, described)
+        backbone = source.config.backbone_path or source.config.backbone  # a folder, or a preset's name
+        report.registered = register(out, register_name, alias, tracking_uri, run_id, described, backbone)
     return report
 
 

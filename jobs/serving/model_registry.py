@@ -24,18 +24,25 @@ MODEL_CODE = Path(__file__).with_name("pyfunc_code.py")
 
 
 def register(
-    export_dir: str | Path, name: str, alias: str | None, tracking_uri: str, run_id: str, card: ModelCard | None = None
+    export_dir: str | Path,
+    name: str,
+    alias: str | None,
+    tracking_uri: str,
+    run_id: str,
+    card: ModelCard | None = None,
+    backbone_folder: str | None = None,
 ) -> dict[str, Any]:
     """Log the exported folder as a pyfunc model in run `run_id` (into the training checkpoint's LoggedModel when
     `card` names one, so the version links to the training run and its metrics), register a version of `name` with
-    the card's signature, input example, description and tags, set `alias`."""
+    the card's signature, input example, description and tags, set `alias`. Its requirements are the code's and
+    what the backbone's files need (`backbone_folder`: a SentencePiece tokenizer)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     import jobs
     import model
     import pipeline
-    from jobs.serving.requirements import pinned_requirements
+    from jobs.serving.requirements import backbone_distributions, pinned_requirements
 
     code = [str(Path(package.__file__).parent) for package in (model, pipeline, jobs)]
     described = {}
@@ -52,7 +59,7 @@ def register(
                     python_model=str(MODEL_CODE),  # models-from-code: a file MLflow executes at load, no pickle
                     artifacts={ARTIFACT: str(export_dir)},
                     code_paths=code,
-                    pip_requirements=pinned_requirements(),
+                    pip_requirements=pinned_requirements(backbone_distributions(backbone_folder)),
                     **described,
                 )
             client = MlflowClient(tracking_uri)

@@ -23,6 +23,10 @@ ENTRIES = (Path(__file__).with_name("pyfunc_code.py"), Path(__file__).with_name(
 LEFT_OUT = {
     "deepspeed": "jobs.loading consolidates DeepSpeed checkpoints with it; a registered model is an exported folder",
 }
+SENTENCEPIECE_DISTRIBUTIONS = ("sentencepiece", "protobuf")
+"""What transformers imports, inside itself and so out of the walk's sight, to read a SentencePiece
+`tokenizer.model` (a LLaMA / LLaVA backbone folder): measured, loading such a folder's tokenizer imports
+sentencepiece and google.protobuf."""
 _LOOKUPS = {"find_spec", "import_module"}  # importlib calls whose constant argument names a module
 
 
@@ -88,13 +92,21 @@ def distribution_of(module: str, installed: dict[str, list[str]] | None = None) 
     return same[0] if same else sorted(candidates)[0]
 
 
-def pinned_requirements() -> list[str]:
+def backbone_distributions(backbone_folder: str | Path | None) -> set[str]:
+    """Distributions the backbone's own files need beyond the code: SENTENCEPIECE_DISTRIBUTIONS for a folder whose
+    tokenizer is a SentencePiece model (the presets tiny and minilm have none: no folder)."""
+    if backbone_folder and Path(backbone_folder, "tokenizer.model").is_file():
+        return set(SENTENCEPIECE_DISTRIBUTIONS)
+    return set()
+
+
+def pinned_requirements(extra_distributions: set[str] = frozenset()) -> list[str]:
     """`name==version` (local build tags such as +cpu dropped: no index serves them) for every distribution that
-    provides a module the model's code imports, LEFT_OUT excepted; sorted."""
+    provides a module the model's code imports, LEFT_OUT excepted, and `extra_distributions`; sorted."""
     installed = packages_distributions()
     pins = set()
-    for module in third_party_modules(reached_files()) - set(LEFT_OUT):
-        dist = distribution_of(module, installed)
+    needed = [distribution_of(module, installed) for module in third_party_modules(reached_files()) - set(LEFT_OUT)]
+    for dist in [*needed, *sorted(extra_distributions)]:
         try:
             pins.add(f"{dist}=={version(dist).split('+')[0]}")
         except PackageNotFoundError:  # a metadata-less install: still required, unpinned
