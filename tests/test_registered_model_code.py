@@ -144,3 +144,15 @@ print(json.dumps({{"values": [float(v) for v in out[0]], "code": [jobs.__file__,
     direct = predict_item(from_pretrained(registered["exported"], fps_start="first"),
                           Item("x", IMAGE, POINTS, INSTRUCTION))  # fmt: skip
     np.testing.assert_allclose(result["values"], direct.values, atol=1e-6)
+
+
+def test_loading_a_registered_model_off_a_terminal_draws_no_download_bar(registered: dict, tmp_path, capfd) -> None:
+    """A Ray Serve replica's stderr is a log file: each redraw of MLflow's tqdm bar was a line of lma3d serve's
+    output (130 for one model)."""
+    from jobs.loading import resolve
+
+    capfd.readouterr()
+    resolved = resolve(f"models:/{NAME}@champion", registered["tracking_uri"])
+    assert resolved.weights
+    err = capfd.readouterr().err
+    assert "Downloading artifacts" not in err and "\r" not in err, err[-500:]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import struct
 import threading
 import time
@@ -239,3 +240,12 @@ def test_ctrl_c_stops_the_server_cleanly(served: Served) -> None:
     assert served.stop() == 0, served.log.read_text()[-2000:]
     with pytest.raises(OSError):
         urllib.request.urlopen(served.url + "/healthz", timeout=5)
+    log = served.log.read_text()
+    stopping = log[log.index("stopping…"):]
+    assert not re.search(r"Traceback|Error|failed|\bERROR\b", stopping), stopping[-2000:]  # a clean stop says so
+
+
+def test_the_served_log_has_no_download_bar(served: Served) -> None:
+    """The replicas download models:/… off a terminal: MLflow's tqdm bar was one log line per redraw."""
+    log = served.log.read_text()
+    assert "Downloading artifacts" not in log, log[-1000:]

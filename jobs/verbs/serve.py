@@ -80,14 +80,13 @@ def serve_until_stopped(spec: str, cfg, model_overrides: list[str], address: str
             raise UserError(f"the application did not start: {_reason(str(e), _deployment_messages())}") from None
         url = f"http://{cfg.serve.host}:{cfg.serve.port}/"
         print(f"serving {spec} at {url}  (POST {url}predict, GET {url}healthz; Ctrl-C stops)", flush=True)
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
+        while not stop.wait(0.5):
             pass
-        print("stopping…", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # Ctrl-C while serving, or while the application was still starting
+        pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+        print("stopping…", file=sys.stderr, flush=True)
         _stop_serving(own_ray)
     return 0
 
@@ -110,14 +109,15 @@ def _reason(message: str, details: str = "") -> str:
 
 
 def _stop_serving(own_ray: bool) -> None:
+    """Delete our application (its replicas finish the requests they hold), then shut down the Ray we started.
+    serve.shutdown() is not used: its controller is killed while Ray still retries the controller's
+    graceful_shutdown task, which printed a `Task ServeController.graceful_shutdown failed` line at every
+    clean stop; ray.shutdown() ends the controller and proxies with the rest of our Ray."""
     import ray
     from ray import serve
 
     try:
-        if own_ray:
-            serve.shutdown()
-        else:
-            serve.delete(APP_NAME)
+        serve.delete(APP_NAME)
     finally:
         if own_ray:
             ray.shutdown()
