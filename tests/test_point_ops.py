@@ -114,6 +114,7 @@ def test_farthest_point_sample_compiled_returns_the_loops_indices_on_cpu():
         assert torch.equal(farthest_point_sample(xyz, npoint, "random", impl="compiled"), loop)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
 def test_farthest_point_sample_compiled_on_gpu_returns_the_cpu_loops_indices():
     for xyz, npoint in zip(_fps_clouds(), (37, 40, 64)):
