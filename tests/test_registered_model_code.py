@@ -156,3 +156,23 @@ def test_loading_a_registered_model_off_a_terminal_draws_no_download_bar(registe
     assert resolved.weights
     err = capfd.readouterr().err
     assert "Downloading artifacts" not in err and "\r" not in err, err[-500:]
+
+
+def test_a_base64_image_in_a_dataframe_row_predicts_like_its_file(registered: dict) -> None:
+    """What MLflow's serving input (dataframe_split JSON) hands predict: the image as base64 text, thousands of
+    characters long. It was checked as a path first, and a name that long is an OSError (MLflow's serving-input
+    validation at every `lma3d export --register` failed so)."""
+    import base64
+
+    import mlflow
+    import pandas as pd
+
+    from jobs.tracking import tracking_uri_for_now
+
+    text = base64.b64encode(IMAGE.read_bytes()).decode()
+    row = {"image": text, "points": str(POINTS), "instruction": INSTRUCTION}
+    with tracking_uri_for_now(registered["tracking_uri"]):
+        model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    from_text = model.predict(pd.DataFrame([row]))
+    from_file = model.predict(pd.DataFrame([row | {"image": str(IMAGE)}]))
+    np.testing.assert_array_equal(from_text[0], from_file[0])

@@ -75,12 +75,19 @@ def input_example(image_size: int, num_points: int) -> Any:
 def image_value(value: Any) -> Any:
     """A row's image as predict reads it: base64 text (what MLflow's JSON makes of image bytes, the input example
     included) decoded to bytes; a path, bytes or anything else unchanged."""
-    if not isinstance(value, str) or len(value) < 64 or Path(value).exists():
+    if not isinstance(value, str) or len(value) < 64 or _is_path(value):
         return value
     try:
         return base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError):
         return value  # not base64 ('.' and '/' of a path name are not all of it): a path that is missing
+
+
+def _is_path(value: str) -> bool:
+    try:
+        return Path(value).exists()
+    except OSError:  # a name longer than a path may be (base64 text of an image): not a path
+        return False
 
 
 def card(source: Resolved, tracking_uri: str, registered_name: str) -> ModelCard:
