@@ -18,12 +18,10 @@ right shape, finite) before anything is built; a tampered folder is a one-line U
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
 import re
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ import torch
 
 from jobs.checkpoint_meta import META_FILE
 from jobs.entry import UserError
+from jobs.log import quiet_progress_bars
 from jobs.typed_yaml import ConfigError, apply_override
 from model.config import ModelConfig
 from model.pretrained import BadModelFolder, check_weights, config_from_dict, instantiate, read_pretrained
@@ -303,22 +302,6 @@ def _checkpoint_of(spec: str, model_id: str, tracking_uri: str | None, overrides
     return resolved
 
 
-@contextlib.contextmanager
-def _no_download_bar_off_a_terminal():
-    """MLflow draws a tqdm bar per download. Written to a log (a Ray Serve replica's stderr, a CI's) each redraw
-    is a line: 130 of them in lma3d serve's output for one model. At a terminal it stays; a user's own
-    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR is kept either way."""
-    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    if sys.stderr.isatty() or name in os.environ:
-        yield
-        return
-    os.environ[name] = "false"  # read by MLflow at each download
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
-
-
 def _run_artifacts(spec: str, run_id: str, client: Any, tracking_uri: str, overrides: list[str]) -> Resolved:
     """The weights a training run logged (weights/best, else weights/last) with the run's config/config.yaml."""
     import yaml
@@ -326,7 +309,8 @@ def _run_artifacts(spec: str, run_id: str, client: Any, tracking_uri: str, overr
 
     from jobs.bounded import CONFIG_MAX_BYTES, ReadRefused, load_yaml, read_text, short
 
-    with tempfile.TemporaryDirectory(prefix="lma3d-run-") as tmp, _no_download_bar_off_a_terminal():
+    quiet_progress_bars()  # a Ray Serve replica sets up no logging of ours: its stderr is a log file
+    with tempfile.TemporaryDirectory(prefix="lma3d-run-") as tmp:
         try:
             config_file = client.download_artifacts(run_id, "config/config.yaml", tmp)
         except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact
@@ -375,7 +359,8 @@ def _download_model(spec: str, tracking_uri: str | None, into: Path) -> Path:
     uri = _tracking(tracking_uri)
     try:
         # A logged model's `models:/m-<id>` is looked up through the process's tracking URI, whatever is passed.
-        with tracking_uri_for_now(uri), _no_download_bar_off_a_terminal():
+        quiet_progress_bars()  # a Ray Serve replica sets up no logging of ours: its stderr is a log file
+        with tracking_uri_for_now(uri):
             local = mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(into), tracking_uri=uri)
     except Exception as e:  # noqa: BLE001 - MLflow raises MlflowException / RestException / OSError
         raise UserError(f"{spec}: cannot fetch the model from {uri} ({e})") from None

@@ -25,8 +25,22 @@ class _ProjectFilter(logging.Filter):
         return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] in OWN
 
 
+def quiet_progress_bars() -> None:
+    """Off a terminal (a log file, a Ray worker's output, CI) each redraw of a tqdm bar is a line of its own:
+    MLflow's artifact download bar and transformers' `Loading weights` bar are switched off there (their own
+    variables, unless the user set them). At a terminal they stay."""
+    if sys.stderr.isatty():
+        return
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers reads it when first imported
+    if "transformers" in sys.modules and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
 def setup_logging(rank: int | None = None, level: int | str | None = None) -> None:
-    """Configure the root logger once per process. Non-zero ranks log warnings only."""
+    """Configure the root logger once per process (progress bars quiet off a terminal). Non-zero ranks log
+    warnings only."""
+    quiet_progress_bars()
     if rank is None:
         env = os.environ.get("RANK")
         rank = int(env) if env is not None and env.isdigit() else None
