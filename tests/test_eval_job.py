@@ -189,6 +189,9 @@ def test_eval_cli_writes_results_renders_and_a_child_run_of_the_training_run(
     assert child.data.tags["lma3d.source"] == str(model_dir) and child.info.status == "FINISHED"
     assert child.info.run_name == "eval-step40"
     assert child.data.metrics["test/auc"] == pytest.approx(document["auc"])
+    # ... and on the training run at the checkpoint's step, where several evaluations make a curve
+    on_training = client.get_metric_history(parent, "test/auc")
+    assert [(m.step, m.value) for m in on_training] == [(40, pytest.approx(document["auc"]))]
     assert child.data.metrics["test/n"] == N_TEST
     inputs = client.get_run(child.info.run_id).inputs.dataset_inputs
     assert [(i.dataset.name.split("/")[-1], [t.value for t in i.tags]) for i in inputs] == [("test", ["evaluation"])]

@@ -14,7 +14,7 @@ from jobs.cluster_storage import check_eval_outputs
 from jobs.entry import UserError, stage
 from jobs.evaluation.outputs import write_outputs
 from jobs.evaluation.runner import EvalResult, run_eval, viz_inputs
-from jobs.evaluation.tracking import log_inputs, log_results
+from jobs.evaluation.tracking import log_inputs, log_on_training_run, log_results
 from jobs.experiment_config import ExperimentConfig
 from jobs.loading import Resolved, resolve
 from jobs.typed_yaml import flatten, to_dict
@@ -212,4 +212,7 @@ def _log(
     params["eval.actors"] = info["actors"]  # what eval.num_actors (e.g. auto) came to on this cluster
     files, step = list(report.files.values()), info["step"] or 0
     log_results(tracking_uri, run_id, report.result.metrics, step, params, files, report.viz_files)
+    if source.provenance["run_id"] and info["step"] is not None:
+        prefix = "test_shuffled" if cfg.eval.shuffle_instructions else "test"
+        log_on_training_run(tracking_uri, source.provenance["run_id"], report.result.metrics, info["step"], prefix)
     return run_id

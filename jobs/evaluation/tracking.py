@@ -25,6 +25,32 @@ def log_inputs(tracking_uri: str, run_id: str, shards: str, manifest: dict) -> N
     retry("log eval inputs", lambda: log_shard_inputs(client, run_id, shards, manifest, ["evaluation"]))
 
 
+def _metrics(metrics: dict, prefix: str, now: int, step: int) -> list:
+    from mlflow.entities import Metric
+
+    return [
+        Metric(f"{prefix}/{k}", float(metrics[k]), now, step)
+        for k in (*KEYS, "n")
+        if metrics.get(k) is not None and metrics[k] == metrics[k]  # NaN (no positive GT anywhere) not logged
+    ]
+
+
+def log_on_training_run(tracking_uri: str, training_run_id: str, metrics: dict, step: int, prefix: str) -> None:
+    """The overall results on the training run that made the checkpoint too, at its step (`prefix`/auc…): an eval
+    run holds one point per metric, so evaluations of several checkpoints draw their curve here, beside val/*.
+    Skipped when that run is not in this tracking store."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        client.get_run(training_run_id)
+    except MlflowException:
+        return
+    values = _metrics(metrics, prefix, int(time.time() * 1000), step)
+    retry("log eval metrics on the training run", lambda: client.log_batch(training_run_id, metrics=values))
+
+
 def log_results(
     tracking_uri: str,
     run_id: str,
@@ -36,18 +62,13 @@ def log_results(
 ) -> None:
     """test/* metrics, params, the per-object / per-affordance table (eval/per_class.json), result files under
     eval/, renders under viz/; then the run is finished."""
-    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     from jobs.evaluation.outputs import per_class_rows
 
     client = MlflowClient(tracking_uri)
     now = int(time.time() * 1000)
-    values = [
-        Metric(f"test/{k}", float(metrics[k]), now, step)
-        for k in (*KEYS, "n")
-        if metrics.get(k) is not None and metrics[k] == metrics[k]  # NaN (no positive GT anywhere) not logged
-    ]
+    values = _metrics(metrics, "test", now, step)
     items = mlflow_params(params)
     retry("log eval metrics", lambda: client.log_batch(run_id, metrics=values, params=items))
     rows = per_class_rows(metrics)
