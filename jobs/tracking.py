@@ -114,8 +114,19 @@ def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> 
     """The experiment's (or run's) page in the MLflow UI, in its model-training view: MLflow 3.17's UI picks the
     view from this `workflowType` query (else the user's last choice, GenAI at first), not from the experiment's
     kind tag. A local store's page is the one `mlflow ui` serves on its default address."""
+    return _ui_page(tracking_uri, f"experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else ""))
+
+
+def version_url(tracking_uri: str, name: str, version: str) -> str:
+    """A registered model version's page, in the model-training view (without the query the UI opens it in the
+    GenAI view: checked in headless Chromium, MLflow 3.17)."""
+    from urllib.parse import quote
+
+    return _ui_page(tracking_uri, f"models/{quote(name, safe='')}/versions/{version}")
+
+
+def _ui_page(tracking_uri: str, page: str) -> str:
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    page = f"experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
     return f"{base}/#/{page}?workflowType=machine_learning"
 
 

@@ -77,6 +77,14 @@ def test_the_ui_link_opens_the_model_training_view() -> None:
     )
 
 
+def test_a_registered_versions_link_opens_in_that_view_too() -> None:
+    from jobs.tracking import version_url
+
+    assert version_url("sqlite:////w/mlflow.db", "lma3d demo", "2") == (
+        "http://127.0.0.1:5000/#/models/lma3d%20demo/versions/2?workflowType=machine_learning"
+    )
+
+
 def test_the_demo_ends_with_the_training_runs_page_in_that_view(client, tmp_path) -> None:
     from jobs.tracking import run_page
     from jobs.training.launcher import TrainSummary

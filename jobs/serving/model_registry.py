@@ -78,7 +78,7 @@ def register(
     uri = f"models:/{name}@{alias}" if alias else f"models:/{name}/{version_number}"
     log.info("registered %s version %s%s", name, version_number, f" as @{alias}" if alias else "")
     return {"name": name, "version": str(version_number), "alias": alias, "uri": uri, "model_uri": info.model_uri,
-            "model_id": info.model_id, "run_id": version.run_id}  # fmt: skip
+            "model_id": info.model_id, "run_id": version.run_id, "tracking_uri": tracking_uri}  # fmt: skip
 
 
 def _ensure_registered_model(client: Any, name: str) -> None:

@@ -42,7 +42,12 @@ def main(argv: list[str]) -> int:
         f"{report.source.provenance['backbone_id'] or report.source.config.backbone}",
     ]
     if report.registered:
-        lines.append(f"  registered {report.registered['uri']} (version {report.registered['version']})")
+        from jobs.tracking import version_url
+
+        registered = report.registered
+        lines.append(f"  registered {registered['uri']} (version {registered['version']})")
+        page = version_url(registered["tracking_uri"], registered["name"], registered["version"])
+        lines.append(f"  MLflow UI: {page}")
     print("\n".join(lines))
     return 0
 
