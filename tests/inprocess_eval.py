@@ -4,51 +4,30 @@ with, and reading predictions.npz back."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from jobs.evaluation.outputs import as_list
+from jobs.evaluation.outputs import PredictionCollector, Predictions, as_list
 from jobs.inference import predict_batch
-
-
-@dataclass
-class LoopPredictions:
-    """One row per test sample in loader order, held in memory (the test sets here are small)."""
-
-    keys: list[str]
-    pred: np.ndarray
-    gt: np.ndarray
-    objects: list[str]
-    affordances: list[str]
+from model.metrics import per_sample
 
 
 def predict_loader(
-    model: torch.nn.Module, batches: Iterable[dict[str, Any]], votes: int = 1, seed: int = 0
-) -> tuple[LoopPredictions, int]:
-    """In-process evaluation over eval_loader-style batches (the benchmark's plain loop): the same
-    predict_batch as the pool, padding rows (`valid` False) and repeated keys dropped (and counted), in loader
-    order."""
-    rows: dict[str, tuple] = {}
-    duplicates = 0
+    model: torch.nn.Module, batches: Iterable[dict[str, Any]], scratch: Path, votes: int = 1, seed: int = 0
+) -> tuple[Predictions, int]:
+    """In-process evaluation over eval_loader-style batches (the benchmark's plain loop): the same predict_batch
+    and the same PredictionCollector as the pool (padding rows and repeated keys dropped and counted, loader
+    order; the maps into `scratch`)."""
+    collector = PredictionCollector(scratch)
     for batch in batches:
         keys = as_list(batch["key"])
         pred = predict_batch(model, batch["image"], batch["points"], as_list(batch["instruction"]), keys, votes, seed)
         gt = _numpy(batch["label"]).astype(np.float32).reshape(len(keys), -1)
-        valid = _numpy(batch.get("valid"))
-        objects, affordances = as_list(batch["object"]), as_list(batch["affordance"])
-        for i in range(len(keys)) if valid is None else np.flatnonzero(valid):
-            if keys[i] in rows:
-                duplicates += 1
-                continue
-            rows[keys[i]] = (pred[i], gt[i], objects[i], affordances[i])
-    ordered = list(rows)
-    columns = list(zip(*rows.values()))
-    return LoopPredictions(ordered, np.stack(columns[0]), np.stack(columns[1]), list(columns[2]),
-                           list(columns[3])), duplicates  # fmt: skip
+        collector.add(batch | {"pred": pred, "label": gt, "valid": _numpy(batch.get("valid")), **per_sample(pred, gt)})
+    return collector.finish(), collector.duplicates
 
 
 def _numpy(value: Any) -> np.ndarray | None:

@@ -109,14 +109,14 @@ def test_pool_predictions_match_the_in_process_loop_and_metrics_are_model_metric
 
     folder, _ = shards
     cfg, weights = _model("corrected")  # masks padding: a prediction does not depend on its batch-mates
-    pooled = run_eval(str(folder), Resolved(cfg, weights), _eval_cfg(), tmp_path)
+    pooled = run_eval(str(folder), Resolved(cfg, weights), _eval_cfg(), tmp_path / "pool")
     model = build_inference_model(cfg, weights)
     data = DataConfig(shards=str(folder), eval_batch_size=4, num_workers=0)
-    local, _ = predict_loader(model, eval_loader(data, cfg.image_size, 0, 1))
+    local, _ = predict_loader(model, eval_loader(data, cfg.image_size, 0, 1), tmp_path / "loop")
     p = pooled.predictions
     assert local.keys == p.keys
-    np.testing.assert_array_equal(local.gt, p.read("gt"))
-    np.testing.assert_allclose(local.pred, p.read("pred"), atol=1e-5)
+    np.testing.assert_array_equal(local.read("gt"), p.read("gt"))
+    np.testing.assert_allclose(local.read("pred"), p.read("pred"), atol=1e-5)
     # the actors' per-sample scores, summarized on the driver = the metrics of all maps at once
     expected = evaluate(p.read("pred"), p.read("gt"), p.objects, p.affordances)
     assert json.dumps(pooled.metrics, sort_keys=True) == json.dumps(expected, sort_keys=True)
