@@ -72,11 +72,13 @@ lock-check:
 demo: install
 	$(BIN)/lma3d demo
 
+# Two test processes (pytest-xdist): a test's Ray, DeepSpeed and MLflow start-ups leave a third of 2 cores idle.
 test: install browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 -m "not serial"
+	$(BIN)/python -m pytest -m serial
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

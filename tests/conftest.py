@@ -10,10 +10,20 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers (rawtree, tiny, servers) import as top-level modules
+from ray_cluster import ensure_auth_token  # noqa: E402
+
 # Ray starts its workers at nice 15 so that its own daemons win. Beside other work at nice 0 (a busy machine), a
 # niced worker gets a few percent of a core: a DeepSpeed build measured 6 CPU-seconds in 4 minutes beside two busy
 # loops. Every Ray the tests start (in-process, `ray start`, a CLI's own) runs its workers at the tests' priority.
 os.environ.setdefault("RAY_worker_niceness", "0")
+# Ray Train's controller polls its workers every 2 s and starts a preemption watcher (one more process) per run:
+# a finished tiny run waited up to 2 s to be noticed. Measured on one ZeRO-2 launch: 19.8 -> 16.5 s.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+ensure_auth_token()  # before any Ray of the session (ray.init, a CLI's, `ray start`) would write one of its own
+
+
+pytest_plugins = ["pytester"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -35,6 +45,31 @@ def _fast_tests_start_no_ray(request):
     if ray is not None and not slow and not running_before and ray.is_initialized():
         ray.shutdown()
         pytest.fail(f"{request.node.nodeid} started Ray: mark it slow", pytrace=False)
+
+
+_process_groups_started = 0
+"""torch.distributed.init_process_group calls in this process: every DeepSpeed engine starts one (deepspeed.comm
+initialises torch.distributed), a `--no-ray` run included, even one that destroys its group before it returns."""
+_init_process_group = torch.distributed.init_process_group
+
+
+def _counted_init_process_group(*args, **kwargs):
+    global _process_groups_started
+    _process_groups_started += 1
+    return _init_process_group(*args, **kwargs)
+
+
+torch.distributed.init_process_group = _counted_init_process_group
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_deepspeed(request):
+    """A test not marked slow that starts a process group (DeepSpeed, or torch.distributed by hand) fails."""
+    before = _process_groups_started
+    yield
+    if request.node.get_closest_marker("slow") is None and _process_groups_started != before:
+        pytest.fail(f"{request.node.nodeid} started a torch.distributed process group (DeepSpeed): mark it slow",
+                    pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -31,13 +31,36 @@ def _agent_ports() -> list[str]:
     the test session's own `ray.init()`, and a node whose agents cannot bind fails in odd ways. Each node also gets
     a worker port range of its own: every raylet hands out 10002-19999 by default without knowing the others on
     the machine, so two nodes could give one port to two workers (the loser dies as soon as it is called)."""
-    low = 20000 + 500 * (next(_WORKER_PORT_BLOCKS) % 24)  # below the kernel's ephemeral range (32768-)
+    # Two pytest-xdist workers each count from 0: gw1 starts half way through the 24 blocks.
+    first = 12 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+    low = 20000 + 500 * ((first + next(_WORKER_PORT_BLOCKS)) % 24)  # below the kernel's ephemeral range (32768-)
     return [
         f"--min-worker-port={low}", f"--max-worker-port={low + 499}",
         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
         f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
     ]  # fmt: skip
+
+
+RAY_TOKEN = Path.home() / ".ray" / "auth_token"
+"""Ray's default token file, which a local `ray.init()` also uses."""
+
+
+def ensure_auth_token(path: Path = RAY_TOKEN) -> None:
+    """Ray's token file, created at most once even by two test processes at the same moment (pytest-xdist): a
+    token written by one and overwritten by the other would lock the first one's clients out of its own Ray."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{os.getpid()}")
+    draft.write_text(secrets.token_hex(32))
+    draft.chmod(0o600)
+    try:
+        os.link(draft, path)  # atomic, and fails if another process got there first
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink()
 
 
 class LocalRayCluster:
@@ -71,10 +94,7 @@ class LocalRayCluster:
 
     def start(self, timeout: float = 90.0) -> LocalRayCluster:
         self.root.mkdir(parents=True, exist_ok=True)
-        if not self.token_path.exists():
-            self.token_path.parent.mkdir(parents=True, exist_ok=True)
-            self.token_path.write_text(secrets.token_hex(32))
-            self.token_path.chmod(0o600)
+        ensure_auth_token(self.token_path)
         cmd = [
             str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
             f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",

@@ -11,7 +11,7 @@ import pytest
 from ray_cluster import LocalRayCluster
 from train_data import build_shards, run_driver, train_overrides
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 GiB = 2**30
 HOLD_S = 10
 """How long the faulty worker holds its allocation (released afterwards so that the retry meets no pressure)."""
