@@ -73,13 +73,12 @@ demo: install
 	$(BIN)/lma3d demo
 
 # Two test processes (pytest-xdist): a test's Ray, DeepSpeed and MLflow start-ups leave a third of 2 cores idle.
-# A module runs whole in one process (--dist loadscope): its module fixtures (a server, shards) start once.
 test: install browser
-	$(BIN)/python -m pytest -n 2 --dist loadscope -m "not serial"
+	$(BIN)/python -m pytest -n 2 -m "not serial"
 	$(BIN)/python -m pytest -m serial
 
 test-fast: install
-	$(BIN)/python -m pytest -n 2 --dist loadscope -m "not slow"
+	$(BIN)/python -m pytest -n 2 -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

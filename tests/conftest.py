@@ -26,24 +26,11 @@ ensure_auth_token()  # before any Ray of the session (ray.init, a CLI's, `ray st
 pytest_plugins = ["pytester"]
 
 
-HEAVIEST_MODULES = (
-    "test_train_distributed.py", "test_sweep.py", "test_multinode.py", "test_faults_oom.py", "test_s3_training.py",
-    "test_submit.py", "test_registered_model_code.py", "test_cluster_storage.py", "test_hostile_endpoint.py",
-    "test_train_noray.py", "test_eval_job.py", "test_hostile_checkpoint.py", "test_s3_mlflow.py", "test_serve.py",
-)  # fmt: skip
-"""The modules whose tests took longest, slowest first (one process, 2 cores: 396 s down to 42 s). They run first,
-so that `make test`'s two processes (pytest-xdist, one module at a time each) end together rather than one of
-them finishing a long module alone. Only the order depends on this list."""
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that starts the session's Ray is slow, marked or not: `-m "not slow"` (make test-fast) starts no Ray.
-    Modules keep their tests together, the heaviest first."""
+    """A test that starts the session's Ray is slow, marked or not: `-m "not slow"` (make test-fast) starts no Ray."""
     for item in items:
         if "ray_local" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)
-    rank = {name: i for i, name in enumerate(HEAVIEST_MODULES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep collection order
 
 
 @pytest.fixture(autouse=True)
