@@ -73,9 +73,9 @@ class LocalRayCluster:
         self.dashboard_port = free_port()
         self.gcs_port = free_port()
         self.nodes: list[LocalRayNode] = []
-        # Ray's default token file, which a local `ray.init()` also uses: a process caches the first token it
-        # loads, so a test process that already ran a local Ray session can only talk to a cluster with this one.
-        self.token_path = Path.home() / ".ray" / "auth_token"
+        # A process caches the first token it loads, so a test process that already ran a local Ray session can
+        # only talk to a cluster with this one.
+        self.token_path = RAY_TOKEN
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -33,7 +33,7 @@ def test_an_unmarked_test_that_starts_a_process_group_fails_and_a_slow_one_passe
     for helper in ("conftest.py", "ray_cluster.py", "servers.py"):
         shutil.copy(TESTS / helper, pytester.path / helper)
     pytester.makepyfile(test_group=STARTS_A_PROCESS_GROUP)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, errors=1)  # the unmarked test's body passes; its teardown check fails it
     result.stdout.fnmatch_lines(["*test_unmarked_starts_a_group started a torch.distributed process group*"])
     assert "test_marked_starts_a_group started" not in result.stdout.str()
