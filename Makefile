@@ -73,9 +73,10 @@ demo: install
 	$(BIN)/lma3d demo
 
 # Two test processes (pytest-xdist): a test's Ray, DeepSpeed and MLflow start-ups leave a third of 2 cores idle.
+# --dist loadgroup: tests marked with one xdist_group run in one process (they share a module fixture's run, or
+# must not overlap); the rest go to whichever process is free.
 test: install browser
-	$(BIN)/python -m pytest -n 2 -m "not serial"
-	$(BIN)/python -m pytest -m serial
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 test-fast: install
 	$(BIN)/python -m pytest -n 2 -m "not slow"

@@ -1,14 +1,11 @@
 """A cluster never gets node-local storage by accident: with a cluster address (--address, RAY_ADDRESS, or inside a
 submitted job) an implicit <workdir>/runs, SQLite store or eval folder under a relative workdir is refused before
-anything starts; explicit shared locations are accepted, and train.storage_path as a URI trains and resumes."""
+anything starts; explicit shared locations are accepted (train.storage_path as a file:// URI trains and resumes:
+tests/test_train_distributed.py)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
-
 import pytest
-from train_data import build_shards, train_overrides
 
 from jobs.cluster_storage import check_eval_outputs, check_train_outputs, train_output_problems
 from jobs.entry import UserError
@@ -124,22 +121,3 @@ def test_eval_on_a_cluster_without_out_is_refused_before_anything_starts(no_clus
     check_eval_outputs(_cfg(), "/mnt/cluster_storage/eval", False, "127.0.0.1:1")  # --no-mlflow, or URI recorded
     with pytest.raises(UserError, match="--out 'eval' is relative"):
         check_eval_outputs(_cfg("workdir=/mnt/w"), "eval", False, "127.0.0.1:1")
-
-
-@pytest.mark.slow
-def test_storage_path_as_a_file_uri_trains_checkpoints_and_resumes(tmp_path_factory, tmp_path, ray_local):
-    from jobs.training.launcher import launch
-
-    shards = build_shards(tmp_path_factory.mktemp("data"))
-    storage = tmp_path / "shared" / "runs"
-    uri = storage.as_uri()
-    assert uri.startswith("file:///")
-    cfg = load(ExperimentConfig, None, train_overrides(shards, tmp_path / "work", max_steps=2, checkpoint_every=1,
-                                                       storage_path=uri))  # fmt: skip
-    first = launch(cfg, run_name="uri")
-    assert first.last_step == 2 and first.run_dir == f"{uri}/uri"
-    assert sorted(p.name for p in storage.joinpath("uri").glob("checkpoint_step*")) == [
-        "checkpoint_step000000001", "checkpoint_step000000002"]  # fmt: skip
-    second = launch(replace(cfg, train=replace(cfg.train, max_steps=3)), run_name="uri")
-    assert second.mode == "resume" and second.run_id == first.run_id and second.last_step == 3
-    assert not Path(tmp_path / "work" / "runs").exists()  # nothing fell back to the workdir

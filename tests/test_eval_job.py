@@ -18,7 +18,7 @@ from jobs.evaluation.eval_config import EvalConfig
 from jobs.loading import Resolved
 
 N_TEST = 11  # not a multiple of the batch size (3), nor of the samples per shard (4)
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("eval_job")]
 
 
 @pytest.fixture(scope="module")

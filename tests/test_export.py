@@ -20,6 +20,8 @@ from jobs.consolidate import UnsafeCheckpoint, consolidate
 from jobs.verbs.export import main as export_main
 from model.pointnet2 import all_layer_by_layer
 
+pytestmark = pytest.mark.xdist_group("export")  # its module fixture is built once, in one test process
+
 HERE = Path(__file__).parent
 STEP_DIR = "checkpoint_step000000002"
 

@@ -11,7 +11,9 @@ import pytest
 from ray_cluster import LocalRayCluster
 from train_data import build_shards, run_driver, train_overrides
 
-pytestmark = [pytest.mark.slow, pytest.mark.serial]
+# One xdist process runs both (`make test`: --dist loadgroup): each sets its kill threshold from the machine's usage
+# at its start, which the other's 8 GiB allocation would move.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("oom")]
 GiB = 2**30
 HOLD_S = 10
 """How long the faulty worker holds its allocation (released afterwards so that the retry meets no pressure)."""
@@ -38,7 +40,9 @@ def cluster(tmp_path_factory):
     threshold = (memory.total - memory.available + headroom) / memory.total
     env = {"RAY_memory_usage_threshold": f"{threshold:.4f}", "RAY_memory_monitor_refresh_ms": "100"}
     head = LocalRayCluster(tmp_path_factory.mktemp("ray-oom"), num_cpus=2, env=env).start()
-    head.allocation = headroom + 2 * GiB  # the faulty worker fills this much (stopping short of the last 2 GiB)
+    # The faulty worker fills this much (stopping short of the machine's last 2 GiB): 3 GiB past the threshold, so
+    # that the kill does not depend on the other test process's memory staying where it was.
+    head.allocation = headroom + 3 * GiB
     yield head
     head.stop()
 

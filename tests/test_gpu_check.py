@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.xdist_group("gpu_check")  # its module fixture is built once, in one test process
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ["forward", "fps", "training", "paper_step", "reference", "point_ops", "eval"]
 GPU_CHECK_MODULES = ["gpu_check", "gpu_check_backbones", "gpu_check_common", "gpu_check_correctness",

@@ -22,7 +22,8 @@ from jobs.training import checkpoint as ckpt
 from jobs.training import rng_state
 from jobs.verbs.train import main as train_main
 
-pytestmark = pytest.mark.slow  # real DeepSpeed checkpoints and shards (Ray Data) are built once per module
+# real DeepSpeed checkpoints and shards (Ray Data) are built once per module
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hostile_checkpoint")]
 STEP_DIR = "checkpoint_step000000002"
 MODEL_STATES = "global_step2/mp_rank_00_model_states.pt"
 OPTIM_STATES = "global_step2/zero_pp_rank_0_mp_rank_00_optim_states.pt"

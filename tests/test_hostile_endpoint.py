@@ -27,7 +27,7 @@ from serve_process import Served, get_json, start_serving
 
 from pipeline.pointfiles import MAX_POINTS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hostile_endpoint")]
 CASES = {**hp.JSON_CASES, **hp.FORM_CASES}
 BODY_TIMEOUT_S = 30  # far above what a normal request takes on a loaded machine; the drop test waits this long
 BUFFERED_MB = 32  # two bodies of 15 MiB held leave no room for a third of 4 MiB

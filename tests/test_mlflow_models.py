@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tiny import synth_shards, tiny_overrides
 
-pytestmark = pytest.mark.slow  # trains with DeepSpeed (one process, no Ray)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mlflow_models")]  # trains with DeepSpeed (one process, no Ray)
 NAME = "lma3d-card"
 
 

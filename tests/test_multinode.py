@@ -1,12 +1,18 @@
 """Multi-node on one machine: a head and a second node (separate raylets on 127.0.0.1, own temp dirs and ports, one
-token). Two training workers on different nodes (train.placement_strategy: STRICT_SPREAD); the second node is
-killed mid-run after a checkpoint and re-added; the run resumes from the latest checkpoint in the same MLflow run and
-finishes, both ranks' shards are in the shared storage, each step is logged once (the replayed step 3 too). Then
-`lma3d eval` with eval.num_actors: 2 runs its actor pool across both nodes."""
+token) sharing no folder: shards, checkpoints and MLflow artifacts in S3 (moto's server on 127.0.0.1), MLflow behind a
+server, each node with the endpoint and keys in its environment (as pods from a Secret). Two training workers on
+different nodes (train.placement_strategy: STRICT_SPREAD); the second node is killed mid-run after a checkpoint and a
+successor added; the run resumes from the bucket's latest checkpoint in the same MLflow run and finishes, each step
+logged once (the replayed step 3 too). Then `lma3d eval` with eval.num_actors: 2 reads checkpoint and shards from the
+bucket with its actor pool across both nodes.
+
+One such run costs about two minutes, so it happens once (the module's fixture) and each test checks one of its
+promises."""
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import subprocess
@@ -18,17 +24,13 @@ import pytest
 from ray_cluster import VENV_BIN, LocalRayCluster
 from train_data import REPO, TESTS, build_shards, train_overrides
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multinode")]
 CHECKPOINT_EVERY = 2
 KILL_STEP = 4
 """The node is killed at this step, before its checkpoint: steps after the one of step 2 are trained again."""
 # The GCS declares a node dead after failure_threshold missed health checks (default 5 x 3 s).
 FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory, ray_local) -> Path:
-    return build_shards(tmp_path_factory.mktemp("data"))
+FINAL = "lma3d/runs/bucket/checkpoint_step000000006"
 
 
 def _env(cluster: LocalRayCluster) -> dict[str, str]:
@@ -65,19 +67,35 @@ def _actors(cluster: LocalRayCluster, class_part: str) -> list[dict]:
     return [a for a in json.loads(out.stdout) if class_part in (a.get("class_name") or "")]
 
 
-def test_two_nodes_train_survive_a_lost_node_and_evaluate_across_both(shards, tmp_path):
-    began = time.monotonic()
-    cluster = LocalRayCluster(tmp_path / "ray", num_cpus=1, env=FAST_NODE_DEATH).start()
-    try:
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory, ray_local) -> dict:
+    """Train on two nodes, lose one after a checkpoint, resume, then eval across both: what each test checks."""
+    import pyarrow.fs as pafs
+    from servers import mlflow_server, s3_server
+
+    tmp = tmp_path_factory.mktemp("two-nodes")
+    shards = build_shards(tmp / "data")
+    with contextlib.ExitStack() as stack:
+        s3 = stack.enter_context(s3_server(tmp / "s3", buckets=("lma3d",)))
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
+        for key, value in s3.items():
+            patch.setenv(key, value)
+        bucket_fs, _ = pafs.FileSystem.from_uri("s3://lma3d/shards")
+        pafs.copy_files(str(shards), "lma3d/shards", destination_filesystem=bucket_fs)
+        tracking = stack.enter_context(
+            mlflow_server(f"sqlite:///{tmp / 'mlflow.db'}", tmp / "mlflow", artifacts="s3://lma3d/mlflow")
+        )
+        cluster = LocalRayCluster(tmp / "ray", num_cpus=1, env={**FAST_NODE_DEATH, **s3}).start()
+        stack.callback(cluster.stop)
         second = cluster.add_node("node2", num_cpus=1)
-        shared = tmp_path / "shared"  # stands for a mount every node sees
-        tracking = f"sqlite:///{shared / 'mlflow.db'}"
-        marker, log = tmp_path / "hang", tmp_path / "train.log"
+        marker, log = tmp / "hang", tmp / "train.log"
         fault = {"kind": "hang", "rank": 1, "step": KILL_STEP, "marker": str(marker)}
-        args = ["--address", cluster.gcs_address, "--run-name", "two-nodes", f"mlflow.tracking_uri={tracking}",
-                *train_overrides(shards, tmp_path / "work", max_steps=6, checkpoint_every=CHECKPOINT_EVERY,
-                                 max_failures=1, placement_strategy="STRICT_SPREAD",
-                                 storage_path=str(shared / "runs"))]  # fmt: skip
+        # max_failures 2: a node loss is one failure; the second is room for this machine's noise, not needed
+        overrides = train_overrides("s3://lma3d/shards", tmp / "work", max_steps=6, max_failures=2,
+                                    checkpoint_every=CHECKPOINT_EVERY, placement_strategy="STRICT_SPREAD",
+                                    storage_path="s3://lma3d/runs")  # fmt: skip
+        args = ["--address", cluster.gcs_address, "--run-name", "bucket", f"mlflow.tracking_uri={tracking}",
+                *overrides]  # fmt: skip
         with open(log, "w") as out:
             driver = subprocess.Popen([sys.executable, str(TESTS / "train_driver.py"), json.dumps(fault), *args],
                                       env=_env(cluster), cwd=REPO, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
@@ -86,100 +104,58 @@ def test_two_nodes_train_survive_a_lost_node_and_evaluate_across_both(shards, tm
             second.kill()
             cluster.add_node("node2-again", num_cpus=1)
             assert driver.wait(timeout=300) == 0, _explain(log)
-        assert f"resumed at step {KILL_STEP - CHECKPOINT_EVERY}" in log.read_text()
-        groups = collections.defaultdict(set)  # each attempt's worker group has a placement group of its own
-        for worker in _actors(cluster, "RayTrainWorker"):
-            groups[worker["placement_group_id"]].add(worker["node_id"])
-        assert len(groups) == 2 and all(len(nodes) == 2 for nodes in groups.values()), groups
-
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking)
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-        history = client.get_metric_history(runs[0].info.run_id, "train/loss")
-        assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]  # step 3, trained twice, logged once
-        logged = {m.step: m.timestamp / 1000 for m in history}
-        assert logged[KILL_STEP - 1] < killed < logged[KILL_STEP]  # rank 0 could not log step 4 without rank 1
-        recovery = logged[KILL_STEP] - killed
-
-        final = shared / "runs" / "two-nodes" / "checkpoint_step000000006"
-        shards_written = sorted(p.name for p in final.glob("global_step6/zero_pp_rank_*_optim_states.pt"))
-        assert shards_written == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
-        assert sorted(p.name for p in final.glob("rng_rank*.json")) == ["rng_rank0.json", "rng_rank1.json"]
-
         evaluated = subprocess.run(
-            [sys.executable, "-m", "jobs.verbs.eval", "--checkpoint", str(final), "--shards", str(shards),
-             "--out", str(shared / "eval"), "--address", cluster.gcs_address, "--no-mlflow", "eval.num_actors=2",
+            [sys.executable, "-m", "jobs.verbs.eval", "--checkpoint", f"s3://{FINAL}", "--shards", "s3://lma3d/shards",
+             "--out", str(tmp / "eval"), "--address", cluster.gcs_address, "--no-mlflow", "eval.num_actors=2",
              "eval.cpus_per_actor=0.5", "eval.batch_size=2", "eval.viz_samples=0", "workdir=work"],
             env=_env(cluster), cwd=REPO, capture_output=True, text=True, timeout=150,
         )  # fmt: skip
         assert evaluated.returncode == 0, evaluated.stderr[-4000:]
-        assert json.loads((shared / "eval" / "metrics.json").read_text())
-        predictors = _actors(cluster, "Predictor")
-        assert len(predictors) == 2 and len({a["node_id"] for a in predictors}) == 2  # one model actor per node
-        print(f"\nnode killed at step {KILL_STEP} -> step {KILL_STEP} logged {recovery:.1f} s later; "
-              f"whole test {time.monotonic() - began:.0f} s")  # fmt: skip
-    finally:
-        cluster.stop()
+        yield {
+            "tmp": tmp, "log": log.read_text(), "killed": killed, "tracking": f"sqlite:///{tmp / 'mlflow.db'}",
+            "workers": _actors(cluster, "RayTrainWorker"), "predictors": _actors(cluster, "Predictor"),
+            "bucket": [i.path for i in bucket_fs.get_file_info(pafs.FileSelector("lma3d", recursive=True))],
+            "metrics": json.loads((tmp / "eval" / "metrics.json").read_text()),
+        }  # fmt: skip
 
 
-def test_two_nodes_with_a_bucket_and_no_shared_folder_resume_and_evaluate(shards, tmp_path, monkeypatch):
-    """The same run with shards, checkpoints and MLflow artifacts in S3 (moto's server on 127.0.0.1) and MLflow
-    behind a server: nodes share no folder (each has the endpoint and keys in its environment, as pods from a
-    Secret); the lost node's successor resumes from the bucket and eval reads checkpoint and shards from it."""
-    import pyarrow.fs as pafs
-    from servers import mlflow_server, s3_server
+def _mlflow_run(two_nodes: dict):
+    from mlflow.tracking import MlflowClient
 
-    with s3_server(tmp_path / "s3", buckets=("lma3d",)) as s3:
-        for key, value in s3.items():
-            monkeypatch.setenv(key, value)
-        bucket_fs, _ = pafs.FileSystem.from_uri("s3://lma3d/shards")
-        pafs.copy_files(str(shards), "lma3d/shards", destination_filesystem=bucket_fs)
-        with mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "mlflow",
-                           artifacts="s3://lma3d/mlflow") as tracking:  # fmt: skip
-            cluster = LocalRayCluster(tmp_path / "ray", num_cpus=1, env={**FAST_NODE_DEATH, **s3}).start()
-            try:
-                second = cluster.add_node("node2", num_cpus=1)
-                marker, log = tmp_path / "hang", tmp_path / "train.log"
-                fault = {"kind": "hang", "rank": 1, "step": KILL_STEP, "marker": str(marker)}
-                # max_failures 2: this test is about the bucket; the one above holds a node loss to one failure
-                overrides = train_overrides("s3://lma3d/shards", tmp_path / "work", max_steps=6, max_failures=2,
-                                            checkpoint_every=CHECKPOINT_EVERY, placement_strategy="STRICT_SPREAD",
-                                            storage_path="s3://lma3d/runs")  # fmt: skip
-                args = ["--address", cluster.gcs_address, "--run-name", "bucket", f"mlflow.tracking_uri={tracking}",
-                        *overrides]  # fmt: skip
-                with open(log, "w") as out:
-                    driver = subprocess.Popen(
-                        [sys.executable, str(TESTS / "train_driver.py"), json.dumps(fault), *args],
-                        env=_env(cluster), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                    )  # fmt: skip
-                    _wait_for(marker, driver, log, timeout=300)
-                    second.kill()
-                    cluster.add_node("node2-again", num_cpus=1)
-                    assert driver.wait(timeout=300) == 0, _explain(log)
-                assert f"resumed at step {KILL_STEP - CHECKPOINT_EVERY}" in log.read_text()
-                final = "lma3d/runs/bucket/checkpoint_step000000006"
-                listed = bucket_fs.get_file_info(pafs.FileSelector(final, recursive=True))
-                optim = sorted(i.base_name for i in listed if i.base_name.endswith("_optim_states.pt"))
-                assert optim == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
-                assert not (tmp_path / "work" / "runs").exists()  # no checkpoint on a node's disk
+    client = MlflowClient(two_nodes["tracking"])
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    return client, runs[0]
 
-                evaluated = subprocess.run(
-                    [sys.executable, "-m", "jobs.verbs.eval", "--checkpoint", f"s3://{final}", "--shards",
-                     "s3://lma3d/shards", "--out", str(tmp_path / "eval"), "--address", cluster.gcs_address,
-                     "--no-mlflow", "eval.num_actors=2", "eval.cpus_per_actor=0.5", "eval.batch_size=2",
-                     "eval.viz_samples=0", "workdir=work"],
-                    env=_env(cluster), cwd=REPO, capture_output=True, text=True, timeout=150,
-                )  # fmt: skip
-                assert evaluated.returncode == 0, evaluated.stderr[-4000:]
-                assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"] == 6
-            finally:
-                cluster.stop()
-        from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-        artifacts = bucket_fs.get_file_info(pafs.FileSelector("lma3d/mlflow", recursive=True))
-        assert any(i.path.endswith("config/config.yaml") for i in artifacts)  # the run's artifacts: in the bucket
+def test_a_lost_node_resumes_from_the_latest_checkpoint_in_the_same_mlflow_run(two_nodes):
+    assert f"resumed at step {KILL_STEP - CHECKPOINT_EVERY}" in two_nodes["log"]
+    client, run = _mlflow_run(two_nodes)
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]  # step 3, trained twice, logged once
+    logged = {m.step: m.timestamp / 1000 for m in history}
+    assert logged[KILL_STEP - 1] < two_nodes["killed"] < logged[KILL_STEP]  # rank 0 cannot log step 4 alone
+    recovery = logged[KILL_STEP] - two_nodes["killed"]
+    print(f"\nnode killed at step {KILL_STEP} -> step {KILL_STEP} logged {recovery:.1f} s later")
+
+
+def test_every_attempts_two_workers_are_spread_over_both_nodes(two_nodes):
+    groups = collections.defaultdict(set)  # each attempt's worker group has a placement group of its own
+    for worker in two_nodes["workers"]:
+        groups[worker["placement_group_id"]].add(worker["node_id"])
+    assert len(groups) >= 2 and all(len(nodes) == 2 for nodes in groups.values()), groups
+
+
+def test_checkpoints_and_mlflow_artifacts_are_in_the_bucket_and_nothing_on_a_nodes_disk(two_nodes):
+    final = [p.removeprefix(FINAL + "/") for p in two_nodes["bucket"] if p.startswith(FINAL + "/")]
+    optim = sorted(p.rsplit("/", 1)[-1] for p in final if p.endswith("_optim_states.pt"))
+    assert optim == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]  # both ranks' shards
+    assert sorted(p for p in final if p.startswith("rng_rank")) == ["rng_rank0.json", "rng_rank1.json"]
+    assert any(p.startswith("lma3d/mlflow/") and p.endswith("config/config.yaml") for p in two_nodes["bucket"])
+    assert not (two_nodes["tmp"] / "work" / "runs").exists()
+
+
+def test_eval_reads_the_bucket_with_one_model_actor_on_each_node(two_nodes):
+    assert two_nodes["metrics"]["n"] == 6
+    predictors = two_nodes["predictors"]
+    assert len(predictors) == 2 and len({a["node_id"] for a in predictors}) == 2

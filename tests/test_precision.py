@@ -19,6 +19,8 @@ from jobs.precision import from_meta
 from jobs.training.deepspeed_config import deepspeed_config
 from jobs.training.train_config import TrainConfig
 
+pytestmark = pytest.mark.xdist_group("precision")  # its module fixture is built once, in one test process
+
 
 @pytest.fixture(scope="module")
 def steps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:

@@ -26,7 +26,7 @@ from pipeline.synth.config import SynthConfig
 from pipeline.synth.generate import generate
 
 BUCKET = "lma3d"
-pytestmark = pytest.mark.slow  # a server and several shard runs: ~15 s
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("s3_storage")]  # a server and several shard runs: ~15 s
 
 
 @pytest.fixture(scope="module")

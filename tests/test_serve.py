@@ -25,7 +25,7 @@ from serve_process import Served, get_json, start_serving
 
 from jobs.verbs.predict import main as predict_main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
 NAME = "lma3d-serve-test"
 BATCH = 4
 XYZ = np.loadtxt(POINTS, usecols=(2, 3, 4)).astype(np.float32)

@@ -45,12 +45,30 @@ def _lr(cfg: ExperimentConfig, step: int, steps_per_epoch: int) -> float:
                        epochs=t.epochs, steps_per_epoch=steps_per_epoch)  # fmt: skip
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_zero_stage_trains_checkpoints_and_resumes_at_the_next_step_with_the_same_lr(shards, tmp_path, stage):
-    cfg = _config(shards, tmp_path, zero_stage=stage, max_steps=2, checkpoint_every=1)
-    first = launch(cfg, run_name="resume")
+@pytest.fixture(scope="module")
+def resumed(shards, tmp_path_factory):
+    """`resumed(stage)`: a run of 2 steps checkpointing each, then the same run launched again up to step 4, at that
+    ZeRO stage (once per module: several tests read the same runs). Stage 2 keeps its runs at a file:// URI."""
+    done = {}
+
+    def run(stage: int) -> tuple[ExperimentConfig, object, object]:
+        if stage not in done:
+            workdir = tmp_path_factory.mktemp(f"zero{stage}")
+            storage = {"storage_path": (workdir / "shared" / "runs").as_uri()} if stage == 2 else {}
+            cfg = _config(shards, workdir, zero_stage=stage, max_steps=2, checkpoint_every=1, **storage)
+            first = launch(cfg, run_name="resume")
+            second = launch(replace(cfg, train=replace(cfg.train, max_steps=4)), run_name="resume")
+            done[stage] = (cfg, first, second)
+        return done[stage]
+
+    return run
+
+
+@pytest.mark.parametrize("stage", [1, pytest.param(2, marks=pytest.mark.xdist_group("zero2")),
+                                   pytest.param(3, marks=pytest.mark.xdist_group("zero3"))])  # fmt: skip
+def test_zero_stage_trains_checkpoints_and_resumes_at_the_next_step_with_the_same_lr(resumed, stage):
+    cfg, first, second = resumed(stage)
     assert first.last_step == 2 and first.latest_checkpoint.endswith("checkpoint_step000000002")
-    second = launch(replace(cfg, train=replace(cfg.train, max_steps=4)), run_name="resume")
     assert second.mode == "resume" and second.last_step == 4 and second.run_id == first.run_id
     per_epoch = TRAIN_IMAGES // (2 * 2)
     lrs = _history(cfg, first.run_id, "train/lr")
@@ -59,11 +77,23 @@ def test_zero_stage_trains_checkpoints_and_resumes_at_the_next_step_with_the_sam
         assert value == pytest.approx(_lr(cfg, step - 1, per_epoch), rel=1e-6)
 
 
-def test_zero3_with_cpu_offload_trains_like_zero3_and_resumes(shards, tmp_path):
+@pytest.mark.xdist_group("zero2")
+def test_storage_path_as_a_file_uri_trains_checkpoints_and_resumes(resumed):
+    cfg, first, second = resumed(2)
+    uri = cfg.train.storage_path
+    assert uri.startswith("file:///") and first.run_dir == f"{uri}/resume"
+    storage = Path(uri.removeprefix("file://"))
+    kept = sorted(p.name for p in storage.joinpath("resume").glob("checkpoint_step*"))  # the newest train.keep_*
+    assert kept and kept[-1] == "checkpoint_step000000004" and second.latest_checkpoint.endswith(kept[-1])
+    assert second.mode == "resume" and second.run_id == first.run_id
+    assert not Path(cfg.workdir, "runs").exists()  # nothing fell back to the workdir
+
+
+@pytest.mark.xdist_group("zero3")
+def test_zero3_with_cpu_offload_trains_like_zero3_and_resumes(resumed, shards, tmp_path):
     # configs/agpil/full_seen_zero3_offload.yaml: optimizer state and parameters offloaded to the CPU, the optimizer
     # DeepSpeed's CPU Adam (ZeRO-Offload refuses a torch one); "slower; same numbers" as ZeRO-3 without offload.
-    plain_cfg = _config(shards, tmp_path / "plain", zero_stage=3, max_steps=2)
-    plain = launch(plain_cfg, run_name="plain")
+    plain_cfg, plain, _ = resumed(3)
     offload_cfg = _config(shards, tmp_path / "offload", zero_stage=3, max_steps=2, checkpoint_every=1,
                           offload_optimizer="true", offload_params="true")  # fmt: skip
     first = launch(offload_cfg, run_name="offload")
@@ -71,7 +101,7 @@ def test_zero3_with_cpu_offload_trains_like_zero3_and_resumes(shards, tmp_path):
     assert second.mode == "resume" and second.last_step == 3 and second.run_id == first.run_id
     losses = _history(offload_cfg, first.run_id, "train/loss")
     reference = _history(plain_cfg, plain.run_id, "train/loss")
-    assert sorted(losses) == [1, 2, 3] and sorted(reference) == [1, 2]
+    assert sorted(losses) == [1, 2, 3] and sorted(reference) == [1, 2, 3, 4]
     for step in (1, 2):  # step 2 follows one update of each optimizer
         assert losses[step] == pytest.approx(reference[step], rel=1e-5)
     assert torch.isfinite(torch.tensor(losses[3]))
@@ -108,10 +138,18 @@ def test_two_workers_with_batch_b_step_like_one_worker_with_batch_2b(shards, tmp
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
 
 
-def test_a_sigkilled_worker_restarts_from_the_last_checkpoint_and_finishes_in_one_mlflow_run(shards, tmp_path):
-    cfg = _config(shards, tmp_path, max_steps=4, checkpoint_every=1, max_failures=1, zero_stage=2)
-    fault = FaultInjector(rank=1, step=3, marker=str(tmp_path / "killed"))
-    summary = launch(cfg, run_name="fault", step_callbacks=[fault])
+@pytest.fixture(scope="module")
+def killed_run(shards, tmp_path_factory) -> tuple[ExperimentConfig, object, FaultInjector]:
+    """A 4-step run on MLflow's SQLite store whose rank 1 is SIGKILLed at step 3 and restarted by Ray Train."""
+    workdir = tmp_path_factory.mktemp("killed")
+    cfg = _config(shards, workdir, max_steps=4, checkpoint_every=1, max_failures=1, zero_stage=2, val_every=1)
+    fault = FaultInjector(rank=1, step=3, marker=str(workdir / "killed"))
+    return cfg, launch(cfg, run_name="fault", step_callbacks=[fault]), fault
+
+
+@pytest.mark.xdist_group("killed")
+def test_a_sigkilled_worker_restarts_from_the_last_checkpoint_and_finishes_in_one_mlflow_run(killed_run):
+    cfg, summary, fault = killed_run
     assert Path(fault.marker).exists() and summary.last_step == 4
     from mlflow.tracking import MlflowClient
 
@@ -121,7 +159,7 @@ def test_a_sigkilled_worker_restarts_from_the_last_checkpoint_and_finishes_in_on
     assert len(runs) == 1 and sorted(_history(cfg, summary.run_id, "train/loss")) == [1, 2, 3, 4]
 
 
-def _assert_one_complete_run(cfg: ExperimentConfig, run_id: str) -> None:
+def _assert_one_complete_run(cfg: ExperimentConfig, run_id: str, steps: int) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(cfg.tracking_uri)
@@ -130,15 +168,17 @@ def _assert_one_complete_run(cfg: ExperimentConfig, run_id: str) -> None:
     assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"
     params = runs[0].data.params
     assert params["train.zero_stage"] == "2" and params["model.backbone"] == "tiny"
-    assert sorted(_history(cfg, run_id, "train/loss")) == [1, 2, 3]
-    assert set(_history(cfg, run_id, "val/auc")) == {3}
+    assert sorted(_history(cfg, run_id, "train/loss")) == list(range(1, steps + 1))
+    assert set(_history(cfg, run_id, "val/auc")) == {steps}
     assert [a.path for a in client.list_artifacts(run_id, "config")] == ["config/config.yaml"]
     assert runs[0].data.tags.get("view") == "full"
 
 
-def test_mlflow_sqlite_store_holds_one_run_with_params_metrics_and_config(shards, tmp_path):
-    cfg = _config(shards, tmp_path, max_steps=3, val_every=1, zero_stage=2)
-    _assert_one_complete_run(cfg, launch(cfg, run_name="tracked").run_id)
+@pytest.mark.xdist_group("killed")
+def test_mlflow_sqlite_store_holds_one_run_with_params_metrics_and_config(killed_run):
+    cfg, summary, _ = killed_run
+    assert cfg.tracking_uri.startswith("sqlite:///")
+    _assert_one_complete_run(cfg, summary.run_id, steps=4)
 
 
 def test_mlflow_server_on_postgresql_receives_the_run(shards, tmp_path):
@@ -148,4 +188,4 @@ def test_mlflow_server_on_postgresql_receives_the_run(shards, tmp_path):
     with postgres_server(bindir, tmp_path / "pg") as database, mlflow_server(database, tmp_path / "pg") as uri:
         cfg = _config(shards, tmp_path, max_steps=3, val_every=1, zero_stage=2)
         cfg = replace(cfg, mlflow=replace(cfg.mlflow, tracking_uri=uri))
-        _assert_one_complete_run(cfg, launch(cfg, run_name="tracked-remote").run_id)
+        _assert_one_complete_run(cfg, launch(cfg, run_name="tracked-remote").run_id, steps=3)

@@ -16,7 +16,7 @@ from jobs.experiment_config import ExperimentConfig
 from jobs.training.schedule import original_lr
 from jobs.typed_yaml import load
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train_noray")]
 FIRST_STEPS, MORE_STEPS = 3, 5
 # `lma3d train ARGS` in a fresh interpreter that says, after the run, whether Ray was ever imported.
 RUNNER = (
