@@ -18,6 +18,7 @@ import torch
 
 from jobs.experiment_config import ExperimentConfig
 from jobs.training.deepspeed_config import deepspeed_config, uses_cpu_adam
+from jobs.training.op_build import cpu_ops_for, load_cpu_ops
 from jobs.training.schedule import OriginalLRSchedule
 from jobs.training.train_config import TrainConfig
 
@@ -25,11 +26,12 @@ log = logging.getLogger("lma3d.train")
 
 
 def configure_worker(train: TrainConfig, device: torch.device | None = None) -> torch.device:
-    """Threads, DS_ACCELERATOR and the device this worker trains on (call before importing deepspeed); `device`
-    is the one its session assigned (None: the CPU)."""
+    """Threads, DS_ACCELERATOR, DeepSpeed's CPU ops and the device this worker trains on (call before importing
+    deepspeed); `device` is the one its session assigned (None: the CPU)."""
     if not train.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     torch.set_num_threads(max(1, train.threads_per_worker or train.cpus_per_worker))
+    load_cpu_ops(cpu_ops_for(train.use_gpu, uses_cpu_adam(train)))  # before ZeRO-3's zero.Init starts the comm op
     device = device or torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)  # before any collective: a barrier on the wrong GPU hangs (Ray PR #42751)
@@ -126,6 +128,7 @@ def build_engine(model: torch.nn.Module, cfg: ExperimentConfig, world_size: int,
     from jobs.precision import cast_dtype
 
     train = cfg.train
+    load_cpu_ops(cpu_ops_for(train.use_gpu, uses_cpu_adam(train)))  # loaded once per process: a no-op after the first
     dtype = cast_dtype(train.precision)
     if dtype is not None and not is_partitioned(model):
         # DeepSpeed casts parameters and buffers itself at stages 0–2, but under ZeRO-3 the buffers

@@ -24,7 +24,6 @@ from jobs.checkpoint_meta import CHECKPOINT_TAG_PREFIX, UNVALIDATED_SCORE, dir_n
 from jobs.experiment_config import ExperimentConfig
 from jobs.training import checkpoint as ckpt
 from jobs.training.callbacks import StepEvent, resolve_all
-from jobs.training.deepspeed_config import uses_cpu_adam
 from jobs.training.engine import (
     build_engine,
     build_training_model,
@@ -33,7 +32,6 @@ from jobs.training.engine import (
     seed_everything,
     to_device,
 )
-from jobs.training.op_build import cpu_ops_for, load_cpu_ops
 from jobs.training.run_spec import RunSpec
 from jobs.training.session import Session
 from jobs.training.tracking import UNSENT_FILE, RunLogger
@@ -71,7 +69,6 @@ class TrainJob:
         train = self.cfg.train
         self.callbacks = resolve_all([*train.step_callbacks, *spec.step_callbacks])
         self.device = configure_worker(train, session.device(train.use_gpu))
-        load_cpu_ops(cpu_ops_for(train.use_gpu, uses_cpu_adam(train)))  # a killed build's baton must not hang us
         seed_everything(train.seed + rank)  # the original seeds 42 + rank
         from pipeline.loaders import train_loader
 

@@ -7,14 +7,22 @@ it disappears, that is forever: the run hangs after "starting DeepSpeed" with no
 worker during the build). So every lma3d worker loads the ops itself, before DeepSpeed would, while holding an
 flock on `<extensions folder>/.lma3d-build.lock`: the kernel frees an flock when its holder dies, and while a
 worker holds it no other lma3d build runs, so a baton file it finds is a dead build's and is removed (logged).
+
+torch runs the `ninja` first on the PATH. Where the machine has its own (Debian's 1.11, build log v5) beside the
+environment's (the `ninja` package DeepSpeed depends on, 1.13, log v7), each reads the other's log as unreadable and
+rebuilds everything: a process with the venv's bin on its PATH (a `ray start` node) and one without (a script run as
+.venv/bin/python) rebuilt the comm op, 50 CPU-seconds, each time they took turns: 8 times in one test run. The
+loads here always run the environment's ninja.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger("lma3d.train")
@@ -49,10 +57,30 @@ def load_cpu_ops(builders: tuple[str, ...]) -> None:
                             baton, age, builder.name)  # fmt: skip
                 baton.unlink(missing_ok=True)
             started = time.monotonic()
-            builder.load(verbose=False)
+            with _environment_ninja():
+                builder.load(verbose=False)
             if time.monotonic() - started > 5:
                 log.info("built DeepSpeed's %s op in %.0f s (once per machine)", builder.name,
                          time.monotonic() - started)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _environment_ninja() -> Iterator[None]:
+    """PATH with the `ninja` package's binary first, for the duration (DeepSpeed keeps a loaded op: no later load)."""
+    try:
+        import ninja
+    except ImportError:  # torch then needs a ninja on the PATH, as DeepSpeed says
+        yield
+        return
+    saved = os.environ.get("PATH")
+    os.environ["PATH"] = os.pathsep.join(p for p in (ninja.BIN_DIR, saved) if p)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = saved
 
 
 def cpu_ops_for(use_gpu: bool, cpu_adam: bool) -> tuple[str, ...]:
