@@ -26,22 +26,11 @@ ensure_auth_token()  # before any Ray of the session (ray.init, a CLI's, `ray st
 pytest_plugins = ["pytester"]
 
 
-# The longest modules (measured, most seconds first). Under `make test` (--dist loadgroup) they are handed out first,
-# so that the two processes end on single small tests rather than one of them on a two-minute run while the other
-# idles (the last minute of a fresh-clone run had one core idle, a sweep test running last).
-LONGEST_FIRST = ("test_train_distributed.py", "test_sweep.py", "test_multinode.py", "test_faults_oom.py",
-                 "test_s3_training.py", "test_checkpoint_models.py", "test_submit.py",
-                 "test_registered_model_code.py", "test_s3_mlflow.py")  # fmt: skip
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that starts the session's Ray is slow, marked or not: `-m "not slow"` (make test-fast) starts no Ray."""
     for item in items:
         if "ray_local" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)
-    if getattr(config.option, "loadgroup", False):  # set in each xdist process of `--dist loadgroup`
-        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)
